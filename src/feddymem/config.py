@@ -1,0 +1,149 @@
+"""Typed configuration trees, validated once and written next to every result.
+
+`DetectorConfig` drives the centralised PatchCore-style detector; `FedDyMemConfig` drives one
+FedDyMem client and the server's aggregation. Both are frozen dataclasses that round-trip through
+plain dicts (JSON / TOML), so a number can always be traced back to the settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def from_dict(cls: type[T], values: dict[str, Any], *, where: str = "config") -> T:
+    """Build dataclass `cls` from `values`, refusing unknown keys (a typo must not pass silently)."""
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; known: {sorted(names)}")
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        default = getattr(cls, key, None)
+        if isinstance(default, tuple) and isinstance(value, list):
+            value = tuple(value)
+        if key == "layers" and isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-dict view of a config dataclass (tuples become lists, for JSON and TOML)."""
+    out = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureConfig:
+    """Which frozen backbone and which taps give the patch features p(x) of shape (B, D, H, W)."""
+
+    backbone: str = "efficientnet_lite0"
+    layers: tuple[str, ...] | None = None  # None: the backbone's default taps
+    image_size: int = 224  # short side in pixels
+    keep_aspect: bool = True  # keep the data set's aspect ratio instead of squashing to a square
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        _check(32 <= self.image_size <= 2048, f"image_size must be in [32, 2048], got {self.image_size}")
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectorConfig(FeatureConfig):
+    """PatchCore-style detector: memory bank of patch features, k-NN scoring."""
+
+    sampler: Literal["greedy", "random", "none"] = "greedy"
+    coreset_ratio: float = 0.01
+    projection_dim: int = 128  # random projection used only for coreset selection
+    num_neighbors: int = 1  # k of the patch score (distance to the nearest memory item)
+    blur_sigma: float = 4.0
+    calibration_fraction: float = 0.1  # normal training images held out to set the threshold
+    threshold_quantile: float = 0.99
+    knn_backend: Literal["faiss", "torch"] = "faiss"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(0.0 < self.coreset_ratio <= 1.0, f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        _check(self.num_neighbors >= 1, "num_neighbors must be >= 1")
+        _check(self.blur_sigma >= 0.0, "blur_sigma must be >= 0")
+        _check(0.0 <= self.calibration_fraction < 0.9, "calibration_fraction must be in [0, 0.9)")
+        _check(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be in [0.5, 1]")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedDyMemConfig(FeatureConfig):
+    """One FedDyMem client (generator, metric loss, dynamic memory, memory-reduce) and the server.
+
+    Symbols follow method.md: G_k the memory generator, M_k the client's reduced memory,
+    M_g the global memory, K / J / r / alpha / nu the metric-loss constants.
+    Each of the five parts can be switched off for ablations.
+    """
+
+    # --- the five parts (ablation switches) ---
+    generator: bool = True  # False: z(x) = p(x), no trainable G_k
+    metric_loss: bool = True  # False: G_k is never trained
+    dynamic_memory: bool = True  # False: M_k is built once in round 0 and never rebuilt
+    memory_reduce: Literal["position_average", "kmeans", "none"] = "kmeans"
+    server_aggregation: Literal["kmeans", "mean"] = "kmeans"
+    # --- memory generator (CoordConv 1x1) ---
+    gamma_d: int = 1  # d = D / gamma_d
+    generator_init: Literal["identity", "random"] = "identity"
+    # --- memory sizes ---
+    client_memory_size: int = 2048  # items per client bank after reduce (kmeans / none)
+    gamma_c: int = 1  # position_average: optional local k-means to H*W / gamma_c items
+    global_memory_size: int | None = None  # C; None: the size of one client bank
+    kmeans_iterations: int = 20
+    # --- metric loss (CFA soft-boundary hypersphere) ---
+    loss_k: int = 3  # K nearest for attraction
+    loss_j: int = 3  # J hard negatives for repulsion
+    radius: float = 1e-5  # r
+    margin: float = 0.1  # alpha
+    nu: float = 1e-3
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    local_epochs: int = 1
+    train_batch_size: int = 8
+    # --- inference ---
+    scoring: Literal["nearest", "softmin"] = "nearest"
+    score_k: int = 3
+    blur_sigma: float = 4.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.gamma_d >= 1, "gamma_d must be >= 1")
+        _check(self.gamma_c >= 1, "gamma_c must be >= 1")
+        _check(self.client_memory_size >= 1, "client_memory_size must be >= 1")
+        _check(
+            self.global_memory_size is None or self.global_memory_size >= 1,
+            "global_memory_size must be >= 1 or unset",
+        )
+        _check(self.loss_k >= 1 and self.loss_j >= 0, "loss_k must be >= 1 and loss_j >= 0")
+        _check(self.nu > 0 and self.lr > 0, "nu and lr must be > 0")
+        _check(self.local_epochs >= 0, "local_epochs must be >= 0")
+        _check(self.score_k >= 1, "score_k must be >= 1")
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunInfo:
+    """Provenance written next to results."""
+
+    command: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,409 @@
+"""Memory-bank anomaly detectors with the fit / score / predict contract.
+
+`MemoryBankDetector` scores images against a fitted memory: patch features p(x) (optionally
+mapped by a memory generator z = G(p(x))), distance to the nearest memory items, an anomaly map
+upsampled and blurred to the input size, and the image score as the map's maximum.
+`PatchCoreDetector` fits that memory centrally from normal images by coreset subsampling.
+A fitted detector saves to and loads from one file that carries its settings.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from feddymem.anomaly_map import to_anomaly_maps
+from feddymem.config import DetectorConfig, FedDyMemConfig, FeatureConfig, from_dict, to_dict
+from feddymem.data import Batch, LoadReport, Sample, iter_batches, resolve_size
+from feddymem.features import PatchFeatureExtractor
+from feddymem.knn import NearestNeighbors
+from feddymem.metrics import DetectionMetrics, evaluate
+from feddymem.sampling import subsample
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+
+
+class NotFittedError(RuntimeError):
+    """The detector was used before `fit` (or `load`)."""
+
+
+class ModelFileError(ValueError):
+    """A model file is missing, corrupt or of an unknown format."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of a batch: `image_scores` (B,), `anomaly_maps` (B, H_in, W_in)."""
+
+    image_scores: torch.Tensor
+    anomaly_maps: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Scores plus the decisions of the normal-data threshold: `is_anomalous` (B,) bool."""
+
+    image_scores: torch.Tensor
+    anomaly_maps: torch.Tensor
+    is_anomalous: torch.Tensor
+    threshold: float
+
+
+@dataclass(frozen=True)
+class DatasetScores:
+    """Scores over a whole sample list, with what loading skipped."""
+
+    samples: list[Sample]
+    labels: np.ndarray  # (N,) int
+    image_scores: np.ndarray  # (N,) float32
+    anomaly_maps: np.ndarray | None  # (N, H, W) float32, kept only when asked for
+    masks: np.ndarray | None  # (N, H, W) bool
+    has_mask: np.ndarray | None  # (N,) bool
+    report: LoadReport
+
+
+def patch_scores(
+    distances: torch.Tensor, *, scoring: str = "nearest"
+) -> torch.Tensor:
+    """Patch anomaly scores from (N, k) ascending distances to the memory, (N,).
+
+    'nearest': the distance to the nearest item (PatchCore). 'softmin': the distances weighted by
+    a softmin over the k nearest (CFA), which discounts a lone close item among far ones.
+    """
+    if scoring == "nearest" or distances.shape[1] == 1:
+        return distances[:, 0]
+    if scoring == "softmin":
+        weights = torch.softmax(-distances, dim=1)
+        return (weights * distances).sum(dim=1)
+    raise ValueError(f"unknown scoring {scoring!r}; known: 'nearest', 'softmin'")
+
+
+class MemoryBankDetector:
+    """Scores images against a memory bank M (M, d) in the space of z = G(p(x)).
+
+    Fitted state: `memory_` (M, d), `image_hw_` (H_in, W_in), `threshold_` (float or None).
+    """
+
+    kind = "memory_bank"
+
+    def __init__(self, config: FeatureConfig, *, weights: Path | None = None) -> None:
+        self.config = config
+        self.weights = weights
+        self._extractor: PatchFeatureExtractor | None = None
+        self.generator: nn.Module | None = None
+        self.memory_: torch.Tensor | None = None
+        self.image_hw_: tuple[int, int] | None = None
+        self.threshold_: float | None = None
+        self._index: NearestNeighbors | None = None
+
+    # --- pieces shared by every memory detector --------------------------------------------
+    @property
+    def extractor(self) -> PatchFeatureExtractor:
+        if self._extractor is None:
+            self._extractor = PatchFeatureExtractor(
+                backbone=self.config.backbone, layers=self.config.layers, weights=self.weights
+            )
+        return self._extractor
+
+    @property
+    def _scoring(self) -> str:
+        return getattr(self.config, "scoring", "nearest")
+
+    @property
+    def _k(self) -> int:
+        if self._scoring == "softmin":
+            return int(getattr(self.config, "score_k", 3))
+        return int(getattr(self.config, "num_neighbors", 1))
+
+    def set_memory(self, memory: torch.Tensor, *, image_hw: tuple[int, int]) -> None:
+        """Install memory bank (M, d) and the input size it was built for."""
+        if memory.ndim != 2 or memory.shape[0] < 1:
+            raise ValueError(f"memory must be (M, d) with M >= 1, got {tuple(memory.shape)}")
+        if not torch.isfinite(memory).all():
+            raise ValueError("memory holds NaN or Inf values")
+        self.memory_ = memory.float().contiguous()
+        self.image_hw_ = image_hw
+        backend = getattr(self.config, "knn_backend", "faiss")
+        self._index = NearestNeighbors(self.memory_, backend=backend)
+
+    def _check_fitted(self) -> None:
+        if self.memory_ is None or self._index is None or self.image_hw_ is None:
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in) -> z(x), (B, d, H, W): features, then the generator if any."""
+        feats = self.extractor(images)
+        if self.generator is not None:
+            with torch.inference_mode():
+                feats = self.generator(feats)
+        return feats
+
+    def score(self, images: torch.Tensor) -> ScoreResult:
+        """(B, 3, H_in, W_in) in [0, 1] -> image scores (B,) and anomaly maps (B, H_in, W_in)."""
+        self._check_fitted()
+        assert self._index is not None and self.image_hw_ is not None
+        if tuple(images.shape[-2:]) != self.image_hw_:
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])} px but the detector was fitted at "
+                f"{self.image_hw_}; load them with its image size"
+            )
+        z = self.embed(images)
+        b, d, h, w = z.shape
+        queries = z.permute(0, 2, 3, 1).reshape(-1, d)
+        distances, _ = self._index.search(queries, self._k)
+        scores = patch_scores(distances, scoring=self._scoring).view(b, h, w)
+        maps = to_anomaly_maps(scores, image_hw=self.image_hw_, sigma=self.config.blur_sigma)
+        return ScoreResult(image_scores=maps.amax(dim=(1, 2)), anomaly_maps=maps)
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Scores and decisions: anomalous where the image score exceeds `threshold_`."""
+        result = self.score(images)
+        if self.threshold_ is None:
+            raise NotFittedError("the detector has no threshold (fit it on normal images)")
+        return Prediction(
+            image_scores=result.image_scores,
+            anomaly_maps=result.anomaly_maps,
+            is_anomalous=result.image_scores > self.threshold_,
+            threshold=self.threshold_,
+        )
+
+    def batches(
+        self,
+        samples: Sequence[Sample],
+        *,
+        with_masks: bool = False,
+        report: LoadReport | None = None,
+        on_error: str = "skip",
+    ) -> Iterator[Batch]:
+        """Load `samples` at the detector's input size, in batches (corrupt files skipped)."""
+        self._check_fitted()
+        assert self.image_hw_ is not None
+        return iter_batches(
+            samples,
+            size=self.image_hw_,
+            batch_size=self.config.batch_size,
+            with_masks=with_masks,
+            report=report,
+            on_error=on_error,  # type: ignore[arg-type]
+        )
+
+    def score_samples(
+        self,
+        samples: Sequence[Sample],
+        *,
+        with_masks: bool = False,
+        keep_maps: bool = False,
+        progress: Callable[[int], None] | None = None,
+    ) -> DatasetScores:
+        """Score every sample; maps and masks are kept only when asked for (memory)."""
+        report = LoadReport(loaded=0, skipped=[])
+        kept: list[Sample] = []
+        labels, scores, maps, masks, has_mask = [], [], [], [], []
+        for batch in self.batches(samples, with_masks=with_masks, report=report):
+            result = self.score(batch.images)
+            kept.extend(batch.samples)
+            labels.append(batch.labels.numpy())
+            scores.append(result.image_scores.numpy())
+            if keep_maps:
+                maps.append(result.anomaly_maps.numpy().astype(np.float32))
+            if with_masks:
+                masks.append(batch.masks[:, 0].numpy() > 0.5)
+                has_mask.append(batch.has_mask.numpy())
+            if progress is not None:
+                progress(len(batch.samples))
+        if not kept:
+            raise ValueError(f"no image could be loaded out of {len(samples)}: {report.skipped[:3]}")
+        return DatasetScores(
+            samples=kept,
+            labels=np.concatenate(labels).astype(int),
+            image_scores=np.concatenate(scores).astype(np.float32),
+            anomaly_maps=np.concatenate(maps) if keep_maps else None,
+            masks=np.concatenate(masks) if with_masks else None,
+            has_mask=np.concatenate(has_mask) if with_masks else None,
+            report=report,
+        )
+
+    def evaluate(
+        self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
+    ) -> DetectionMetrics:
+        """Image AUROC and F1-max; pixel AUROC and AUPRO where masks exist."""
+        with_masks = any(s.mask_path is not None for s in samples)
+        scores = self.score_samples(
+            samples, with_masks=with_masks, keep_maps=with_masks, progress=progress
+        )
+        return evaluate(
+            labels=scores.labels,
+            image_scores=scores.image_scores,
+            masks=scores.masks,
+            maps=scores.anomaly_maps,
+            has_mask=scores.has_mask,
+        )
+
+    def calibrate(self, normals: Sequence[Sample], *, quantile: float) -> float:
+        """Threshold = `quantile` of the image scores of held-out normal images."""
+        scores = self.score_samples(normals).image_scores
+        self.threshold_ = float(np.quantile(scores, quantile))
+        return self.threshold_
+
+    # --- persistence -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        self._check_fitted()
+        assert self.memory_ is not None and self.image_hw_ is not None
+        out: dict[str, Any] = {
+            "format": "feddymem-detector",
+            "version": FORMAT_VERSION,
+            "kind": self.kind,
+            "config_class": type(self.config).__name__,
+            "config": json.dumps(to_dict(self.config)),
+            "memory": self.memory_,
+            "image_hw": list(self.image_hw_),
+            "threshold": self.threshold_,
+        }
+        if self.generator is not None:
+            out["generator"] = {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
+        return out
+
+    def save(self, path: Path) -> Path:
+        """Write the fitted detector and its settings to one file."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state(), tmp)
+        tmp.replace(path)
+        return path
+
+
+_CONFIG_CLASSES: dict[str, type[FeatureConfig]] = {
+    "DetectorConfig": DetectorConfig,
+    "FedDyMemConfig": FedDyMemConfig,
+}
+
+
+def load_detector(path: Path, *, weights: Path | None = None) -> MemoryBankDetector:
+    """Load any detector written by `save` (a PatchCore model or a FedDyMem client's model)."""
+    from feddymem.generator import MemoryGenerator
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelFileError(f"model file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise ModelFileError(f"{path} is not a readable model file: {err}") from err
+    if not isinstance(state, dict) or state.get("format") != "feddymem-detector":
+        raise ModelFileError(f"{path} is not a feddymem model file")
+    if state.get("version") != FORMAT_VERSION:
+        raise ModelFileError(f"{path} has format version {state.get('version')}, expected {FORMAT_VERSION}")
+    cls = _CONFIG_CLASSES.get(state["config_class"])
+    if cls is None:
+        raise ModelFileError(f"{path}: unknown config class {state['config_class']!r}")
+    config = from_dict(cls, json.loads(state["config"]), where=str(path))
+    detector: MemoryBankDetector = (
+        PatchCoreDetector(config, weights=weights)  # type: ignore[arg-type]
+        if isinstance(config, DetectorConfig)
+        else MemoryBankDetector(config, weights=weights)
+    )
+    if "generator" in state:
+        assert isinstance(config, FedDyMemConfig)
+        gen = MemoryGenerator(in_channels=detector.extractor.out_channels, gamma_d=config.gamma_d)
+        gen.load_state_dict(state["generator"])
+        detector.generator = gen.eval()
+    detector.set_memory(state["memory"], image_hw=tuple(state["image_hw"]))  # type: ignore[arg-type]
+    detector.threshold_ = state["threshold"]
+    return detector
+
+
+class PatchCoreDetector(MemoryBankDetector):
+    """PatchCore-style detector fitted centrally on normal images.
+
+    fit: features of every training patch, a coreset (greedy k-center or random) as memory,
+    and a threshold from held-out normal images. Fitted state also `n_patches_`.
+    """
+
+    kind = "patchcore"
+    config: DetectorConfig
+
+    def __init__(self, config: DetectorConfig, *, weights: Path | None = None) -> None:
+        super().__init__(config, weights=weights)
+        self.n_patches_: int | None = None
+
+    def fit(
+        self,
+        samples: Sequence[Sample],
+        *,
+        progress: Callable[[int], None] | None = None,
+    ) -> PatchCoreDetector:
+        """Fit on normal training samples (labels must all be 0)."""
+        cfg = self.config
+        normals = [s for s in samples if s.label == 0]
+        if len(normals) != len(samples):
+            raise ValueError(
+                f"fit takes normal images only: {len(samples) - len(normals)} anomalous given"
+            )
+        if not normals:
+            raise ValueError("fit needs at least one normal training image")
+        train, calib = split_calibration(normals, fraction=cfg.calibration_fraction, seed=cfg.seed)
+        image_hw = resolve_size(
+            [s.path for s in train], image_size=cfg.image_size, keep_aspect=cfg.keep_aspect
+        )
+        report = LoadReport(loaded=0, skipped=[])
+        feats = []
+        for batch in iter_batches(
+            train, size=image_hw, batch_size=cfg.batch_size, with_masks=False, report=report
+        ):
+            z = self.extractor(batch.images)
+            feats.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
+            if progress is not None:
+                progress(len(batch.samples))
+        if not feats:
+            raise ValueError(f"none of the {len(train)} training images could be loaded")
+        bank = torch.cat(feats)
+        del feats
+        self.n_patches_ = int(bank.shape[0])
+        memory = subsample(
+            bank,
+            method=cfg.sampler,
+            ratio=cfg.coreset_ratio,
+            projection_dim=cfg.projection_dim,
+            seed=cfg.seed,
+        )
+        log.info("memory bank: %d of %d patches (%s)", memory.shape[0], bank.shape[0], cfg.sampler)
+        self.set_memory(memory.clone(), image_hw=image_hw)
+        del bank
+        if calib:
+            self.calibrate(calib, quantile=cfg.threshold_quantile)
+        else:
+            log.warning(
+                "too few normal images to hold some out: threshold set on training images "
+                "(it will be optimistic)"
+            )
+            self.calibrate(train, quantile=cfg.threshold_quantile)
+        if report.skipped:
+            log.warning("fit skipped %d unreadable image(s)", len(report.skipped))
+        return self
+
+
+def split_calibration(
+    normals: Sequence[Sample], *, fraction: float, seed: int, minimum: int = 10
+) -> tuple[list[Sample], list[Sample]]:
+    """Hold out `fraction` of the normals (seeded) for the threshold; none when too few."""
+    n = len(normals)
+    n_calib = round(n * fraction)
+    if n < minimum or n_calib < 1:
+        return list(normals), []
+    order = np.random.default_rng(seed).permutation(n)
+    calib = {int(i) for i in order[:n_calib]}
+    return (
+        [s for i, s in enumerate(normals) if i not in calib],
+        [s for i, s in enumerate(normals) if i in calib],
+    )

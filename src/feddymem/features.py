@@ -1,0 +1,68 @@
+"""Patch features p(x): frozen backbone taps, 3x3 local aggregation, upsampled and concatenated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from feddymem.backbones import BackboneError, get_backbone
+
+
+class PatchFeatureExtractor(nn.Module):
+    """p(x) in R^{B x D x H x W} from a frozen pretrained backbone (PatchCore / CFA style).
+
+    Each tapped stage is averaged over a 3x3 neighbourhood (stride 1), upsampled bilinearly to
+    the grid of the finest tap and concatenated along channels. `out_channels` (D) and `stride`
+    are known at construction, before any forward pass. Inputs are RGB in [0, 1], (B, 3, H, W);
+    the backbone's own normalisation is applied inside.
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "efficientnet_lite0",
+        layers: tuple[str, ...] | None = None,
+        weights: Path | None = None,
+    ) -> None:
+        super().__init__()
+        spec = get_backbone(backbone)
+        self.layers = tuple(layers) if layers else spec.default_layers
+        unknown = [layer for layer in self.layers if layer not in spec.taps]
+        if unknown:
+            raise BackboneError(f"{backbone} has no tap(s) {unknown}; taps: {sorted(spec.taps)}")
+        self.backbone_name = backbone
+        self.out_channels = sum(spec.taps[layer].channels for layer in self.layers)
+        self.stride = min(spec.taps[layer].stride for layer in self.layers)
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        self.net = spec.build(self.layers, weights)
+        self.net.eval()
+        for param in self.net.parameters():
+            param.requires_grad_(False)
+        self.pool = nn.AvgPool2d(kernel_size=3, stride=1, padding=1, count_include_pad=False)
+
+    def grid_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """(H, W) of the feature grid for an input of `image_hw` pixels (multiples of 32)."""
+        return image_hw[0] // self.stride, image_hw[1] // self.stride
+
+    def train(self, mode: bool = True) -> PatchFeatureExtractor:
+        super().train(mode)
+        self.net.eval()  # the backbone is frozen: batch-norm statistics never move
+        return self
+
+    @torch.inference_mode()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in) in [0, 1] -> p(x), (B, D, H_in / stride, W_in / stride)."""
+        x = (images - self.mean) / self.std
+        taps = self.net(x)
+        grid = self.grid_size((images.shape[-2], images.shape[-1]))
+        maps = []
+        for layer in self.layers:
+            feat = self.pool(taps[layer])
+            if feat.shape[-2:] != grid:
+                feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
+            maps.append(feat)
+        return torch.cat(maps, dim=1)

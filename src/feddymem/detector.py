@@ -374,7 +374,6 @@ class PatchCoreDetector(MemoryBankDetector):
             bank,
             method=cfg.sampler,
             ratio=cfg.coreset_ratio,
-            projection_dim=cfg.projection_dim,
             seed=cfg.seed,
         )
         log.info("memory bank: %d of %d patches (%s)", memory.shape[0], bank.shape[0], cfg.sampler)

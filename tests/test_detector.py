@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from feddymem.config import DetectorConfig
+from feddymem.data import scan
+from feddymem.detector import (
+    ModelFileError,
+    NotFittedError,
+    PatchCoreDetector,
+    load_detector,
+    patch_scores,
+)
+
+CFG = DetectorConfig(image_size=64, batch_size=8, coreset_ratio=0.1, calibration_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory) -> tuple[PatchCoreDetector, Path]:
+    from tests.conftest import make_texture_tree
+
+    root = make_texture_tree(tmp_path_factory.mktemp("tex") / "brick", n_train=15)
+    return PatchCoreDetector(CFG).fit(scan(root).train), root
+
+
+def test_detector_separates_generated_anomalies(fitted: tuple[PatchCoreDetector, Path]) -> None:
+    det, root = fitted
+    metrics = det.evaluate(scan(root).test)
+    assert metrics.image_auroc >= 0.9
+    assert metrics.pixel_auroc is not None and metrics.pixel_auroc >= 0.9
+    assert metrics.aupro is not None and 0.0 < metrics.aupro <= 1.0
+
+
+def test_fitted_state_and_shapes(fitted: tuple[PatchCoreDetector, Path]) -> None:
+    det, root = fitted
+    assert det.image_hw_ == (64, 64)
+    assert det.memory_ is not None and det.n_patches_ is not None
+    # 15 normals, 20% held out for the threshold: 12 images x 8 x 8 patches, 10% kept.
+    assert det.n_patches_ == 12 * 64
+    assert det.memory_.shape == (round(0.1 * 12 * 64), det.extractor.out_channels)
+    images = torch.rand(3, 3, 64, 64)
+    result = det.score(images)
+    assert result.image_scores.shape == (3,) and result.anomaly_maps.shape == (3, 64, 64)
+    assert torch.allclose(result.image_scores, result.anomaly_maps.amax(dim=(1, 2)))
+    with pytest.raises(ValueError, match="fitted at"):
+        det.score(torch.rand(1, 3, 32, 64))
+
+
+def test_threshold_comes_from_held_out_normals(fitted: tuple[PatchCoreDetector, Path]) -> None:
+    det, root = fitted
+    assert det.threshold_ is not None
+    split = scan(root)
+    scores = det.score_samples(split.test)
+    normal = scores.image_scores[scores.labels == 0]
+    # Most unseen normal images stay under a threshold set on other normal images.
+    assert np.mean(normal <= det.threshold_) >= 0.5
+
+
+def test_save_load_round_trip(fitted: tuple[PatchCoreDetector, Path], tmp_path: Path) -> None:
+    det, _ = fitted
+    path = det.save(tmp_path / "model.pt")
+    again = load_detector(path)
+    assert isinstance(again, PatchCoreDetector)
+    assert again.config == det.config and again.threshold_ == det.threshold_
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.allclose(again.score(x).anomaly_maps, det.score(x).anomaly_maps)
+
+
+def test_bad_model_files_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ModelFileError, match="not found"):
+        load_detector(tmp_path / "missing.pt")
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(ModelFileError, match="not a readable model file"):
+        load_detector(junk)
+    torch.save({"something": 1}, tmp_path / "other.pt")
+    with pytest.raises(ModelFileError, match="not a feddymem model"):
+        load_detector(tmp_path / "other.pt")
+
+
+def test_unfitted_detector_raises() -> None:
+    with pytest.raises(NotFittedError):
+        PatchCoreDetector(CFG).score(torch.rand(1, 3, 64, 64))
+
+
+def test_fit_refuses_anomalous_images(texture_tree: Path) -> None:
+    split = scan(texture_tree)
+    with pytest.raises(ValueError, match="normal images only"):
+        PatchCoreDetector(CFG).fit(list(split.train) + [s for s in split.test if s.label == 1])
+
+
+def test_patch_scores_nearest_and_softmin() -> None:
+    d = torch.tensor([[1.0, 2.0, 3.0], [0.5, 5.0, 9.0]])
+    assert torch.equal(patch_scores(d, scoring="nearest"), torch.tensor([1.0, 0.5]))
+    soft = patch_scores(d, scoring="softmin")
+    assert torch.all(soft >= d[:, 0]) and torch.all(soft <= d[:, -1])
+    with pytest.raises(ValueError, match="unknown scoring"):
+        patch_scores(d, scoring="median")
+
+
+def test_cli_fit_evaluate_predict(texture_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from feddymem.cli import main
+
+    model = tmp_path / "m.pt"
+    assert main(["fit", "--data", str(texture_tree), "--out", str(model), "--image-size", "64",
+                 "--coreset-ratio", "0.1"]) == 0
+    fit_out = json.loads(capsys.readouterr().out)
+    assert fit_out["memory_items"] > 0 and fit_out["image_hw"] == [64, 64]
+    assert main(["evaluate", "--model", str(model), "--data", str(texture_tree), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert {"image_auroc", "pixel_auroc", "aupro", "f1_max"} <= set(metrics)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    out = tmp_path / "pred"
+    assert main(["predict", "--model", str(model), str(texture_tree / "test" / "spot"), str(bad),
+                 "--out", str(out)]) == 0
+    rows = list(csv.DictReader((out / "scores.csv").open()))
+    scored = [r for r in rows if r["score"]]
+    assert len(scored) == 6 and all((out / r["overlay"]).is_file() for r in scored)
+    skipped = [r for r in rows if not r["score"]]
+    assert len(skipped) == 1 and "broken.png" in skipped[0]["path"]
+
+
+def test_cli_reports_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from feddymem.cli import main
+
+    assert main(["fit", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m.pt")]) == 2
+    assert "nope" in capsys.readouterr().err

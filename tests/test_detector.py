@@ -47,7 +47,11 @@ def test_fitted_state_and_shapes(fitted: tuple[PatchCoreDetector, Path]) -> None
     images = torch.rand(3, 3, 64, 64)
     result = det.score(images)
     assert result.image_scores.shape == (3,) and result.anomaly_maps.shape == (3, 64, 64)
-    assert torch.allclose(result.image_scores, result.anomaly_maps.amax(dim=(1, 2)))
+    assert torch.all(torch.isfinite(result.image_scores)) and torch.all(result.image_scores > 0)
+    det_max = PatchCoreDetector(DetectorConfig(**{**CFG.__dict__, "image_score": "max"}))
+    det_max.set_memory(det.memory_, image_hw=(64, 64))
+    out = det_max.score(images)
+    assert torch.allclose(out.image_scores, out.anomaly_maps.amax(dim=(1, 2)))
     with pytest.raises(ValueError, match="fitted at"):
         det.score(torch.rand(1, 3, 32, 64))
 

@@ -38,6 +38,7 @@ def _detector_config(args: argparse.Namespace) -> Any:
         coreset_ratio=args.coreset_ratio,
         num_neighbors=args.neighbors,
         blur_sigma=args.blur_sigma,
+        image_score=args.image_score,
         threshold_quantile=args.threshold_quantile,
         seed=args.seed,
     )
@@ -223,7 +224,7 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
                    help="local weights file for the backbone (needed for resnet18 / wide_resnet50_2)")
     g.add_argument("--layers", nargs="+", default=None,
                    help="backbone taps to concatenate (default: the backbone's, e.g. stage2 stage4)")
-    g.add_argument("--image-size", type=int, default=224, help="short side in pixels (default: %(default)s)")
+    g.add_argument("--image-size", type=int, default=256, help="short side in pixels (default: %(default)s)")
     g.add_argument("--squash", action="store_true",
                    help="resize to a square instead of keeping the data set's aspect ratio")
     g.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
@@ -233,6 +234,8 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
                    help="share of training patches kept in the memory bank (default: %(default)s)")
     g.add_argument("--neighbors", type=int, default=1, help="k of the patch score (default: %(default)s)")
     g.add_argument("--blur-sigma", type=float, default=4.0, help="Gaussian blur of the maps (default: %(default)s)")
+    g.add_argument("--image-score", default="topk", choices=["topk", "max"],
+                   help="image score: mean of the top 2%% patch scores, or the map's maximum (default: %(default)s)")
     g.add_argument("--threshold-quantile", type=float, default=0.99,
                    help="threshold = this quantile of held-out normal scores (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0, help="seed of every random step (default: %(default)s)")

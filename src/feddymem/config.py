@@ -55,11 +55,16 @@ class FeatureConfig:
 
     backbone: str = "efficientnet_lite0"
     layers: tuple[str, ...] | None = None  # None: the backbone's default taps
-    image_size: int = 224  # short side in pixels
+    image_size: int = 256  # short side in pixels
     keep_aspect: bool = True  # keep the data set's aspect ratio instead of squashing to a square
     batch_size: int = 16
+    # Image score: 'max' of the anomaly map, or 'topk' = the mean of the highest
+    # `topk_fraction` of the patch scores (steadier than a single patch on ELPV).
+    image_score: Literal["max", "topk"] = "topk"
+    topk_fraction: float = 0.02
 
     def __post_init__(self) -> None:
+        _check(0.0 < self.topk_fraction <= 1.0, f"topk_fraction must be in (0, 1], got {self.topk_fraction}")
         _check(32 <= self.image_size <= 2048, f"image_size must be in [32, 2048], got {self.image_size}")
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
 

@@ -163,7 +163,15 @@ class MemoryBankDetector:
         distances, _ = self._index.search(queries, self._k)
         scores = patch_scores(distances, scoring=self._scoring).view(b, h, w)
         maps = to_anomaly_maps(scores, image_hw=self.image_hw_, sigma=self.config.blur_sigma)
-        return ScoreResult(image_scores=maps.amax(dim=(1, 2)), anomaly_maps=maps)
+        return ScoreResult(image_scores=self._image_scores(scores, maps), anomaly_maps=maps)
+
+    def _image_scores(self, scores: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) patch scores and (B, H_in, W_in) maps -> (B,) image scores."""
+        if self.config.image_score == "max":
+            return maps.amax(dim=(1, 2))
+        flat = scores.flatten(1)
+        k = max(1, round(self.config.topk_fraction * flat.shape[1]))
+        return flat.topk(k, dim=1).values.mean(dim=1)
 
     def predict(self, images: torch.Tensor) -> Prediction:
         """Scores and decisions: anomalous where the image score exceeds `threshold_`."""

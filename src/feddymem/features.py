@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import logging
+import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from feddymem.backbones import BackboneError, get_backbone
+
+log = logging.getLogger(__name__)
 
 
 class PatchFeatureExtractor(nn.Module):
@@ -26,6 +31,7 @@ class PatchFeatureExtractor(nn.Module):
         backbone: str = "efficientnet_lite0",
         layers: tuple[str, ...] | None = None,
         weights: Path | None = None,
+        optimize: bool = True,
     ) -> None:
         super().__init__()
         spec = get_backbone(backbone)
@@ -43,6 +49,29 @@ class PatchFeatureExtractor(nn.Module):
         for param in self.net.parameters():
             param.requires_grad_(False)
         self.pool = nn.AvgPool2d(kernel_size=3, stride=1, padding=1, count_include_pad=False)
+        self.optimize = optimize
+        self._fast: torch.jit.ScriptModule | None = None
+
+    def _network(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The frozen backbone's taps; by default through a frozen TorchScript graph.
+
+        `torch.jit.optimize_for_inference` folds batch norm into the convolutions and runs them
+        on oneDNN: about twice the eager speed on a plain CPU (benchmarks/detector.py measures
+        it). Any failure to trace falls back to eager mode, once, with a warning.
+        """
+        if not self.optimize:
+            return self.net(x)
+        if self._fast is None:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    traced = torch.jit.trace(self.net, x[:1], strict=False, check_trace=False)
+                    self._fast = torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+            except Exception as err:  # tracing is an optimisation, never a requirement
+                log.warning("backbone tracing failed (%s); running it eagerly", err)
+                self.optimize = False
+                return self.net(x)
+        return self._fast(x)  # type: ignore[no-any-return]
 
     def grid_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the feature grid for an input of `image_hw` pixels (multiples of 32)."""
@@ -57,7 +86,7 @@ class PatchFeatureExtractor(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H_in, W_in) in [0, 1] -> p(x), (B, D, H_in / stride, W_in / stride)."""
         x = (images - self.mean) / self.std
-        taps = self.net(x)
+        taps = self._network(x)
         grid = self.grid_size((images.shape[-2], images.shape[-1]))
         maps = []
         for layer in self.layers:

@@ -1,0 +1,149 @@
+"""Benchmark of the centralised detector: accuracy on real data, throughput, fit cost.
+
+    .venv/bin/python benchmarks/detector.py --out runs/bench_detector [--only elpv,surface,synth,speed]
+
+Prints one JSON row per (data set) with the fixed schema of the project's benchmarks and writes
+them to <out>/detector.jsonl, plus the speed and fit figures to <out>/speed.json.
+Data: ELPV (exported by `feddymem data elpv`), the real pixel-labelled sets in ../shared/data
+(FEDDYMEM_SHARED_DATA), ELPV good cells with `data synth` anomalies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from feddymem.config import DetectorConfig
+from feddymem.data import Sample, export_elpv, iter_batches, scan
+from feddymem.detector import PatchCoreDetector
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FEDDYMEM_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
+    split = scan(root)
+    t0 = time.perf_counter()
+    det = PatchCoreDetector(cfg).fit(split.train)
+    fit_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    metrics = det.evaluate(split.test)
+    assert det.memory_ is not None
+    row: dict[str, object] = {
+        "method": "patchcore",
+        "dataset": name,
+        "clients": 1,
+        "seed": cfg.seed,
+        **{k: v for k, v in metrics.as_dict().items()},
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "rounds": 0,
+        "wall_s": round(fit_s + time.perf_counter() - t1, 2),
+        "fit_s": round(fit_s, 2),
+        "train_images": len(split.train),
+        "image_hw": list(det.image_hw_ or ()),
+        "memory_items": int(det.memory_.shape[0]),
+        "memory_mb": round(det.memory_.numel() * 4 / 2**20, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+    }
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def speed(root: Path, cfg: DetectorConfig, *, n_fit: int = 400, n_score: int = 256) -> dict[str, object]:
+    """Fit time for n_fit images and scoring throughput at 224 px vs the backbone alone."""
+    split = scan(root)
+    train = list(split.train)[:n_fit]
+    t0 = time.perf_counter()
+    det = PatchCoreDetector(cfg).fit(train)
+    fit_s = time.perf_counter() - t0
+    pool: list[Sample] = (list(split.test) + list(split.train)) * 4
+    samples = pool[:n_score]
+    assert det.image_hw_ is not None
+    # Backbone alone: forward passes over pre-decoded tensors, same batch size.
+    batches = [b.images for b in iter_batches(samples, size=det.image_hw_, batch_size=cfg.batch_size, with_masks=False)]
+    det.extractor(batches[0])  # warm-up
+    t1 = time.perf_counter()
+    for images in batches:
+        det.extractor.net((images - det.extractor.mean) / det.extractor.std)
+    forward_s = time.perf_counter() - t1
+    # End to end: decode + features + k-NN + anomaly maps.
+    t2 = time.perf_counter()
+    scores = det.score_samples(samples)
+    e2e_s = time.perf_counter() - t2
+    assert det.memory_ is not None
+    out = {
+        "torch_threads": torch.get_num_threads(),
+        "image_hw": list(det.image_hw_),
+        "fit_images": len(train),
+        "fit_s": round(fit_s, 2),
+        "memory_items": int(det.memory_.shape[0]),
+        "memory_mb": round(det.memory_.numel() * 4 / 2**20, 3),
+        "scored_images": len(scores.samples),
+        "forward_only_img_s": round(len(samples) / forward_s, 1),
+        "end_to_end_img_s": round(len(samples) / e2e_s, 1),
+        "detector_overhead": round(e2e_s / forward_s - 1.0, 3),
+    }
+    print(json.dumps(out), flush=True)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_detector")
+    parser.add_argument("--data-dir", type=Path, default=REPO / "data")
+    parser.add_argument("--only", default="elpv,surface,synth,speed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--coreset-ratio", type=float, default=0.01)
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    args.out.mkdir(parents=True, exist_ok=True)
+    parts = set(args.only.split(","))
+    cfg = DetectorConfig(seed=args.seed, coreset_ratio=args.coreset_ratio)
+    rows: list[dict[str, object]] = []
+    if parts & {"elpv", "synth", "speed"}:
+        for cell in ("mono", "poly"):
+            export_elpv(args.data_dir / f"elpv-{cell}", cell_type=cell, seed=args.seed)  # type: ignore[arg-type]
+    if "elpv" in parts:
+        for cell in ("mono", "poly"):
+            rows.append(run_one(f"elpv-{cell}", args.data_dir / f"elpv-{cell}", cfg))
+    if "surface" in parts:
+        for name in ("magnetic_tile", "kolektorsdd"):
+            if (SHARED / name).is_dir():
+                rows.append(run_one(name, SHARED / name, cfg))
+            else:
+                print(json.dumps({"dataset": name, "skipped": f"not found under {SHARED}"}))
+    if "synth" in parts:
+        from feddymem.data.synth import synthesize_dataset
+
+        mono = scan(args.data_dir / "elpv-mono")
+        target = args.data_dir / "elpv-mono-synth"
+        synthesize_dataset(
+            [s.path for s in mono.test if s.label == 0],
+            target,
+            seed=args.seed,
+            train=[s.path for s in mono.train],
+        )
+        rows.append(run_one("elpv-mono-synth", target, cfg))
+    with (args.out / "detector.jsonl").open("w") as fh:
+        for row in rows:
+            fh.write(json.dumps(row) + "\n")
+    if "speed" in parts:
+        figures = speed(args.data_dir / "elpv-mono", DetectorConfig(seed=args.seed, keep_aspect=False))
+        (args.out / "speed.json").write_text(json.dumps(figures, indent=2))
+    _ = np
+
+
+if __name__ == "__main__":
+    main()

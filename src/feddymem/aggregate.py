@@ -23,7 +23,7 @@ def weighted_kmeans(
     k: int,
     seed: int,
     iterations: int = 20,
-    max_points_per_centroid: int = 128,
+    max_points_per_centroid: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Weighted k-means (faiss), (N, d) -> centres (k, d) and the weight each absorbed (k,).
 

@@ -114,7 +114,7 @@ class FedDyMemConfig(FeatureConfig):
     client_memory_size: int = 2048  # items per client bank after reduce (kmeans / none)
     gamma_c: int = 1  # position_average: optional local k-means to H*W / gamma_c items
     global_memory_size: int | None = None  # C; None: the size of one client bank
-    kmeans_iterations: int = 20
+    kmeans_iterations: int = 15
     # --- metric loss (CFA soft-boundary hypersphere) ---
     loss_k: int = 3  # K nearest for attraction
     loss_j: int = 3  # J hard negatives for repulsion

@@ -1,0 +1,22 @@
+"""The plain-text summary of results.json."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fakes import Faults, Federation
+
+from feddymem.federation.report import format_results
+
+
+def test_summary_lists_clients_mean_bytes_and_drops(federation: Federation, tmp_path: Path) -> None:
+    Faults.plan = {"gamma": (1, "nan")}
+    results, _ = federation.run(tmp_path / "out")
+    text = format_results(results)
+    lines = text.splitlines()
+    assert lines[0] == "federation test-fed: completed"
+    assert any(line.startswith("alpha ") for line in lines)
+    mean = next(line for line in lines if line.startswith("mean "))
+    assert f"{results['mean']['image_auroc']:.3f}" in mean
+    assert "KiB up" in text and "global memory M_g: 5 x 6" in text
+    assert "dropped gamma (round 1): vectors hold NaN or Inf" in text

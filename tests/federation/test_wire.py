@@ -1,0 +1,194 @@
+"""The wire format: round trips through Flower records and protobuf, validation, sizes."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
+from flwr.common.serde import (
+    message_from_proto,
+    message_to_proto,
+    recorddict_from_proto,
+    recorddict_to_proto,
+)
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+from feddymem.config import ConfigError, FedDyMemConfig
+from feddymem.federation import wire
+from feddymem.reduce import ReducedMemory
+
+
+def _memory(items: int = 7, dim: int = 5, n: int = 3) -> ReducedMemory:
+    gen = torch.Generator().manual_seed(0)
+    return ReducedMemory(
+        vectors=torch.randn(items, dim, generator=gen),
+        weights=torch.rand(items, generator=gen) + 0.5,
+        n_images=n,
+    )
+
+
+def _through_protobuf(content: RecordDict) -> RecordDict:
+    return recorddict_from_proto(recorddict_to_proto(content))
+
+
+def test_memory_round_trip_is_exact() -> None:
+    memory = _memory()
+    arrays, info = wire.memory_to_records(memory)
+    content = _through_protobuf(RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}))
+    back = wire.memory_from_content(content)
+    assert torch.equal(back.vectors, memory.vectors)
+    assert torch.equal(back.weights, memory.weights)
+    assert back.n_images == 3
+    assert back.vectors.dtype == torch.float32
+    wire.validate_memory(back, dim=5, max_items=100)
+
+
+def test_config_round_trip_keeps_every_field_including_none() -> None:
+    config = FedDyMemConfig(
+        image_size=96,
+        layers=("blocks.4", "blocks.10"),
+        global_memory_size=None,
+        memory_reduce="position_average",
+        radius=1e-5,
+        seed=11,
+    )
+    record = _through_protobuf(RecordDict({wire.CONFIG: wire.config_to_record(config)}))[
+        wire.CONFIG
+    ]
+    assert wire.config_from_record(record) == config  # type: ignore[arg-type]
+
+
+def test_config_with_unknown_option_is_refused() -> None:
+    record = ConfigRecord({"feddymem-config-json": '{"image_size": 64, "learning_rate": 1}'})
+    with pytest.raises(ConfigError, match="learning_rate"):
+        wire.config_from_record(record)
+
+
+def test_instructions_global_memory_identity_and_metrics_round_trip() -> None:
+    instructions = wire.Instructions(round_idx=3, num_rounds=5, run_name="fed", run_id="abc123")
+    memory = torch.randn(4, 6)
+    content = RecordDict(
+        {
+            wire.INSTRUCTIONS: wire.instructions_to_record(instructions),
+            wire.GLOBAL_MEMORY: wire.global_memory_to_record(memory),
+            wire.CLIENT: wire.identity_to_record(
+                wire.ClientIdentity(name="site-a", model_file="/m.pt")
+            ),
+            wire.METRICS: wire.metrics_to_record(
+                {"image_auroc": np.float32(0.75), "n": 3, "pixel_auroc": None}
+            ),
+        }
+    )
+    back = _through_protobuf(content)
+    assert wire.instructions_from_content(back) == instructions
+    gm = wire.global_memory_from_content(back)
+    assert gm is not None and torch.equal(gm, memory)
+    assert wire.identity_from_content(back) == wire.ClientIdentity(
+        name="site-a", model_file="/m.pt"
+    )
+    metrics = wire.metrics_from_content(back)
+    assert metrics == {"image_auroc": pytest.approx(0.75), "n": 3.0}
+    assert wire.global_memory_from_content(RecordDict()) is None
+
+
+def test_missing_and_extra_keys_are_wire_errors() -> None:
+    with pytest.raises(wire.WireError, match="no 'instructions' record"):
+        wire.instructions_from_content(RecordDict())
+    extra = ArrayRecord(
+        {
+            "vectors": Array(np.zeros((2, 2), np.float32)),
+            "generator.weight": Array(np.zeros(3, np.float32)),
+        }
+    )
+    with pytest.raises(wire.WireError, match="unexpected arrays"):
+        wire.global_memory_from_content(RecordDict({wire.GLOBAL_MEMORY: extra}))
+    arrays, _ = wire.memory_to_records(_memory())
+    with pytest.raises(wire.MemoryRejected, match="memory-info"):
+        wire.memory_from_content(RecordDict({wire.MEMORY: arrays}))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda m: ReducedMemory(m.vectors[None], m.weights, m.n_images), "2-D"),
+        (lambda m: ReducedMemory(m.vectors[:, :4], m.weights, m.n_images), "expected 5"),
+        (lambda m: ReducedMemory(m.vectors.double(), m.weights, m.n_images), "float32"),
+        (lambda m: ReducedMemory(m.vectors.half(), m.weights, m.n_images), "float32"),
+        (
+            lambda m: ReducedMemory(_set(m.vectors, (2, 1), math.nan), m.weights, m.n_images),
+            "NaN or Inf",
+        ),
+        (
+            lambda m: ReducedMemory(_set(m.vectors, (0, 0), math.inf), m.weights, m.n_images),
+            "NaN or Inf",
+        ),
+        (lambda m: ReducedMemory(m.vectors, _set(m.weights, (1,), 0.0), m.n_images), "> 0"),
+        (lambda m: ReducedMemory(m.vectors, _set(m.weights, (1,), -2.0), m.n_images), "> 0"),
+        (lambda m: ReducedMemory(m.vectors, _set(m.weights, (1,), math.nan), m.n_images), "NaN"),
+        (lambda m: ReducedMemory(m.vectors, m.weights[:-1], m.n_images), "weight count"),
+        (lambda m: ReducedMemory(m.vectors, m.weights[:, None], m.n_images), "1-D"),
+        (lambda m: ReducedMemory(m.vectors, m.weights.double(), m.n_images), "float32"),
+        (lambda m: ReducedMemory(m.vectors, m.weights, 0), "n_images"),
+        (lambda m: ReducedMemory(m.vectors[:0], m.weights[:0], m.n_images), "empty"),
+        (
+            lambda m: ReducedMemory(m.vectors.repeat(3, 1), m.weights.repeat(3), m.n_images),
+            "too many",
+        ),
+    ],
+)
+def test_validate_memory_rejects_with_a_reason(
+    mutate: Callable[[ReducedMemory], ReducedMemory], match: str
+) -> None:
+    with pytest.raises(wire.MemoryRejected, match=match):
+        wire.validate_memory(mutate(_memory()), dim=5, max_items=20)
+
+
+def _set(t: torch.Tensor, index: tuple[int, ...], value: float) -> torch.Tensor:
+    out = t.clone()
+    out[index] = value
+    return out
+
+
+def test_validate_memory_without_a_known_dim_accepts_any_width() -> None:
+    wire.validate_memory(_memory(dim=9), dim=None, max_items=20)
+
+
+def test_bad_dtype_survives_the_wire_and_is_rejected() -> None:
+    """A float64 upload must not be silently cast on arrival."""
+    memory = ReducedMemory(
+        vectors=torch.randn(3, 5, dtype=torch.float64), weights=torch.ones(3), n_images=1
+    )
+    arrays, info = wire.memory_to_records(memory)
+    back = wire.memory_from_content(
+        _through_protobuf(RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}))
+    )
+    with pytest.raises(wire.MemoryRejected, match="float32"):
+        wire.validate_memory(back, dim=5, max_items=10)
+
+
+def test_message_size_counts_the_payload_as_serialised() -> None:
+    small, large = _memory(items=10, dim=16), _memory(items=1000, dim=16)
+    sizes = []
+    for memory in (small, large):
+        arrays, info = wire.memory_to_records(memory)
+        message = Message(
+            RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}),
+            dst_node_id=5,
+            message_type="train",
+        )
+        size = wire.message_size(message)
+        assert size == len(message_to_proto(message).SerializeToString())
+        # what Flower 1.41 actually ships: the message's object tree, each object deflated
+        deflated = sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+        assert abs(deflated - size) < 2000
+        payload = memory.vectors.numel() * 4 + memory.weights.numel() * 4
+        assert payload < size < payload + 1500
+        assert (
+            message_from_proto(message_to_proto(message)).content.keys() == message.content.keys()
+        )
+        sizes.append(size)
+    assert sizes[1] > 50 * sizes[0] / 2

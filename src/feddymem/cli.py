@@ -17,6 +17,7 @@ import numpy as np
 log = logging.getLogger("feddymem")
 
 DEFAULT_DATA_DIR = Path("data")
+DEMO_SPEC = Path(__file__).resolve().parents[2] / "configs" / "elpv_two_clients.toml"
 
 
 def _progress(total: int, desc: str) -> Any:
@@ -204,13 +205,24 @@ def cmd_federate(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """ELPV mono and poly as two sites: export, then FedDyMem on Flower's simulation engine."""
+    import tomllib
+
+    import tomli_w
+
     from feddymem.data import export_elpv
 
-    root: Path = args.data_dir
+    root: Path = args.data_dir.resolve()
+    sites = {}
     for cell in ("mono", "poly"):
-        export_elpv(root / f"elpv-{cell}", cell_type=cell, seed=0)  # type: ignore[arg-type]
-    config = Path(__file__).resolve().parent / "configs" / "elpv_two_clients.toml"
-    args.config = config
+        sites[cell] = export_elpv(root / f"elpv-{cell}", cell_type=cell, seed=0).out  # type: ignore[arg-type]
+    # The shipped spec, with its data paths pointed at where the export went.
+    spec = tomllib.loads(args.config.read_text())
+    for client in spec.get("clients", []):
+        client["data"] = [str(sites[client["name"]])]
+    args.out.mkdir(parents=True, exist_ok=True)
+    resolved = args.out / "spec.toml"
+    resolved.write_text(tomli_w.dumps(spec))
+    args.config = resolved
     return cmd_federate(args)
 
 
@@ -304,6 +316,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on built-in data: ELPV mono and poly as two federated sites",
                        description="Export ELPV (elpv-dataset package) and run FedDyMem with two clients on Flower's simulation engine.")
     p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the exported data go (default: %(default)s)")
+    p.add_argument("--config", type=Path, default=DEMO_SPEC,
+                   help="federation spec whose clients 'mono' and 'poly' get the exported data (default: %(default)s)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: %(default)s)")
     p.add_argument("--resume", action="store_true", help="continue from the last round checkpoint in --out")
     p.add_argument("--json", action="store_true", help="print the results as JSON")

@@ -61,7 +61,9 @@ def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
     return row
 
 
-def speed(root: Path, cfg: DetectorConfig, *, n_fit: int = 400, n_score: int = 256) -> dict[str, object]:
+def speed(
+    root: Path, cfg: DetectorConfig, *, n_fit: int = 400, n_score: int = 256
+) -> dict[str, object]:
     """Fit time for n_fit images and scoring throughput at 224 px vs the backbone alone."""
     split = scan(root)
     train = list(split.train)[:n_fit]
@@ -72,7 +74,12 @@ def speed(root: Path, cfg: DetectorConfig, *, n_fit: int = 400, n_score: int = 2
     samples = pool[:n_score]
     assert det.image_hw_ is not None
     # Backbone alone: forward passes over pre-decoded tensors, same batch size.
-    batches = [b.images for b in iter_batches(samples, size=det.image_hw_, batch_size=cfg.batch_size, with_masks=False)]
+    batches = [
+        b.images
+        for b in iter_batches(
+            samples, size=det.image_hw_, batch_size=cfg.batch_size, with_masks=False
+        )
+    ]
     det.extractor(batches[0])  # warm-up
     t1 = time.perf_counter()
     for images in batches:
@@ -100,7 +107,9 @@ def speed(root: Path, cfg: DetectorConfig, *, n_fit: int = 400, n_score: int = 2
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "bench_detector")
     parser.add_argument("--data-dir", type=Path, default=REPO / "data")
     parser.add_argument("--only", default="elpv,surface,synth,speed")
@@ -140,7 +149,9 @@ def main() -> None:
         for row in rows:
             fh.write(json.dumps(row) + "\n")
     if "speed" in parts:
-        figures = speed(args.data_dir / "elpv-mono", DetectorConfig(seed=args.seed, keep_aspect=False))
+        figures = speed(
+            args.data_dir / "elpv-mono", DetectorConfig(seed=args.seed, keep_aspect=False)
+        )
         (args.out / "speed.json").write_text(json.dumps(figures, indent=2))
     _ = np
 

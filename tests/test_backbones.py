@@ -40,7 +40,9 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     fake = tmp_path / "fake.pth"
     fake.write_bytes(real.read_bytes()[:-10] + b"0123456789")
     with pytest.raises(BackboneError, match="sha256"):
-        _checked_state_dict(fake, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db")
+        _checked_state_dict(
+            fake, "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
+        )
 
 
 def test_unknown_backbone_names_the_known_ones() -> None:
@@ -53,7 +55,7 @@ def test_resnet_without_local_weights_says_where_it_looked(
 ) -> None:
     monkeypatch.setenv("FEDDYMEM_WEIGHTS_DIR", str(tmp_path))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "hub"))
-    with pytest.raises(BackboneError, match="resnet18-f37072fd.pth"):
+    with pytest.raises(BackboneError, match=r"resnet18-f37072fd\.pth"):
         PatchFeatureExtractor(backbone="resnet18")
 
 

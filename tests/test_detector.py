@@ -38,7 +38,7 @@ def test_detector_separates_generated_anomalies(fitted: tuple[PatchCoreDetector,
 
 
 def test_fitted_state_and_shapes(fitted: tuple[PatchCoreDetector, Path]) -> None:
-    det, root = fitted
+    det, _ = fitted
     assert det.image_hw_ == (64, 64)
     assert det.memory_ is not None and det.n_patches_ is not None
     # 15 normals, 20% held out for the threshold: 12 images x 8 x 8 patches, 10% kept.
@@ -108,12 +108,28 @@ def test_patch_scores_nearest_and_softmin() -> None:
         patch_scores(d, scoring="median")
 
 
-def test_cli_fit_evaluate_predict(texture_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_fit_evaluate_predict(
+    texture_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from feddymem.cli import main
 
     model = tmp_path / "m.pt"
-    assert main(["fit", "--data", str(texture_tree), "--out", str(model), "--image-size", "64",
-                 "--coreset-ratio", "0.1"]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--data",
+                str(texture_tree),
+                "--out",
+                str(model),
+                "--image-size",
+                "64",
+                "--coreset-ratio",
+                "0.1",
+            ]
+        )
+        == 0
+    )
     fit_out = json.loads(capsys.readouterr().out)
     assert fit_out["memory_items"] > 0 and fit_out["image_hw"] == [64, 64]
     assert main(["evaluate", "--model", str(model), "--data", str(texture_tree), "--json"]) == 0
@@ -122,8 +138,20 @@ def test_cli_fit_evaluate_predict(texture_tree: Path, tmp_path: Path, capsys: py
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "pred"
-    assert main(["predict", "--model", str(model), str(texture_tree / "test" / "spot"), str(bad),
-                 "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(model),
+                str(texture_tree / "test" / "spot"),
+                str(bad),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     rows = list(csv.DictReader((out / "scores.csv").open()))
     scored = [r for r in rows if r["score"]]
     assert len(scored) == 6 and all((out / r["overlay"]).is_file() for r in scored)

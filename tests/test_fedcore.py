@@ -101,7 +101,9 @@ def test_weighted_kmeans_follows_the_weights() -> None:
 def test_aggregate_memories_kmeans_over_the_union() -> None:
     gen = torch.Generator().manual_seed(0)
     a = ReducedMemory(vectors=torch.randn(30, 4, generator=gen), weights=torch.ones(30), n_images=3)
-    b = ReducedMemory(vectors=torch.randn(30, 4, generator=gen) + 5, weights=torch.ones(30), n_images=3)
+    b = ReducedMemory(
+        vectors=torch.randn(30, 4, generator=gen) + 5, weights=torch.ones(30), n_images=3
+    )
     g1 = aggregate_memories([a, b], num_centers=10, seed=1)
     g2 = aggregate_memories([a, b], num_centers=10, seed=1)
     assert g1.shape == (10, 4) and torch.equal(g1, g2)
@@ -112,7 +114,9 @@ def test_aggregate_memories_kmeans_over_the_union() -> None:
 def test_aggregate_mean_needs_aligned_banks() -> None:
     a = ReducedMemory(vectors=torch.zeros(4, 2), weights=torch.full((4,), 1.0), n_images=1)
     b = ReducedMemory(vectors=torch.ones(4, 2), weights=torch.full((4,), 3.0), n_images=3)
-    assert torch.allclose(aggregate_memories([a, b], num_centers=None, method="mean"), torch.full((4, 2), 0.75))
+    assert torch.allclose(
+        aggregate_memories([a, b], num_centers=None, method="mean"), torch.full((4, 2), 0.75)
+    )
     c = ReducedMemory(vectors=torch.ones(5, 2), weights=torch.ones(5), n_images=1)
     with pytest.raises(ValueError, match="one shape"):
         aggregate_memories([a, c], num_centers=None, method="mean")

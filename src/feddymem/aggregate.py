@@ -37,8 +37,13 @@ def weighted_kmeans(
         return x.float().clone(), (torch.ones(n) if weights is None else weights.float().clone())
     faiss.omp_set_num_threads(max(1, torch.get_num_threads()))
     km = faiss.Kmeans(
-        d, k, niter=iterations, seed=seed, verbose=False,
-        max_points_per_centroid=max_points_per_centroid, min_points_per_centroid=1,
+        d,
+        k,
+        niter=iterations,
+        seed=seed,
+        verbose=False,
+        max_points_per_centroid=max_points_per_centroid,
+        min_points_per_centroid=1,
     )
     if w is not None and n > max_points_per_centroid * k:
         # faiss cannot subsample weighted data itself: draw the sample here, seeded.

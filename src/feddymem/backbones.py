@@ -15,6 +15,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -127,6 +128,7 @@ def _lite_stage_ends(model_name: str) -> list[tuple[int, Tap]]:
     model = EfficientNet.from_name(model_name)
     stride = 2  # the stem
     ends: list[tuple[int, Tap]] = []
+    last_tap = Tap(channels=0, stride=stride)
     for idx, block in enumerate(model._blocks):
         args = block._block_args
         # The first block of a stage carries its stride as a one-element list, the rest an int.
@@ -142,7 +144,7 @@ def _lite_stage_ends(model_name: str) -> list[tuple[int, Tap]]:
 class LiteTaps(nn.Module):
     """EfficientNet-Lite cut after its deepest tapped block; returns the tapped block outputs."""
 
-    def __init__(self, model: nn.Module, tap_blocks: dict[str, int]) -> None:
+    def __init__(self, model: Any, tap_blocks: dict[str, int]) -> None:
         super().__init__()
         last = max(tap_blocks.values())
         self.stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
@@ -207,7 +209,9 @@ def _find_local_weights(filename: str, explicit: Path | None) -> Path:
     )
 
 
-def _resnet_spec(name: str, arch: str, filename: str, widths: tuple[int, int, int, int]) -> BackboneSpec:
+def _resnet_spec(
+    name: str, arch: str, filename: str, widths: tuple[int, int, int, int]
+) -> BackboneSpec:
     taps = {f"layer{i + 1}": Tap(channels=w, stride=4 * 2**i) for i, w in enumerate(widths)}
 
     def build(layers: tuple[str, ...], weights: Path | None) -> nn.Module:
@@ -216,7 +220,9 @@ def _resnet_spec(name: str, arch: str, filename: str, widths: tuple[int, int, in
 
         model = getattr(models, arch)(weights=None)
         model.load_state_dict(_checked_state_dict(_find_local_weights(filename, weights), None))
-        return create_feature_extractor(model.eval(), return_nodes={layer: layer for layer in layers})
+        return create_feature_extractor(
+            model.eval(), return_nodes={layer: layer for layer in layers}
+        )
 
     return BackboneSpec(
         name=name,
@@ -233,7 +239,9 @@ _FACTORIES: dict[str, Callable[[], BackboneSpec]] = {
     "efficientnet_lite0": lambda: _lite_spec("efficientnet_lite0", "efficientnet-lite0"),
     "efficientnet_lite1": lambda: _lite_spec("efficientnet_lite1", "efficientnet-lite1"),
     "efficientnet_lite2": lambda: _lite_spec("efficientnet_lite2", "efficientnet-lite2"),
-    "resnet18": lambda: _resnet_spec("resnet18", "resnet18", "resnet18-f37072fd.pth", (64, 128, 256, 512)),
+    "resnet18": lambda: _resnet_spec(
+        "resnet18", "resnet18", "resnet18-f37072fd.pth", (64, 128, 256, 512)
+    ),
     "wide_resnet50_2": lambda: _resnet_spec(
         "wide_resnet50_2", "wide_resnet50_2", "wide_resnet50_2-95faca4d.pth", (256, 512, 1024, 2048)
     ),

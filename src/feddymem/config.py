@@ -62,10 +62,17 @@ class FeatureConfig:
     # `topk_fraction` of the patch scores (steadier than a single patch on ELPV).
     image_score: Literal["max", "topk"] = "topk"
     topk_fraction: float = 0.02
+    blur_sigma: float = 4.0  # Gaussian blur of the anomaly maps, in input pixels
 
     def __post_init__(self) -> None:
-        _check(0.0 < self.topk_fraction <= 1.0, f"topk_fraction must be in (0, 1], got {self.topk_fraction}")
-        _check(32 <= self.image_size <= 2048, f"image_size must be in [32, 2048], got {self.image_size}")
+        _check(
+            0.0 < self.topk_fraction <= 1.0,
+            f"topk_fraction must be in (0, 1], got {self.topk_fraction}",
+        )
+        _check(
+            32 <= self.image_size <= 2048,
+            f"image_size must be in [32, 2048], got {self.image_size}",
+        )
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
 
 
@@ -77,7 +84,6 @@ class DetectorConfig(FeatureConfig):
     coreset_ratio: float = 0.01
     projection_dim: int = 128  # random projection used only for coreset selection
     num_neighbors: int = 1  # k of the patch score (distance to the nearest memory item)
-    blur_sigma: float = 4.0
     calibration_fraction: float = 0.1  # normal training images held out to set the threshold
     threshold_quantile: float = 0.99
     knn_backend: Literal["faiss", "torch"] = "faiss"
@@ -85,9 +91,11 @@ class DetectorConfig(FeatureConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _check(0.0 < self.coreset_ratio <= 1.0, f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}")
+        _check(
+            0.0 < self.coreset_ratio <= 1.0,
+            f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}",
+        )
         _check(self.num_neighbors >= 1, "num_neighbors must be >= 1")
-        _check(self.blur_sigma >= 0.0, "blur_sigma must be >= 0")
         _check(0.0 <= self.calibration_fraction < 0.9, "calibration_fraction must be in [0, 0.9)")
         _check(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be in [0.5, 1]")
 
@@ -128,7 +136,6 @@ class FedDyMemConfig(FeatureConfig):
     # --- inference ---
     scoring: Literal["nearest", "softmin"] = "nearest"
     score_k: int = 3
-    blur_sigma: float = 4.0
     seed: int = 0
 
     def __post_init__(self) -> None:

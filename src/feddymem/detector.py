@@ -14,14 +14,14 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
 from torch import nn
 
 from feddymem.anomaly_map import to_anomaly_maps
-from feddymem.config import DetectorConfig, FedDyMemConfig, FeatureConfig, from_dict, to_dict
+from feddymem.config import DetectorConfig, FeatureConfig, FedDyMemConfig, from_dict, to_dict
 from feddymem.data import Batch, LoadReport, Sample, iter_batches, resolve_size
 from feddymem.features import PatchFeatureExtractor
 from feddymem.knn import NearestNeighbors
@@ -72,9 +72,7 @@ class DatasetScores:
     report: LoadReport
 
 
-def patch_scores(
-    distances: torch.Tensor, *, scoring: str = "nearest"
-) -> torch.Tensor:
+def patch_scores(distances: torch.Tensor, *, scoring: str = "nearest") -> torch.Tensor:
     """Patch anomaly scores from (N, k) ascending distances to the memory, (N,).
 
     'nearest': the distance to the nearest item (PatchCore). 'softmin': the distances weighted by
@@ -133,7 +131,9 @@ class MemoryBankDetector:
             raise ValueError("memory holds NaN or Inf values")
         self.memory_ = memory.float().contiguous()
         self.image_hw_ = image_hw
-        backend = getattr(self.config, "knn_backend", "faiss")
+        backend: Literal["faiss", "torch"] = (
+            "torch" if getattr(self.config, "knn_backend", "faiss") == "torch" else "faiss"
+        )
         self._index = NearestNeighbors(self.memory_, backend=backend)
 
     def _check_fitted(self) -> None:
@@ -230,7 +230,9 @@ class MemoryBankDetector:
             if progress is not None:
                 progress(len(batch.samples))
         if not kept:
-            raise ValueError(f"no image could be loaded out of {len(samples)}: {report.skipped[:3]}")
+            raise ValueError(
+                f"no image could be loaded out of {len(samples)}: {report.skipped[:3]}"
+            )
         return DatasetScores(
             samples=kept,
             labels=np.concatenate(labels).astype(int),
@@ -278,7 +280,9 @@ class MemoryBankDetector:
             "threshold": self.threshold_,
         }
         if self.generator is not None:
-            out["generator"] = {k: v.detach().clone() for k, v in self.generator.state_dict().items()}
+            out["generator"] = {
+                k: v.detach().clone() for k, v in self.generator.state_dict().items()
+            }
         return out
 
     def save(self, path: Path) -> Path:
@@ -311,13 +315,15 @@ def load_detector(path: Path, *, weights: Path | None = None) -> MemoryBankDetec
     if not isinstance(state, dict) or state.get("format") != "feddymem-detector":
         raise ModelFileError(f"{path} is not a feddymem model file")
     if state.get("version") != FORMAT_VERSION:
-        raise ModelFileError(f"{path} has format version {state.get('version')}, expected {FORMAT_VERSION}")
+        raise ModelFileError(
+            f"{path} has format version {state.get('version')}, expected {FORMAT_VERSION}"
+        )
     cls = _CONFIG_CLASSES.get(state["config_class"])
     if cls is None:
         raise ModelFileError(f"{path}: unknown config class {state['config_class']!r}")
     config = from_dict(cls, json.loads(state["config"]), where=str(path))
     detector: MemoryBankDetector = (
-        PatchCoreDetector(config, weights=weights)  # type: ignore[arg-type]
+        PatchCoreDetector(config, weights=weights)
         if isinstance(config, DetectorConfig)
         else MemoryBankDetector(config, weights=weights)
     )
@@ -326,7 +332,7 @@ def load_detector(path: Path, *, weights: Path | None = None) -> MemoryBankDetec
         gen = MemoryGenerator(in_channels=detector.extractor.out_channels, gamma_d=config.gamma_d)
         gen.load_state_dict(state["generator"])
         detector.generator = gen.eval()
-    detector.set_memory(state["memory"], image_hw=tuple(state["image_hw"]))  # type: ignore[arg-type]
+    detector.set_memory(state["memory"], image_hw=tuple(state["image_hw"]))
     detector.threshold_ = state["threshold"]
     return detector
 

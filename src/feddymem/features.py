@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import logging
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +23,9 @@ class PatchFeatureExtractor(nn.Module):
     are known at construction, before any forward pass. Inputs are RGB in [0, 1], (B, 3, H, W);
     the backbone's own normalisation is applied inside.
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(
         self,
@@ -71,7 +73,7 @@ class PatchFeatureExtractor(nn.Module):
                 log.warning("backbone tracing failed (%s); running it eagerly", err)
                 self.optimize = False
                 return self.net(x)
-        return self._fast(x)  # type: ignore[no-any-return]
+        return self._fast(x)
 
     def grid_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
         """(H, W) of the feature grid for an input of `image_hw` pixels (multiples of 32)."""

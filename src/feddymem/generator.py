@@ -35,6 +35,7 @@ class MemoryGenerator(nn.Module):
 
     @torch.no_grad()
     def reset_parameters(self, *, init: str, seed: int) -> None:
+        assert self.conv.bias is not None
         if init == "identity":
             self.conv.weight.zero_()
             self.conv.bias.zero_()

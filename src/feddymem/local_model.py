@@ -63,7 +63,10 @@ class FedDyMemClient:
         d_in = self.detector.extractor.out_channels
         self.generator: MemoryGenerator | None = (
             MemoryGenerator(
-                in_channels=d_in, gamma_d=config.gamma_d, init=config.generator_init, seed=config.seed
+                in_channels=d_in,
+                gamma_d=config.gamma_d,
+                init=config.generator_init,
+                seed=config.seed,
             )
             if config.generator
             else None
@@ -79,7 +82,11 @@ class FedDyMemClient:
             else None
         )
         self.loss = MetricLoss(
-            k=config.loss_k, j=config.loss_j, radius=config.radius, margin=config.margin, nu=config.nu
+            k=config.loss_k,
+            j=config.loss_j,
+            radius=config.radius,
+            margin=config.margin,
+            nu=config.nu,
         )
         self.memory: ReducedMemory | None = None
         self.rounds_done = -1
@@ -130,7 +137,9 @@ class FedDyMemClient:
         path = self.state_dir / FEATURES_FILE
         if path.is_file():
             cached = torch.load(path, map_location="cpu", weights_only=True)
-            if tuple(cached["image_hw"]) == self.image_hw and cached["n"] == len(self.train_samples):
+            if tuple(cached["image_hw"]) == self.image_hw and cached["n"] == len(
+                self.train_samples
+            ):
                 self._features = cached["features"]
                 return self._features
         report = LoadReport(loaded=0, skipped=[])
@@ -145,7 +154,9 @@ class FedDyMemClient:
             )
         ]
         if not chunks:
-            raise ValueError(f"none of the {len(self.train_samples)} training images could be loaded")
+            raise ValueError(
+                f"none of the {len(self.train_samples)} training images could be loaded"
+            )
         feats = torch.cat(chunks)
         torch.save(
             {"features": feats, "image_hw": list(self.image_hw), "n": len(self.train_samples)}, path
@@ -191,9 +202,7 @@ class FedDyMemClient:
         """Dynamic memory: z(x) of every training image with the current G_k, then reduce."""
         feats = self.features()
         cfg = self.config
-        z = torch.cat(
-            [self._embed(feats[i : i + 64]) for i in range(0, feats.shape[0], 64)]
-        )
+        z = torch.cat([self._embed(feats[i : i + 64]) for i in range(0, feats.shape[0], 64)])
         seed = cfg.seed * 100_003 + round_idx
         if cfg.memory_reduce == "position_average":
             return REDUCERS["position_average"](

@@ -27,7 +27,9 @@ class MetricLoss:
     ) -> tuple[torch.Tensor, dict[str, float]]:
         """z (N, d) patch vectors, memory (C, d) -> scalar loss and its two parts."""
         if z.ndim != 2 or memory.ndim != 2 or z.shape[1] != memory.shape[1]:
-            raise ValueError(f"shapes do not match: z {tuple(z.shape)}, memory {tuple(memory.shape)}")
+            raise ValueError(
+                f"shapes do not match: z {tuple(z.shape)}, memory {tuple(memory.shape)}"
+            )
         k = min(self.k, memory.shape[0])
         j = min(self.j, memory.shape[0] - k)
         sq = torch.cdist(z, memory).pow(2)

@@ -37,7 +37,9 @@ def position_average(
     weights = torch.full((h * w,), float(n))
     if gamma_c > 1:
         size = max(1, (h * w) // gamma_c)
-        vectors, weights = weighted_kmeans(vectors, weights, k=size, seed=seed, iterations=iterations)
+        vectors, weights = weighted_kmeans(
+            vectors, weights, k=size, seed=seed, iterations=iterations
+        )
     return ReducedMemory(vectors=vectors.contiguous(), weights=weights, n_images=n)
 
 
@@ -48,7 +50,9 @@ def kmeans_reduce(
     n, d = z.shape[0], z.shape[1]
     flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)
     if flat.shape[0] <= size:
-        return ReducedMemory(vectors=flat.contiguous(), weights=torch.ones(flat.shape[0]), n_images=n)
+        return ReducedMemory(
+            vectors=flat.contiguous(), weights=torch.ones(flat.shape[0]), n_images=n
+        )
     vectors, weights = weighted_kmeans(flat, None, k=size, seed=seed, iterations=iterations)
     return ReducedMemory(vectors=vectors, weights=weights, n_images=n)
 

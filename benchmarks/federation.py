@@ -8,8 +8,8 @@ accuracy: ELPV with two sites (mono, poly; configs/elpv_two_clients.toml) throug
     scored on each site's own test set.
 bytes: bytes per client per round measured on the wire (serialized Flower messages, both
     directions) next to what FedAvg would send for the generator's and the backbone's weights.
-scale: wall time per round with 2, 8 and 32 simulated clients (IID split of a generated set of
-    real-texture images, 224 px), on this machine.
+scale: wall time per round with 2, 8 and 32 simulated clients (IID split of 192 crops of
+    scikit-image's brick texture, 224 px), on this machine.
 Rows (JSON lines) go to <out>/federation.jsonl with the project's benchmark schema.
 """
 
@@ -122,7 +122,7 @@ def accuracy(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, 
     model = fed["settings"].get("model", {})
     rounds = int(fed["rounds_completed"])
     # Local-only: each site alone, same model and rounds (a one-client federation).
-    for cell, root in sites.items():
+    for cell, root in sites.items() if args.with_local_feddymem else ():
         one = write_spec(
             args.out / f"local_{cell}.toml",
             name=f"local-{cell}",
@@ -237,7 +237,7 @@ def scale(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
 
     root = args.data_dir / "brick-224"
     if not (root / "train").is_dir():
-        make_texture_tree(root, n_train=320, n_good=4, n_bad=4, size=224, seed=0)
+        make_texture_tree(root, n_train=192, n_good=4, n_bad=4, size=224, seed=0)
     for n in (2, 8, 32):
         spec = write_spec(
             args.out / f"scale_{n}.toml",
@@ -252,7 +252,7 @@ def scale(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
             rows,
             {
                 "method": "feddymem_scale",
-                "dataset": "brick-224 (320 train images, IID)",
+                "dataset": "brick-224 (192 train images, IID)",
                 "clients": n,
                 "seed": 0,
                 "rounds": len(walls),
@@ -278,6 +278,11 @@ def main() -> None:
         type=Path,
         default=None,
         help="results.json of a finished run of configs/elpv_two_clients.toml to reuse",
+    )
+    parser.add_argument(
+        "--with-local-feddymem",
+        action="store_true",
+        help="also run FedDyMem on each site alone (a one-client federation per site)",
     )
     parser.add_argument(
         "--with-patchcore",

@@ -81,29 +81,27 @@ def write_spec(
     partition: dict[str, Any] | None = None,
     model: dict[str, Any] | None = None,
 ) -> Path:
-    lines = [
-        "[federation]",
-        f'name = "{name}"',
-        f"rounds = {rounds}",
-        f"min_clients = {1}",
-        "seed = 0",
-        "round_timeout_s = 7200",
-        "connect_timeout_s = 600",
-        "",
-        "[model]",
-    ]
-    for key, value in (model or {}).items():
-        lines.append(f"{key} = {json.dumps(value)}")
-    for cname, roots in (clients or {}).items():
-        lines += [
-            "",
-            "[[clients]]",
-            f'name = "{cname}"',
-            f"data = {json.dumps([str(r) for r in roots])}",
+    """A federation spec TOML (None-valued model options are left at their defaults)."""
+    import tomli_w
+
+    spec: dict[str, Any] = {
+        "federation": {
+            "name": name,
+            "rounds": rounds,
+            "min_clients": 1,
+            "seed": 0,
+            "round_timeout_s": 7200,
+            "connect_timeout_s": 600,
+        },
+        "model": {k: v for k, v in (model or {}).items() if v is not None},
+    }
+    if clients:
+        spec["clients"] = [
+            {"name": n, "data": [str(r) for r in roots]} for n, roots in clients.items()
         ]
     if partition:
-        lines += ["", "[partition]"] + [f"{k} = {json.dumps(v)}" for k, v in partition.items()]
-    path.write_text("\n".join(lines) + "\n")
+        spec["partition"] = partition
+    path.write_text(tomli_w.dumps(spec))
     return path
 
 
@@ -135,41 +133,42 @@ def accuracy(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, 
             f"local-{cell}", res, method="local_feddymem", dataset="elpv", seed=args.seed
         ):
             emit(rows, row)
-    # Pooled: one client holding both sites' training images, same model and rounds, scored on
-    # each site's test set.
-    pooled_spec = write_spec(
-        args.out / "pooled.toml",
-        name="pooled",
-        rounds=rounds,
-        clients={"pooled": list(sites.values())},
-        model=model,
-    )
-    pooled = run_federation(pooled_spec, args.out / "pooled-feddymem")
-    from feddymem.detector import load_detector
-
-    det = (
-        load_detector(Path(pooled["clients"]["pooled"]["model_file"]))
-        if "model_file" in pooled["clients"]["pooled"]
-        else None
-    )
-    for cell, root in sites.items():
-        if det is None:
-            break
-        m = det.evaluate(scan(root).test)
-        emit(
-            rows,
-            {
-                "method": "pooled_feddymem",
-                "dataset": f"elpv/{cell}",
-                "clients": 1,
-                "seed": args.seed,
-                **m.as_dict(),
-                "bytes_up": 0,
-                "bytes_down": 0,
-                "rounds": rounds + 1,
-                "wall_s": round(float(pooled["wall_s"]["total"]), 1),
-            },
+    if not args.skip_pooled:
+        # Pooled: one client holding both sites' training images, same model and rounds, scored on
+        # each site's test set.
+        pooled_spec = write_spec(
+            args.out / "pooled.toml",
+            name="pooled",
+            rounds=rounds,
+            clients={"pooled": list(sites.values())},
+            model=model,
         )
+        pooled = run_federation(pooled_spec, args.out / "pooled-feddymem")
+        from feddymem.detector import load_detector
+
+        det = (
+            load_detector(Path(pooled["clients"]["pooled"]["model_file"]))
+            if "model_file" in pooled["clients"]["pooled"]
+            else None
+        )
+        for cell, root in sites.items():
+            if det is None:
+                break
+            m = det.evaluate(scan(root).test)
+            emit(
+                rows,
+                {
+                    "method": "pooled_feddymem",
+                    "dataset": f"elpv/{cell}",
+                    "clients": 1,
+                    "seed": args.seed,
+                    **m.as_dict(),
+                    "bytes_up": 0,
+                    "bytes_down": 0,
+                    "rounds": rounds + 1,
+                    "wall_s": round(float(pooled["wall_s"]["total"]), 1),
+                },
+            )
     if args.with_patchcore:
         cfg = DetectorConfig(seed=args.seed)
         for cell, root in sites.items():
@@ -283,6 +282,9 @@ def main() -> None:
         "--with-local-feddymem",
         action="store_true",
         help="also run FedDyMem on each site alone (a one-client federation per site)",
+    )
+    parser.add_argument(
+        "--skip-pooled", action="store_true", help="skip the pooled-data FedDyMem run"
     )
     parser.add_argument(
         "--with-patchcore",

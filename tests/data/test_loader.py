@@ -193,3 +193,16 @@ def test_real_magnetic_tile_counts_and_zero_masks() -> None:
     flags = zip(batch.samples, batch.has_mask.tolist(), strict=True)
     no_mask = {s.path.stem for s, ok in flags if not ok}
     assert no_mask == {"exp4_num_45057", "exp4_num_352527", "exp3_num_45042", "exp4_num_124690"}
+
+
+def test_resolve_size_squashes_when_aspect_ratios_vary(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from feddymem.data import resolve_size
+
+    paths = []
+    for i, (h, w) in enumerate([(40, 100), (100, 40), (60, 60), (90, 50), (50, 90)]):
+        path = tmp_path / f"{i}.png"
+        Image.new("L", (w, h)).save(path)
+        paths.append(path)
+    assert resolve_size(paths, image_size=64, keep_aspect=True) == (64, 64)

@@ -39,6 +39,9 @@ _ASPECT_PROBES = 16
 """How many image headers :func:`resolve_size` reads to estimate the aspect ratio."""
 
 
+_ASPECT_SPREAD = 1.25  # 90th / 10th percentile of H / W above which a set is squashed
+
+
 def _round_to_multiple(value: float, multiple: int) -> int:
     """Nearest positive multiple of ``multiple`` (halves round up)."""
     return max(multiple, multiple * math.floor(value / multiple + 0.5))
@@ -54,7 +57,8 @@ def resolve_size(
     ``long / short`` is taken, the short side becomes ``image_size`` and the long side
     ``image_size * ratio``, each rounded to the nearest multiple of ``multiple``.  Elongated
     images (KolektorSDD is 500 x 1250) then keep their shape, where squashing them into a square
-    would erase thin cracks.
+    would erase thin cracks.  When the ratios themselves vary across the set (90th / 10th
+    percentile above 1.25) no single shape keeps them, and the answer is a square.
 
     Args:
         paths: Image files of the data set.
@@ -95,6 +99,14 @@ def resolve_size(
             f"resolve_size: none of {len(probes)} probed images is readable, first "
             f"{paths[int(probes[0])]}"
         )
+    spread = float(np.quantile(ratios, 0.9) / np.quantile(ratios, 0.1))
+    if spread > _ASPECT_SPREAD:
+        # One tensor size cannot keep aspect ratios that differ across the set (magnetic_tile's
+        # run from 0.4 to 2.3): a median shape would distort most images more than a square.
+        logger.info(
+            "resolve_size: aspect ratios vary %.1fx across the set; resizing to a square", spread
+        )
+        return (image_size, image_size)
     ratio = float(np.median(ratios))
     if ratio >= 1.0:  # tall: width is the short side
         size = (

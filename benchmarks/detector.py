@@ -83,7 +83,7 @@ def speed(
     det.extractor(batches[0])  # warm-up
     t1 = time.perf_counter()
     for images in batches:
-        det.extractor.net((images - det.extractor.mean) / det.extractor.std)
+        det.extractor._network((images - det.extractor.mean) / det.extractor.std)
     forward_s = time.perf_counter() - t1
     # End to end: decode + features + k-NN + anomaly maps.
     t2 = time.perf_counter()
@@ -150,7 +150,7 @@ def main() -> None:
             fh.write(json.dumps(row) + "\n")
     if "speed" in parts:
         figures = speed(
-            args.data_dir / "elpv-mono", DetectorConfig(seed=args.seed, keep_aspect=False)
+            args.data_dir / "elpv-mono", DetectorConfig(seed=args.seed, keep_aspect=False, image_size=224)
         )
         (args.out / "speed.json").write_text(json.dumps(figures, indent=2))
     _ = np

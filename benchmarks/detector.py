@@ -114,6 +114,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, default=REPO / "data")
     parser.add_argument("--only", default="elpv,surface,synth,speed")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--surface-sets", default="magnetic_tile,kolektorsdd")
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -128,7 +129,7 @@ def main() -> None:
         for cell in ("mono", "poly"):
             rows.append(run_one(f"elpv-{cell}", args.data_dir / f"elpv-{cell}", cfg))
     if "surface" in parts:
-        for name in ("magnetic_tile", "kolektorsdd"):
+        for name in args.surface_sets.split(","):
             if (SHARED / name).is_dir():
                 rows.append(run_one(name, SHARED / name, cfg))
             else:

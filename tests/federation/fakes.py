@@ -355,38 +355,11 @@ def make_texture_site(
 ) -> Path:
     """An MVTec-layout site of real detection work: crops of a scikit-image CC0 texture, with
     bright / dark discs (exact masks) as anomalies."""
-    from skimage import data as skdata
+    from tests.conftest import make_texture_tree
 
-    tex = getattr(skdata, texture)()
-    tex = tex if tex.ndim == 2 else tex[..., 0]
-    rng = np.random.default_rng(seed)
-    for folder in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
-        (root / folder).mkdir(parents=True, exist_ok=True)
-    crop = size * 2
-
-    def sample() -> np.ndarray:
-        y, x = rng.integers(0, tex.shape[0] - crop), rng.integers(0, tex.shape[1] - crop)
-        return np.asarray(
-            Image.fromarray(tex[y : y + crop, x : x + crop]).resize(
-                (size, size), Image.Resampling.BILINEAR
-            )
-        )
-
-    for i in range(n_train):
-        Image.fromarray(sample()).save(root / "train" / "good" / f"{i:03d}.png")
-    for i in range(n_good):
-        Image.fromarray(sample()).save(root / "test" / "good" / f"{i:03d}.png")
-    yy, xx = np.mgrid[:size, :size]
-    for i in range(n_bad):
-        img = sample().astype(np.float32)
-        cy, cx = rng.integers(size // 4, 3 * size // 4, size=2)
-        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= rng.integers(size // 10, size // 6) ** 2
-        img[mask] = 255.0 if i % 2 == 0 else 0.0
-        Image.fromarray(img.astype(np.uint8)).save(root / "test" / "spot" / f"{i:03d}.png")
-        Image.fromarray((mask * 255).astype(np.uint8)).save(
-            root / "ground_truth" / "spot" / f"{i:03d}_mask.png"
-        )
-    return root
+    return make_texture_tree(
+        root, n_train=n_train, n_good=n_good, n_bad=n_bad, size=size, seed=seed, texture=texture
+    )
 
 
 def smoke_federation(folder: Path) -> Path:

@@ -58,8 +58,8 @@ class PatchFeatureExtractor(nn.Module):
         """The frozen backbone's taps; by default through a frozen TorchScript graph.
 
         `torch.jit.optimize_for_inference` folds batch norm into the convolutions and runs them
-        on oneDNN: about twice the eager speed on a plain CPU (benchmarks/detector.py measures
-        it). Any failure to trace falls back to eager mode, once, with a warning.
+        on oneDNN (`benchmarks/detector.py --only speed` prints its rate next to eager mode's).
+        Any failure to trace falls back to eager mode, once, with a warning.
         """
         if not self.optimize:
             return self.net(x)

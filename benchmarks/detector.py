@@ -123,11 +123,14 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--surface-sets", default="magnetic_tile,kolektorsdd")
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
+    parser.add_argument("--image-size", type=int, default=256, help="short side in pixels")
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
     parts = set(args.only.split(","))
-    cfg = DetectorConfig(seed=args.seed, coreset_ratio=args.coreset_ratio)
+    cfg = DetectorConfig(
+        seed=args.seed, coreset_ratio=args.coreset_ratio, image_size=args.image_size
+    )
     rows: list[dict[str, object]] = []
     if parts & {"elpv", "synth", "speed"}:
         for cell in ("mono", "poly"):

@@ -141,6 +141,29 @@ class _Run:
             run_id=self.state.run_id,
         )
 
+    def _usable_reply(
+        self,
+        replies: Mapping[int, Message],
+        *,
+        phase: str,
+        round_idx: int | None,
+        node: int,
+        name: str,
+    ) -> Message | None:
+        """The node's reply, or None (and the client dropped, with why) if it has none or erred."""
+        reply = replies.get(node)
+        if reply is None:
+            reason = (
+                f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s "
+                "(client died or too slow)"
+            )
+        elif reply.has_error():
+            reason = f"client error: {reply.error.reason}"
+        else:
+            return reply
+        self._reject(phase=phase, round_idx=round_idx, node=node, name=name, reason=reason)
+        return None
+
     def _reject(
         self, *, phase: str, round_idx: int | None, node: int, name: str | None, reason: str
     ) -> None:
@@ -303,27 +326,12 @@ class _Run:
             row: dict[str, Any] = {"bytes_down": wire.message_size(messages[node]), "bytes_up": 0}
             rows[name] = row
             nodes_of[name] = node
-            reply = replies.get(node)
+            reply = self._usable_reply(
+                replies, phase="train", round_idx=round_idx, node=node, name=name
+            )
             if reply is None:
-                self._reject(
-                    phase="train",
-                    round_idx=round_idx,
-                    node=node,
-                    name=name,
-                    reason=f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s "
-                    f"(client died or too slow)",
-                )
                 continue
             row["bytes_up"] = wire.message_size(reply)
-            if reply.has_error():
-                self._reject(
-                    phase="train",
-                    round_idx=round_idx,
-                    node=node,
-                    name=name,
-                    reason=f"client error: {reply.error.reason}",
-                )
-                continue
             try:
                 reported = wire.identity_from_content(reply.content).name
                 if reported != name:
@@ -409,26 +417,12 @@ class _Run:
         for node, name in sorted(roster.items(), key=lambda item: item[1]):
             sizes = {"down": wire.message_size(messages[node]), "up": 0}
             self.eval_bytes[name] = sizes
-            reply = replies.get(node)
+            reply = self._usable_reply(
+                replies, phase="evaluate", round_idx=None, node=node, name=name
+            )
             if reply is None:
-                self._reject(
-                    phase="evaluate",
-                    round_idx=None,
-                    node=node,
-                    name=name,
-                    reason=f"no evaluation reply within {self.fed.round_timeout_s:g} s",
-                )
                 continue
             sizes["up"] = wire.message_size(reply)
-            if reply.has_error():
-                self._reject(
-                    phase="evaluate",
-                    round_idx=None,
-                    node=node,
-                    name=name,
-                    reason=f"client error: {reply.error.reason}",
-                )
-                continue
             try:
                 identity = wire.identity_from_content(reply.content)
                 metrics: dict[str, Any] = dict(wire.metrics_from_content(reply.content))

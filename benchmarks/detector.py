@@ -17,7 +17,6 @@ import resource
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from feddymem.config import DetectorConfig
@@ -165,7 +164,6 @@ def main() -> None:
             DetectorConfig(seed=args.seed, keep_aspect=False, image_size=224),
         )
         (args.out / "speed.json").write_text(json.dumps(figures, indent=2))
-    _ = np
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import logging
 import sys
@@ -182,7 +183,7 @@ def cmd_data_elpv(args: argparse.Namespace) -> int:
     )
     print(
         json.dumps(
-            summary.__dict__ if hasattr(summary, "__dict__") else str(summary),
+            dataclasses.asdict(summary),
             indent=2,
             default=str,
         )
@@ -214,7 +215,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
     )
     print(
         json.dumps(
-            summary.__dict__ if hasattr(summary, "__dict__") else str(summary),
+            dataclasses.asdict(summary),
             indent=2,
             default=str,
         )

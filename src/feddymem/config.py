@@ -8,7 +8,7 @@ plain dicts (JSON / TOML), so a number can always be traced back to the settings
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
 T = TypeVar("T")
@@ -24,14 +24,8 @@ def from_dict(cls: type[T], values: dict[str, Any], *, where: str = "config") ->
     unknown = sorted(set(values) - set(names))
     if unknown:
         raise ConfigError(f"{where}: unknown option(s) {unknown}; known: {sorted(names)}")
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        default = getattr(cls, key, None)
-        if isinstance(default, tuple) and isinstance(value, list):
-            value = tuple(value)
-        if key == "layers" and isinstance(value, list):
-            value = tuple(value)
-        kwargs[key] = value
+    # Every sequence-valued option is a tuple; JSON and TOML give lists.
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     try:
         return cls(**kwargs)
     except ConfigError as err:
@@ -151,11 +145,3 @@ class FedDyMemConfig(FeatureConfig):
         _check(self.nu > 0 and self.lr > 0, "nu and lr must be > 0")
         _check(self.local_epochs >= 0, "local_epochs must be >= 0")
         _check(self.score_k >= 1, "score_k must be >= 1")
-
-
-@dataclass(frozen=True, kw_only=True)
-class RunInfo:
-    """Provenance written next to results."""
-
-    command: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)

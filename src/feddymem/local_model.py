@@ -91,6 +91,7 @@ class FedDyMemClient:
         self.memory: ReducedMemory | None = None
         self.rounds_done = -1
         self._features: torch.Tensor | None = None
+        self._detector_state: int | None = None  # rounds_done when detector_with last ran
         self._load_state()
 
     # --- state on disk ---------------------------------------------------------------------
@@ -258,10 +259,17 @@ class FedDyMemClient:
     def detector_with(self, global_memory: torch.Tensor) -> MemoryBankDetector:
         """The client's detector: its final G_k and M_g, threshold from its held-out normals."""
         det = self.detector
+        if (
+            self._detector_state == self.rounds_done
+            and det.memory_ is not None
+            and torch.equal(det.memory_, global_memory.float())
+        ):
+            return det  # already set up for this G_k and M_g (evaluate, then export)
         det.generator = self.generator.eval() if self.generator is not None else None
         det.set_memory(global_memory, image_hw=self.image_hw)
         if self.calibration:
             det.calibrate(self.calibration, quantile=0.99)
+        self._detector_state = self.rounds_done
         return det
 
     def evaluate(self, global_memory: torch.Tensor) -> DetectionMetrics:

@@ -6,6 +6,8 @@ No Flower here: the federation's ClientApp unpacks a message and calls `fit_roun
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import time
 from collections.abc import Sequence
@@ -44,6 +46,7 @@ class FedDyMemClient:
         state_dir: Path,
         weights: Path | None = None,
         calibration_fraction: float = 0.1,
+        feature_cache: Path | None = None,
     ) -> None:
         if not train:
             raise ValueError("a FedDyMem client needs at least one normal training image")
@@ -51,6 +54,7 @@ class FedDyMemClient:
         self.test = list(test)
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.feature_cache = None if feature_cache is None else Path(feature_cache)
         self.train_samples, self.calibration = split_calibration(
             [s for s in train if s.label == 0], fraction=calibration_fraction, seed=config.seed
         )
@@ -131,11 +135,32 @@ class FedDyMemClient:
         torch.save(state, tmp)
         tmp.replace(self.state_dir / STATE_FILE)
 
+    def _features_key(self) -> str:
+        """Digest of what p(x) depends on: backbone, taps, input size and the training files."""
+        cfg = self.config
+        files = []
+        for s in self.train_samples:
+            st = s.path.stat()
+            files.append([str(s.path.resolve()), st.st_size, st.st_mtime_ns])
+        payload = [cfg.backbone, cfg.layers, list(self.image_hw), files]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
+
+    def _features_path(self) -> Path:
+        """Where p(x) is cached: the shared cache (keyed by content) or the state folder."""
+        if self.feature_cache is None:
+            return self.state_dir / FEATURES_FILE
+        self.feature_cache.mkdir(parents=True, exist_ok=True)
+        return self.feature_cache / f"{self._features_key()}.pt"
+
     def features(self) -> torch.Tensor:
-        """p(x) of the training images, (n_k, D, H, W) float16, computed once and cached."""
+        """p(x) of the training images, (n_k, D, H, W) float16, computed once and cached.
+
+        With `feature_cache` set, the cache is shared by every run on the same files, backbone
+        and size (a site re-running a federation, a benchmark running many methods).
+        """
         if self._features is not None:
             return self._features
-        path = self.state_dir / FEATURES_FILE
+        path = self._features_path()
         if path.is_file():
             cached = torch.load(path, map_location="cpu", weights_only=True)
             if tuple(cached["image_hw"]) == self.image_hw and cached["n"] == len(
@@ -159,9 +184,17 @@ class FedDyMemClient:
                 f"none of the {len(self.train_samples)} training images could be loaded"
             )
         feats = torch.cat(chunks)
+        if report.skipped:
+            log.warning(
+                "%d training image(s) could not be read: %s",
+                len(report.skipped),
+                ", ".join(str(p) for p, _ in report.skipped[:5]),
+            )
+        tmp = path.with_suffix(".tmp")
         torch.save(
-            {"features": feats, "image_hw": list(self.image_hw), "n": len(self.train_samples)}, path
+            {"features": feats, "image_hw": list(self.image_hw), "n": len(self.train_samples)}, tmp
         )
+        tmp.replace(path)
         self._features = feats
         return feats
 

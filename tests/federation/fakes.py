@@ -76,6 +76,7 @@ class FakeClient:
         test: Sequence[Any],
         config: FedDyMemConfig,
         state_dir: Path,
+        feature_cache: Path | None = None,
     ) -> None:
         if not train:
             raise ValueError("a FedDyMem client needs at least one normal training image")

@@ -81,7 +81,13 @@ def _open_client(
 ) -> tuple[ClientData, FedDyMemClient, Path]:
     data = _client_data(site)
     folder = state_dir(site, name=data.name, instructions=instructions)
-    client = client_class()(train=data.train, test=data.test, config=config, state_dir=folder)
+    client = client_class()(
+        train=data.train,
+        test=data.test,
+        config=config,
+        state_dir=folder,
+        feature_cache=site.features_dir,
+    )
     return data, client, folder
 
 

@@ -7,6 +7,8 @@ simulation builds its apps with):
 ``out``       the server's output folder (checkpoints, results.json, global_memory.pt)
 ``work-dir``  where clients keep their state (a site's node config may override it)
 ``resume``    continue from the last checkpoint in ``out``
+``feature-cache``  optional folder of cached patch features, shared by runs on the same files
+              (default: ``<work-dir>/feature-cache``; a site's node config may override it)
 
 Node config (``flower-supernode --node-config``) of a deployed site:
 
@@ -25,6 +27,7 @@ from pathlib import Path
 
 __all__ = [
     "DATA",
+    "FEATURE_CACHE",
     "NAME",
     "OUT",
     "PARTITION_ID",
@@ -45,6 +48,7 @@ RESUME = "resume"
 NAME = "name"
 DATA = "data"
 PARTITION_ID = "partition-id"
+FEATURE_CACHE = "feature-cache"
 
 Value = bool | int | float | str
 
@@ -75,6 +79,12 @@ class SiteSettings:
     roots: tuple[Path, ...] = ()
     partition_id: int | None = None
     spec: Path | None = None
+    feature_cache: Path | None = None
+
+    @property
+    def features_dir(self) -> Path:
+        """Folder of cached patch features (``feature-cache``, else ``<work-dir>/feature-cache``)."""
+        return self.feature_cache or self.work_dir / "feature-cache"
 
 
 def _merged(config: Mapping[str, Value], defaults: Mapping[str, Value]) -> dict[str, Value]:
@@ -122,6 +132,10 @@ def site_settings(
             f"'{WORK_DIR}' is not set: give it in the SuperNode's --node-config or the run config"
         )
     work_dir = Path(work).expanduser().resolve()
+    cache_value = node_config.get(FEATURE_CACHE) or run_values.get(FEATURE_CACHE, "")
+    if not isinstance(cache_value, str):
+        raise RunConfigError(f"'{FEATURE_CACHE}' must be a path, got {cache_value!r}")
+    cache = Path(cache_value).expanduser().resolve() if cache_value else None
     if DATA in node_config:
         data = node_config[DATA]
         if not isinstance(data, str) or not data.strip():
@@ -132,7 +146,7 @@ def site_settings(
         name = node_config.get(NAME, "")
         if not isinstance(name, str) or not name:
             raise RunConfigError(f"node config: '{NAME}' must be set next to '{DATA}'")
-        return SiteSettings(work_dir=work_dir, name=name, roots=roots)
+        return SiteSettings(work_dir=work_dir, name=name, roots=roots, feature_cache=cache)
     if PARTITION_ID in node_config:
         pid = node_config[PARTITION_ID]
         if isinstance(pid, bool) or not isinstance(pid, int):
@@ -141,6 +155,7 @@ def site_settings(
             work_dir=work_dir,
             partition_id=pid,
             spec=_path(run_values, SPEC, "run config").resolve(),
+            feature_cache=cache,
         )
     raise RunConfigError(
         f"node config has neither '{DATA}' (a deployed site: --node-config 'name=\"...\" "

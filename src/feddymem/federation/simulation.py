@@ -17,7 +17,7 @@ import ray
 from flwr.simulation import run_simulation
 
 from feddymem.federation.client_app import build_client_app
-from feddymem.federation.runconfig import OUT, RESUME, SPEC, WORK_DIR, Value
+from feddymem.federation.runconfig import FEATURE_CACHE, OUT, RESUME, SPEC, WORK_DIR, Value
 from feddymem.federation.server_app import RESULTS_FILE, FederationError, build_server_app
 from feddymem.federation.spec import describe_clients, load_spec
 
@@ -56,6 +56,7 @@ def run_federation(
     num_cpus: int = 2,
     cpus_per_client: float = 1.0,
     object_store_mb: int = 256,
+    feature_cache: str | Path | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Simulate the federation of `spec_path`, writing into `out_dir`; returns results.json.
@@ -67,6 +68,8 @@ def run_federation(
         num_cpus: CPUs Ray may use in all.
         cpus_per_client: CPUs reserved per simulated client (2 cores, 1.0: two at a time).
         object_store_mb: Ray's object store size (memories are small; keep it small).
+        feature_cache: Folder of cached patch features shared across runs (default:
+            ``<out>/clients/feature-cache``, this run's own).
         verbose: Let Flower and Ray log at DEBUG level.
 
     Raises:
@@ -97,6 +100,8 @@ def run_federation(
         WORK_DIR: str(out / CLIENT_DIR),
         RESUME: resume,
     }
+    if feature_cache is not None:
+        defaults[FEATURE_CACHE] = str(Path(feature_cache).expanduser().resolve())
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
         "init_args": {

@@ -9,6 +9,8 @@ A fitted detector saves to and loads from one file that carries its settings.
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -247,17 +249,25 @@ class MemoryBankDetector:
         self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
     ) -> DetectionMetrics:
         """Image AUROC and F1-max; pixel AUROC and AUPRO where masks exist."""
+        return self.evaluate_with_scores(samples, progress=progress)[0]
+
+    def evaluate_with_scores(
+        self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
+    ) -> tuple[DetectionMetrics, DatasetScores]:
+        """`evaluate`, plus the image scores it was computed from (maps dropped), for ROC
+        curves and per-image reports."""
         with_masks = any(s.mask_path is not None for s in samples)
         scores = self.score_samples(
             samples, with_masks=with_masks, keep_maps=with_masks, progress=progress
         )
-        return evaluate(
+        metrics = evaluate(
             labels=scores.labels,
             image_scores=scores.image_scores,
             masks=scores.masks,
             maps=scores.anomaly_maps,
             has_mask=scores.has_mask,
         )
+        return metrics, dataclasses.replace(scores, anomaly_maps=None, masks=None)
 
     def calibrate(self, normals: Sequence[Sample], *, quantile: float) -> float:
         """Threshold = `quantile` of the image scores of held-out normal images."""
@@ -300,6 +310,13 @@ _CONFIG_CLASSES: dict[str, type[FeatureConfig]] = {
     "FedDyMemConfig": FedDyMemConfig,
 }
 
+# Detector kinds defined in other modules, imported on demand: kind -> (module, class). The class
+# rebuilds itself with `from_state(state, *, weights, where)` from what its `state()` saved.
+_EXTERNAL_KINDS: dict[str, tuple[str, str]] = {
+    "gaussian": ("feddymem.gaussian", "GaussianDetector"),
+    "autoencoder": ("feddymem.autoencoder", "AutoencoderDetector"),
+}
+
 
 def load_detector(path: Path, *, weights: Path | None = None) -> MemoryBankDetector:
     """Load any detector written by `save` (a PatchCore model or a FedDyMem client's model)."""
@@ -318,6 +335,10 @@ def load_detector(path: Path, *, weights: Path | None = None) -> MemoryBankDetec
         raise ModelFileError(
             f"{path} has format version {state.get('version')}, expected {FORMAT_VERSION}"
         )
+    if state.get("kind") in _EXTERNAL_KINDS:
+        module, name = _EXTERNAL_KINDS[state["kind"]]
+        detector_cls = getattr(importlib.import_module(module), name)
+        return detector_cls.from_state(state, weights=weights, where=str(path))
     cls = _CONFIG_CLASSES.get(state["config_class"])
     if cls is None:
         raise ModelFileError(f"{path}: unknown config class {state['config_class']!r}")

@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from feddymem.config import FedDyMemConfig
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 STATE_FILE = "client_state.pt"
 FEATURES_FILE = "features.pt"
+SCORES_FILE = "test_scores.npz"
 
 
 class FedDyMemClient:
@@ -306,10 +308,21 @@ class FedDyMemClient:
         return det
 
     def evaluate(self, global_memory: torch.Tensor) -> DetectionMetrics:
-        """Image AUROC / F1-max (and pixel AUROC / AUPRO where masks exist) on the local test set."""
+        """Image AUROC / F1-max (and pixel AUROC / AUPRO where masks exist) on the local test set.
+
+        The per-image scores stay at the site, in ``<state_dir>/test_scores.npz`` (labels,
+        image scores, file names), for ROC curves; only the metrics travel.
+        """
         if not self.test:
             raise ValueError("this client has no test images to evaluate on")
-        return self.detector_with(global_memory).evaluate(self.test)
+        metrics, scores = self.detector_with(global_memory).evaluate_with_scores(self.test)
+        np.savez(
+            self.state_dir / SCORES_FILE,
+            labels=scores.labels,
+            image_scores=scores.image_scores,
+            files=np.array([str(s.path) for s in scores.samples]),
+        )
+        return metrics
 
     def export(self, global_memory: torch.Tensor, path: Path) -> Path:
         """Write the client's detector (G_k, M_g, threshold) as a `feddymem predict` model file."""

@@ -8,7 +8,13 @@ import torch
 from feddymem.aggregate import aggregate_memories, weighted_kmeans
 from feddymem.generator import MemoryGenerator
 from feddymem.losses import MetricLoss
-from feddymem.reduce import ReducedMemory, kmeans_reduce, no_reduce, position_average
+from feddymem.reduce import (
+    ReducedMemory,
+    coreset_reduce,
+    kmeans_reduce,
+    no_reduce,
+    position_average,
+)
 
 
 def test_identity_generator_passes_features_through() -> None:
@@ -122,3 +128,20 @@ def test_aggregate_mean_needs_aligned_banks() -> None:
         aggregate_memories([a, c], num_centers=None, method="mean")
     with pytest.raises(ValueError, match="dimension"):
         aggregate_memories([a, ReducedMemory(torch.ones(4, 3), torch.ones(4), 1)], num_centers=None)
+
+
+def test_coreset_reduce_keeps_real_vectors_weights_and_rare_patterns() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(6, 8, 10, 10, generator=gen)  # 600 patch vectors
+    z[0, :, 0, 0] = 40.0  # one rare, far-away normal pattern
+    mem = coreset_reduce(z, size=32, seed=0)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, 8)
+    assert mem.vectors.shape == (32, 8) and mem.n_images == 6
+    assert float(mem.weights.sum()) == flat.shape[0]
+    # Every item is a real patch vector, and the rare one is kept (k-means would blur it).
+    same = (mem.vectors[:, None, :] == flat[None, :, :]).all(dim=-1)  # (32, 600)
+    assert same.any(dim=1).all() and same[:, 0].any()
+    # Coverage: no vector is farther from the coreset than from k-means centres of the same size.
+    km = kmeans_reduce(z, size=32, seed=0)
+    radius = torch.cdist(flat, mem.vectors).min(dim=1).values.max()
+    assert radius <= torch.cdist(flat, km.vectors).min(dim=1).values.max()

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from feddymem.aggregate import weighted_kmeans
+from feddymem.knn import NearestNeighbors
+from feddymem.sampling import greedy_coreset
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,28 @@ def kmeans_reduce(
     return ReducedMemory(vectors=vectors, weights=weights, n_images=n)
 
 
+def coreset_reduce(
+    z: torch.Tensor, *, size: int, seed: int = 0, projection_dim: int = 128
+) -> ReducedMemory:
+    """Greedy k-center coreset (PatchCore's) of all patch vectors, (N, d, H, W) -> `size` items,
+    each weighted by the number of patch vectors nearest to it.
+
+    k-means centres are means: a rare normal pattern (an edge, a busbar crossing) is averaged
+    into its neighbours and then reads as anomalous at test time. The k-center coreset keeps a
+    real patch vector from every region of the feature space instead, so the memory covers the
+    rare patterns too; each item is still backed by many images' vectors through its weight.
+    """
+    n, d = z.shape[0], z.shape[1]
+    flat = z.float().permute(0, 2, 3, 1).reshape(-1, d).contiguous()
+    if flat.shape[0] <= size:
+        return ReducedMemory(vectors=flat, weights=torch.ones(flat.shape[0]), n_images=n)
+    idx = greedy_coreset(flat, size=size, seed=seed, projection_dim=projection_dim)
+    centres = flat[idx].contiguous()
+    _, nearest = NearestNeighbors(centres, backend="faiss").search(flat, 1)
+    weights = torch.bincount(nearest[:, 0], minlength=centres.shape[0]).float()
+    return ReducedMemory(vectors=centres, weights=weights, n_images=n)
+
+
 def no_reduce(z: torch.Tensor, *, size: int, seed: int = 0) -> ReducedMemory:
     """No reduction (ablation): a seeded random sample of `size` raw patch vectors, weight 1."""
     n, d = z.shape[0], z.shape[1]
@@ -71,5 +95,6 @@ Reducer = Callable[..., ReducedMemory]
 REDUCERS: dict[str, Reducer] = {
     "position_average": position_average,
     "kmeans": kmeans_reduce,
+    "coreset": coreset_reduce,
     "none": no_reduce,
 }

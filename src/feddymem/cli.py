@@ -480,6 +480,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="normal images kept unaltered in test/good (default: half)",
     )
     q.set_defaults(func=cmd_data_synth)
+    from feddymem.data.mixtures import register_cli as register_mixture_cli
+
+    register_mixture_cli(dsub)
 
     p = sub.add_parser(
         "federate",

@@ -234,13 +234,14 @@ def resolve_datasets(
                 f"unknown data set {name!r}: known mixtures {sorted(MIXTURES)}, or give "
                 "NAME=SPEC.toml for your own"
             )
-        try:
-            spec = build_mixture(
-                name, out_data, scale=preset.scale, seed=0, shared_data=shared_data
+        if MIXTURES[name].needs_shared_data and (shared_data is None or not shared_data.is_dir()):
+            log.warning(
+                "data set %s skipped: it needs the real surface sets (--shared-data DIR, tried %s)",
+                name,
+                shared_data or DEFAULT_SHARED_DATA,
             )
-        except FileNotFoundError as err:
-            log.warning("data set %s skipped: %s", name, err)
             continue
+        spec = build_mixture(name, out_data, scale=preset.scale, seed=0, shared_data=shared_data)
         datasets.append(Dataset(name, spec))
     return datasets
 

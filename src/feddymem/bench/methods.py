@@ -11,7 +11,8 @@ centralised   ``central-patchcore``, ``central-cfa``: one model on the pooled tr
 parameters    ``fedavg`` / ``fedprox`` over the generator's weights with a local memory, and
               ``fedae`` (a feature autoencoder trained with FedAvg): Flower simulations
 FedDyMem      ``feddymem`` and its ablations ``feddymem-no-generator``, ``-no-metric-loss``,
-              ``-no-dynamic-memory``, ``-no-reduce``, ``-mean-server``: Flower simulations
+              ``-no-dynamic-memory``, ``-no-reduce``, ``-kmeans-reduce``, ``-mean-server``:
+              Flower simulations
 
 Bytes are per client per training round (both directions, measured on the wire by the
 federated apps). Centralised rows count the training images' files a site would upload, once.
@@ -269,7 +270,13 @@ def _param_sharing(method: str) -> Callable[[Task], Outcome]:
         from feddymem.federation.param_sharing import run_param_sharing
 
         spec = _derived_spec(task, f"{task.dataset}-{method}", task.model)
-        results = run_param_sharing(spec, task.work, method=method, rounds=task.rounds)
+        results = run_param_sharing(
+            spec,
+            task.work,
+            method=method,  # type: ignore[arg-type]
+            rounds=task.rounds,
+            feature_cache=task.feature_cache,
+        )
         return _from_results(results)
 
     return run
@@ -316,6 +323,13 @@ _ALL = [
         True,
         _feddymem(memory_reduce="none"),
         "raw patch vectors (random sample of the same size) instead of memory-reduce",
+    ),
+    Method(
+        "feddymem-kmeans-reduce",
+        "ablation",
+        True,
+        _feddymem(memory_reduce="kmeans"),
+        "memory-reduce by k-means centres instead of the coreset",
     ),
     Method(
         "feddymem-mean-server",

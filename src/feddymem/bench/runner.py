@@ -312,14 +312,15 @@ def run_bench(
     if force:
         _drop_rows(out, keys)
     done = {(r["method"], r["dataset"], r["seed"]) for r in read_rows(out)}
-    # Baselines and FedDyMem first, ablations last: an interrupted run still has the main table.
+    # Seed by seed, baselines and FedDyMem before ablations: an interrupted run still has every
+    # cell of the table for its first seeds.
     main = [m for m in method_names if METHODS[m].family != "ablation"]
     ablations = [m for m in method_names if METHODS[m].family == "ablation"]
     todo = [
         (d, m, s)
+        for s in seed_list
         for group in (main, ablations)
         for d in resolved
-        for s in seed_list
         for m in group
         if (m, d.name, s) not in done
     ]

@@ -107,13 +107,15 @@ class FedDyMemConfig(FeatureConfig):
     generator: bool = True  # False: z(x) = p(x), no trainable G_k
     metric_loss: bool = True  # False: G_k is never trained
     dynamic_memory: bool = True  # False: M_k is built once in round 0 and never rebuilt
-    memory_reduce: Literal["position_average", "kmeans", "none"] = "kmeans"
+    # coreset (default): greedy k-center, keeps rare normal patterns; kmeans: cluster means;
+    # position_average: the paper's per-position weighted average; none: raw sample (ablation)
+    memory_reduce: Literal["position_average", "kmeans", "coreset", "none"] = "coreset"
     server_aggregation: Literal["kmeans", "mean"] = "kmeans"
     # --- memory generator (CoordConv 1x1) ---
     gamma_d: int = 1  # d = D / gamma_d
     generator_init: Literal["identity", "random"] = "identity"
     # --- memory sizes ---
-    client_memory_size: int = 2048  # items per client bank after reduce (kmeans / none)
+    client_memory_size: int = 4096  # items per client bank after reduce (coreset, kmeans, none)
     gamma_c: int = 1  # position_average: optional local k-means to H*W / gamma_c items
     global_memory_size: int | None = None  # C; None: the size of one client bank
     kmeans_iterations: int = 15
@@ -131,6 +133,9 @@ class FedDyMemConfig(FeatureConfig):
     scoring: Literal["nearest", "softmin"] = "nearest"
     score_k: int = 3
     seed: int = 0
+    # --- differential privacy of the upload (feddymem.privacy, docs/privacy.md) ---
+    dp_clip_norm: float | None = None  # C: clip every patch vector z_ij to L2 norm C; None: off
+    dp_noise_multiplier: float = 0.0  # sigma: Gaussian noise std = sigma * sensitivity
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -145,3 +150,15 @@ class FedDyMemConfig(FeatureConfig):
         _check(self.nu > 0 and self.lr > 0, "nu and lr must be > 0")
         _check(self.local_epochs >= 0, "local_epochs must be >= 0")
         _check(self.score_k >= 1, "score_k must be >= 1")
+        _check(
+            self.dp_clip_norm is None or self.dp_clip_norm > 0,
+            f"dp_clip_norm must be > 0 or unset, got {self.dp_clip_norm}",
+        )
+        _check(
+            self.dp_noise_multiplier >= 0,
+            f"dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}",
+        )
+        _check(
+            self.dp_noise_multiplier == 0 or self.dp_clip_norm is not None,
+            "dp_noise_multiplier > 0 needs dp_clip_norm (noise is calibrated to the clip)",
+        )

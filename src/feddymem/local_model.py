@@ -240,6 +240,11 @@ class FedDyMemClient:
         cfg = self.config
         z = torch.cat([self._embed(feats[i : i + 64]) for i in range(0, feats.shape[0], 64)])
         seed = cfg.seed * 100_003 + round_idx
+        if cfg.dp_clip_norm is not None:
+            # Clip, reduce and add Gaussian noise before upload, seeded per round (privacy.py).
+            from feddymem.privacy import private_memory
+
+            return private_memory(z, config=cfg, round_idx=round_idx)
         if cfg.memory_reduce == "position_average":
             return REDUCERS["position_average"](
                 z, gamma_c=cfg.gamma_c, seed=seed, iterations=cfg.kmeans_iterations
@@ -248,6 +253,8 @@ class FedDyMemClient:
             return REDUCERS["kmeans"](
                 z, size=cfg.client_memory_size, seed=seed, iterations=cfg.kmeans_iterations
             )
+        if cfg.memory_reduce == "coreset":
+            return REDUCERS["coreset"](z, size=cfg.client_memory_size, seed=seed)
         return REDUCERS["none"](z, size=cfg.client_memory_size, seed=seed)
 
     def fit_round(

@@ -1,0 +1,740 @@
+"""The ServerApp of the parameter-sharing baselines: Flower's FedAvg / FedProx strategies.
+
+The round loop is ours (to measure bytes per client, drop bad clients and write results.json
+as the FedDyMem server does); the strategy configures each round's messages
+(`configure_train` / `configure_evaluate`: the global arrays, ``server-round``, FedProx's
+``proximal-mu``) and averages the accepted replies weighted by ``num-examples``
+(`aggregate_train`). Nothing here re-implements the average.
+
+1. Wait (``connect_timeout_s``) for the clients, ask each node its name (``query``).
+2. FedAE only, round 0 (phase ``stats``): each client replies the per-channel mean and mean
+   square of its patch features, weighted by its number of patch vectors; FedAvg's weighted
+   average of the two is exactly the pooled mean and mean square, so mean and variance of all
+   clients' features are known without any feature leaving a site. They become the
+   autoencoder's standardisation buffers (std floored as `FeatureAutoencoder.set_normalization`
+   does), identical for every client and re-installed after every average.
+3. Rounds t = 1..R: the strategy sends the global weights; a client whose reply is an error,
+   missing, misnamed or carries arrays that are not the model's (keys, shapes, dtype) or not
+   finite (NaN / Inf) is dropped with a logged reason and stays out; fewer than
+   ``min_clients`` left fails the run. The accepted replies, sorted by client name (so arrival
+   order never changes the float sums), go to `aggregate_train`.
+4. Evaluate: the final global weights go to every client left; each evaluates on its own test
+   set (FedAvg / FedProx: with M_k rebuilt from the final G) and replies metrics only.
+5. ``results.json`` (same keys as the FedDyMem server's; also written when the run fails) and
+   ``global_model.pt`` (the final global state).
+
+No checkpoints: a failed run starts again (the clients are stateless apart from cached
+features).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import flwr
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg, FedProx
+from flwr.supercore.run import Run
+
+import feddymem
+from feddymem.autoencoder import AutoencoderConfig, FeatureAutoencoder
+from feddymem.backbones import BackboneError, get_backbone
+from feddymem.config import FeatureConfig, FedDyMemConfig, to_dict
+from feddymem.federation import param_wire, wire
+from feddymem.federation.applog import ensure_app_logging
+from feddymem.federation.param_wire import Method, Phase
+from feddymem.federation.runconfig import OUT, SPEC, RunConfigError, Value
+from feddymem.federation.server_app import RESULTS_FILE, FederationError
+from feddymem.federation.spec import FederationSpec, load_spec
+from feddymem.generator import MemoryGenerator
+
+__all__ = [
+    "GLOBAL_MODEL_FILE",
+    "METHOD",
+    "PROXIMAL_MU",
+    "ParamSettings",
+    "autoencoder_config",
+    "build_param_server_app",
+    "feature_channels",
+    "make_strategy",
+    "param_settings",
+    "serve_param_sharing",
+]
+
+log = logging.getLogger(__name__)
+
+GLOBAL_MODEL_FILE = "global_model.pt"
+# run-config keys (next to runconfig's `spec` / `out`)
+METHOD = "method"
+ROUNDS = "rounds"
+LOCAL_EPOCHS = "local-epochs"
+PROXIMAL_MU = "proximal-mu"
+
+_POLL_S = 0.5
+_EVAL_METRICS = ("image_auroc", "f1_max", "pixel_auroc", "aupro")
+# The autoencoder's standardisation buffers (`FeatureAutoencoder`): set by the server once.
+_NORM_KEYS = ("feature_mean", "feature_std", "norm_count")
+
+
+@dataclass(frozen=True, kw_only=True)
+class ParamSettings:
+    """What the parameter-sharing ServerApp reads from the run config.
+
+    Attributes:
+        spec: the federation spec TOML.
+        out: the output folder (results.json, global_model.pt).
+        method: ``fedavg``, ``fedprox`` or ``fedae``.
+        rounds: R, or None for the spec's ``[federation] rounds``.
+        local_epochs: E, or None for the spec's ``[model] local_epochs``.
+        proximal_mu: FedProx's mu (ignored by the others).
+    """
+
+    spec: Path
+    out: Path
+    method: Method
+    rounds: int | None = None
+    local_epochs: int | None = None
+    proximal_mu: float = 0.01
+
+
+def param_settings(
+    run_config: Mapping[str, Value], *, defaults: Mapping[str, Value]
+) -> ParamSettings:
+    """Resolve the server's settings (run config first, then `defaults`); -1 = from the spec."""
+    values = {**defaults, **{k: v for k, v in run_config.items() if v != ""}}
+
+    def path(key: str) -> Path:
+        value = values.get(key, "")
+        if not isinstance(value, str) or not value:
+            raise RunConfigError(f"run config: '{key}' must be set to a path (got {value!r})")
+        return Path(value).expanduser().resolve()
+
+    def optional_int(key: str) -> int | None:
+        value = values.get(key, -1)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RunConfigError(f"run config: '{key}' must be an integer, got {value!r}")
+        return None if value < 0 else value
+
+    method = values.get(METHOD, "")
+    if method not in param_wire.METHODS:
+        raise RunConfigError(f"run config: '{METHOD}' must be one of {list(param_wire.METHODS)}")
+    mu = values.get(PROXIMAL_MU, 0.01)
+    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not (math.isfinite(mu)):
+        raise RunConfigError(f"run config: '{PROXIMAL_MU}' must be a number, got {mu!r}")
+    if mu < 0:
+        raise RunConfigError(f"run config: '{PROXIMAL_MU}' must be >= 0, got {mu}")
+    return ParamSettings(
+        spec=path(SPEC),
+        out=path(OUT),
+        method=method,  # checked against METHODS above
+        rounds=optional_int(ROUNDS),
+        local_epochs=optional_int(LOCAL_EPOCHS),
+        proximal_mu=float(mu),
+    )
+
+
+def make_strategy(method: Method, *, proximal_mu: float, min_clients: int) -> FedAvg:
+    """Flower's FedProx for ``fedprox``, FedAvg otherwise; every client takes part each round."""
+    options: dict[str, Any] = {
+        "fraction_train": 1.0,
+        "fraction_evaluate": 1.0,
+        "min_train_nodes": min_clients,
+        "min_evaluate_nodes": min_clients,
+        "min_available_nodes": min_clients,
+        "weighted_by_key": param_wire.NUM_EXAMPLES,
+        "arrayrecord_key": param_wire.ARRAYS,
+        "configrecord_key": param_wire.CONFIG,
+    }
+    if method == "fedprox":
+        return FedProx(proximal_mu=proximal_mu, **options)
+    return FedAvg(**options)
+
+
+def feature_channels(config: FeatureConfig) -> int:
+    """D, the channels of p(x) for `config`'s backbone and taps (no weights are loaded)."""
+    spec = get_backbone(config.backbone)
+    layers = tuple(config.layers) if config.layers else spec.default_layers
+    unknown = [layer for layer in layers if layer not in spec.taps]
+    if unknown:
+        raise BackboneError(f"{config.backbone} has no tap(s) {unknown}; taps: {sorted(spec.taps)}")
+    return sum(spec.taps[layer].channels for layer in layers)
+
+
+def autoencoder_config(model: FedDyMemConfig) -> AutoencoderConfig:
+    """FedAE's settings: the spec's feature settings (backbone, taps, size, image score, blur),
+    its seed, local epochs (per round) and training batch size; the autoencoder's own defaults
+    for the architecture, learning rate and threshold."""
+    features = {f.name: getattr(model, f.name) for f in dataclasses.fields(FeatureConfig)}
+    return AutoencoderConfig(
+        **features,
+        epochs=model.local_epochs,
+        train_batch_size=model.train_batch_size,
+        seed=model.seed,
+    )
+
+
+def _node_label(node: int, name: str | None) -> str:
+    return f"client {name} (node {node})" if name else f"node {node}"
+
+
+class _RosterGrid(Grid):
+    """The run's Grid, showing the strategy only the nodes still in the federation (Flower's
+    strategies sample from `get_node_ids()`; a dropped client must stay out)."""
+
+    def __init__(self, inner: Grid, nodes: Iterable[int]) -> None:
+        self.inner = inner
+        self.nodes = sorted(nodes)
+
+    def set_run(self, run: Run) -> None:
+        self.inner.set_run(run)
+
+    @property
+    def run(self) -> Run:
+        return self.inner.run
+
+    def create_message(
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
+        ttl: float | None = None,
+    ) -> Message:
+        return self.inner.create_message(content, message_type, dst_node_id, group_id, ttl)
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.nodes)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self.inner.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self.inner.pull_messages(message_ids)
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self.inner.send_and_receive(messages, timeout=timeout)
+
+
+class _ParamRun:
+    """One run of a parameter-sharing baseline: spec, strategy, roster and bookkeeping."""
+
+    def __init__(self, grid: Grid, settings: ParamSettings, spec: FederationSpec) -> None:
+        self.grid = grid
+        self.settings = settings
+        self.spec = spec
+        self.fed = spec.federation
+        self.method: Method = settings.method
+        self.rounds = self.fed.rounds if settings.rounds is None else settings.rounds
+        epochs = spec.model.local_epochs if settings.local_epochs is None else settings.local_epochs
+        self.model = dataclasses.replace(spec.model, local_epochs=epochs)
+        self.mu = settings.proximal_mu if self.method == "fedprox" else 0.0
+        self.autoencoder = autoencoder_config(self.model) if self.method == "fedae" else None
+        self.dim = feature_channels(self.model)
+        self.strategy = make_strategy(
+            self.method, proximal_mu=self.mu, min_clients=self.fed.min_clients
+        )
+        self.run_id = uuid.uuid4().hex[:12]
+        self.t_start = time.perf_counter()
+        self.roster: dict[int, str] = {}
+        self.active: list[str] = list(spec.client_names)
+        self.rejected: list[dict[str, Any]] = []
+        self.rounds_log: list[dict[str, Any]] = []
+        self.rounds_done = -1
+        self.evaluation: dict[str, dict[str, Any]] = {}
+        self.eval_bytes: dict[str, dict[str, int]] = {}
+        self.identify_bytes: dict[str, dict[str, int]] = {}
+        self.eval_wall_s = 0.0
+        self.arrays: ArrayRecord | None = None
+        self.normalisation: dict[str, torch.Tensor] | None = None
+
+    # --- bookkeeping --------------------------------------------------------------------------
+    def _reject(
+        self, *, phase: str, round_idx: int | None, node: int | None, name: str | None, reason: str
+    ) -> None:
+        where = phase if round_idx is None else f"round {round_idx}"
+        label = _node_label(node, name) if node is not None else f"client {name}"
+        log.warning("%s: dropping %s: %s", where, label, reason)
+        self.rejected.append(
+            {"phase": phase, "round": round_idx, "client": name, "node_id": node, "reason": reason}
+        )
+
+    def _require_clients(self, count: int, *, when: str) -> None:
+        if count < self.fed.min_clients:
+            reasons = "; ".join(
+                f"{r['client'] or 'node ' + str(r['node_id'])}: {r['reason']}"
+                for r in self.rejected
+            )
+            raise FederationError(
+                f"{when}: {count} client(s) left, min_clients is {self.fed.min_clients}"
+                + (f" (dropped: {reasons})" if reasons else "")
+            )
+
+    def _orders(self, phase: Phase, round_idx: int) -> ConfigRecord:
+        return param_wire.orders_to_record(
+            param_wire.Orders(
+                method=self.method,
+                phase=phase,
+                round_idx=round_idx,
+                num_rounds=self.rounds,
+                run_name=self.fed.name,
+                run_id=self.run_id,
+                proximal_mu=self.mu,
+                config=self.model,
+                autoencoder=None if self.autoencoder is None else to_dict(self.autoencoder),
+            )
+        )
+
+    def _exchange(self, messages: Iterable[Message], *, timeout: float) -> dict[int, Message]:
+        batch = list(messages)
+        if not batch:
+            return {}
+        return {
+            reply.metadata.src_node_id: reply
+            for reply in self.grid.send_and_receive(batch, timeout=timeout)
+        }
+
+    # --- connecting ---------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Wait for the nodes, ask their names; keep the spec's clients, each once."""
+        want = len(self.active)
+        deadline = time.monotonic() + self.fed.connect_timeout_s
+        nodes = sorted(self.grid.get_node_ids())
+        while len(nodes) < want and time.monotonic() < deadline:
+            time.sleep(_POLL_S)
+            nodes = sorted(self.grid.get_node_ids())
+        if len(nodes) < self.fed.min_clients:
+            raise FederationError(
+                f"only {len(nodes)} node(s) connected within connect_timeout_s = "
+                f"{self.fed.connect_timeout_s:g} s; min_clients is {self.fed.min_clients}"
+            )
+        messages = {
+            node: Message(RecordDict(), dst_node_id=node, message_type="query", group_id="identify")
+            for node in nodes
+        }
+        replies = self._exchange(messages.values(), timeout=self.fed.connect_timeout_s)
+        known = set(self.spec.client_names)
+        for node in nodes:
+            reply = replies.get(node)
+            reason: str | None = None
+            name: str | None = None
+            if reply is None:
+                reason = "no reply to the identify query"
+            elif reply.has_error():
+                reason = f"client error: {reply.error.reason}"
+            else:
+                try:
+                    name = wire.identity_from_content(reply.content).name
+                except wire.WireError as err:
+                    reason = str(err)
+            if reason is None and name is not None:
+                assert reply is not None
+                self.identify_bytes[name] = {
+                    "down": wire.message_size(messages[node]),
+                    "up": wire.message_size(reply),
+                }
+                if name not in known:
+                    reason = f"not a client of {self.spec.path.name} ({sorted(known)})"
+                elif name in self.roster.values():
+                    reason = "name already taken by another node"
+            if reason is not None:
+                self._reject(phase="identify", round_idx=None, node=node, name=name, reason=reason)
+                continue
+            assert name is not None
+            self.roster[node] = name
+        present = set(self.roster.values())
+        for name in self.active:
+            if name not in present:
+                self._reject(
+                    phase="identify", round_idx=None, node=None, name=name, reason="did not connect"
+                )
+        self.active = sorted(present)
+        self._require_clients(len(self.roster), when="after connecting")
+
+    # --- rounds -------------------------------------------------------------------------------
+    def _expected(self, phase: Phase) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
+        """Keys, shapes and dtypes a reply's arrays must have."""
+        if phase == "stats":
+            return {key: ((self.dim,), np.dtype(np.float64)) for key in param_wire.STATS_KEYS}
+        assert self.arrays is not None
+        return {
+            key: (tuple(array.shape), np.dtype(array.dtype))
+            for key, array in ((k, self.arrays[k].numpy()) for k in self.arrays)
+        }
+
+    def round(self, phase: Phase, round_idx: int) -> ArrayRecord:
+        """One round: configure (strategy), send, check every reply, aggregate (strategy)."""
+        t0 = time.perf_counter()
+        arrays = ArrayRecord() if phase == "stats" else self.arrays
+        assert arrays is not None
+        grid = _RosterGrid(self.grid, self.roster)
+        messages = {
+            message.metadata.dst_node_id: message
+            for message in self.strategy.configure_train(
+                round_idx, arrays, self._orders(phase, round_idx), grid
+            )
+        }
+        for message in messages.values():
+            message.metadata.group_id = f"round-{round_idx}"
+        replies = self._exchange(messages.values(), timeout=self.fed.round_timeout_s)
+        expected = self._expected(phase)
+        accepted: dict[str, Message] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        for node, name in sorted(self.roster.items(), key=lambda item: item[1]):
+            if node not in messages:
+                continue
+            row: dict[str, Any] = {"bytes_down": wire.message_size(messages[node]), "bytes_up": 0}
+            rows[name] = row
+            reply = replies.get(node)
+            if reply is None:
+                reason = (
+                    f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s "
+                    "(client died or too slow)"
+                )
+                self._reject(phase=phase, round_idx=round_idx, node=node, name=name, reason=reason)
+                continue
+            row["bytes_up"] = wire.message_size(reply)
+            try:
+                self._check_reply(reply, name=name, expected=expected)
+            except (param_wire.UpdateRejected, wire.WireError) as err:
+                self._reject(
+                    phase=phase, round_idx=round_idx, node=node, name=name, reason=str(err)
+                )
+                continue
+            accepted[name] = reply
+            metrics = wire.metrics_from_content(reply.content)
+            row.update(n_examples=metrics.get(param_wire.NUM_EXAMPLES), metrics=metrics)
+        self.roster = {node: name for node, name in self.roster.items() if name in accepted}
+        self.active = sorted(accepted)
+        self._require_clients(len(accepted), when=f"round {round_idx}")
+        try:
+            aggregated, train_metrics = self.strategy.aggregate_train(
+                round_idx, [accepted[name] for name in sorted(accepted)]
+            )
+        except Exception as err:  # Flower's InconsistentMessageReplies and the like
+            raise FederationError(f"round {round_idx}: aggregation failed: {err}") from err
+        if aggregated is None:
+            raise FederationError(f"round {round_idx}: the strategy aggregated nothing")
+        wall = time.perf_counter() - t0
+        self.rounds_log.append(
+            {
+                "round": round_idx,
+                "phase": phase,
+                "wall_s": wall,
+                "accepted": sorted(accepted),
+                "train_metrics": dict(train_metrics or {}),
+                "clients": rows,
+            }
+        )
+        self.rounds_done = round_idx
+        log.info(
+            "%s round %d (%s): %d client(s), %.1f s",
+            self.method,
+            round_idx,
+            phase,
+            len(accepted),
+            wall,
+        )
+        return aggregated
+
+    def _check_reply(
+        self,
+        reply: Message,
+        *,
+        name: str,
+        expected: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]],
+    ) -> None:
+        if reply.has_error():
+            raise param_wire.UpdateRejected(f"client error: {reply.error.reason}")
+        reported = wire.identity_from_content(reply.content).name
+        if reported != name:
+            raise param_wire.UpdateRejected(f"reply names client {reported!r}, expected {name!r}")
+        content = reply.content
+        if list(content.array_records) != [param_wire.ARRAYS]:
+            raise param_wire.UpdateRejected(
+                f"a reply must hold one ArrayRecord '{param_wire.ARRAYS}', got "
+                f"{sorted(content.array_records)}"
+            )
+        param_wire.check_update(content.array_records[param_wire.ARRAYS], expected)
+        metrics = wire.metrics_from_content(content)
+        count = metrics.get(param_wire.NUM_EXAMPLES)
+        if count is None or not math.isfinite(count) or count <= 0:
+            raise param_wire.UpdateRejected(
+                f"'{param_wire.NUM_EXAMPLES}' must be a finite number > 0, got {count!r}"
+            )
+
+    def initial_arrays(self) -> ArrayRecord:
+        """The global model before round 1: G as every client builds it, or (FedAE) the
+        autoencoder with the pooled standardisation of round 0."""
+        cfg = self.model
+        if self.method != "fedae":
+            generator = MemoryGenerator(
+                in_channels=self.dim, gamma_d=cfg.gamma_d, init=cfg.generator_init, seed=cfg.seed
+            )
+            return param_wire.state_to_record(generator.state_dict())
+        stats = self.round("stats", 0)
+        mean, var = param_wire.stats_from_record(stats)
+        total = sum(
+            float(row.get("n_examples") or 0.0) for row in self.rounds_log[-1]["clients"].values()
+        )
+        assert self.autoencoder is not None
+        model = FeatureAutoencoder(
+            self.dim,
+            hidden=self.autoencoder.hidden,
+            latent=self.autoencoder.latent,
+            seed=self.autoencoder.seed,
+        )
+        std = var.sqrt()
+        # the floor `FeatureAutoencoder.set_normalization` applies to a client's own statistics
+        std = std.clamp_min(max(1e-2 * float(std.mean()), 1e-8))
+        with torch.no_grad():
+            model.feature_mean.copy_(mean.float().view(1, -1, 1, 1))
+            model.feature_std.copy_(std.float().view(1, -1, 1, 1))
+            model.norm_count.fill_(total)
+        state = model.state_dict()
+        self.normalisation = {key: state[key].detach().clone() for key in _NORM_KEYS}
+        return param_wire.state_to_record(state)
+
+    def _keep_normalisation(self, arrays: ArrayRecord) -> ArrayRecord:
+        """FedAE: re-install the pooled standardisation after an average (all clients sent the
+        same buffers; this keeps them exact instead of re-rounded every round)."""
+        if self.normalisation is None:
+            return arrays
+        state = param_wire.state_from_record(arrays)
+        state.update(self.normalisation)
+        return param_wire.state_to_record(state)
+
+    def train(self) -> None:
+        """Rounds 1..R (after FedAE's statistics round 0)."""
+        self.arrays = self.initial_arrays()
+        for round_idx in range(1, self.rounds + 1):
+            self.arrays = self._keep_normalisation(self.round("train", round_idx))
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def evaluate(self) -> None:
+        """Send the final global model; collect metrics. A failing client is listed, not fatal."""
+        assert self.arrays is not None
+        t0 = time.perf_counter()
+        grid = _RosterGrid(self.grid, self.roster)
+        round_idx = max(self.rounds, 0)
+        messages = {
+            message.metadata.dst_node_id: message
+            for message in self.strategy.configure_evaluate(
+                round_idx, self.arrays, self._orders("evaluate", round_idx), grid
+            )
+        }
+        for message in messages.values():
+            message.metadata.group_id = "evaluate"
+        replies = self._exchange(messages.values(), timeout=self.fed.round_timeout_s)
+        for node, name in sorted(self.roster.items(), key=lambda item: item[1]):
+            if node not in messages:
+                continue
+            sizes = {"down": wire.message_size(messages[node]), "up": 0}
+            self.eval_bytes[name] = sizes
+            reply = replies.get(node)
+            if reply is None:
+                self._reject(
+                    phase="evaluate",
+                    round_idx=None,
+                    node=node,
+                    name=name,
+                    reason=f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s",
+                )
+                continue
+            sizes["up"] = wire.message_size(reply)
+            if reply.has_error():
+                self._reject(
+                    phase="evaluate",
+                    round_idx=None,
+                    node=node,
+                    name=name,
+                    reason=f"client error: {reply.error.reason}",
+                )
+                continue
+            try:
+                identity = wire.identity_from_content(reply.content)
+                metrics: dict[str, Any] = dict(wire.metrics_from_content(reply.content))
+            except wire.WireError as err:
+                self._reject(
+                    phase="evaluate", round_idx=None, node=node, name=name, reason=str(err)
+                )
+                continue
+            for key in _EVAL_METRICS:
+                metrics.setdefault(key, None)
+            if "n_test" in metrics:
+                metrics["n_test"] = int(metrics["n_test"])
+            metrics["model_file"] = identity.model_file
+            self.evaluation[name] = metrics
+        self.eval_wall_s = time.perf_counter() - t0
+        if not self.evaluation:
+            raise FederationError("evaluation: no client returned metrics")
+
+    # --- results ------------------------------------------------------------------------------
+    def settings_dict(self) -> dict[str, Any]:
+        """The resolved settings: the spec (with the effective rounds / local epochs) and the
+        method's own."""
+        resolved = self.spec.to_dict()
+        resolved["federation"]["rounds"] = self.rounds
+        resolved["model"] = to_dict(self.model)
+        resolved["method"] = {
+            "name": self.method,
+            "strategy": type(self.strategy).__name__,
+            "proximal_mu": self.mu,
+            "local_epochs": self.model.local_epochs,
+            "autoencoder": None if self.autoencoder is None else to_dict(self.autoencoder),
+            "shared": "autoencoder weights" if self.method == "fedae" else "generator weights",
+        }
+        return resolved
+
+    def results(self, *, status: str, error: str | None) -> dict[str, Any]:
+        """The results.json document (the FedDyMem server's keys, plus ``method``, ``model``)."""
+        names = sorted(set(self.spec.client_names))
+        per_round: dict[str, dict[str, dict[str, int]]] = {n: {} for n in names}
+        for record in self.rounds_log:
+            for name, row in record["clients"].items():
+                per_round.setdefault(name, {})[str(record["round"])] = {
+                    "up": int(row["bytes_up"]),
+                    "down": int(row["bytes_down"]),
+                }
+        clients: dict[str, dict[str, Any]] = {}
+        for name in names:
+            up = sum(v["up"] for v in per_round.get(name, {}).values())
+            down = sum(v["down"] for v in per_round.get(name, {}).values())
+            for extra in (self.identify_bytes.get(name), self.eval_bytes.get(name)):
+                if extra:
+                    up += extra["up"]
+                    down += extra["down"]
+            entry: dict[str, Any] = {"bytes_up": up, "bytes_down": down}
+            entry.update(self.evaluation.get(name, {}))
+            entry["active"] = name in self.active
+            clients[name] = entry
+        mean: dict[str, float | None] = {}
+        for key in _EVAL_METRICS:
+            values = [
+                float(m[key])
+                for m in self.evaluation.values()
+                if isinstance(m.get(key), (int, float)) and math.isfinite(float(m[key]))
+            ]
+            mean[key] = sum(values) / len(values) if values else None
+        model_info: dict[str, Any] = {"file": GLOBAL_MODEL_FILE, "parameters": None, "bytes": None}
+        if self.arrays is not None:
+            arrays = [self.arrays[k].numpy() for k in self.arrays]
+            model_info.update(
+                parameters=int(sum(a.size for a in arrays)),
+                bytes=int(sum(a.nbytes for a in arrays)),
+                keys=sorted(self.arrays.keys()),
+            )
+        return {
+            "status": status,
+            "error": error,
+            "federation": self.fed.name,
+            "method": self.method,
+            "run_id": self.run_id,
+            "rounds_completed": self.rounds_done,
+            "resumed_from_round": None,
+            "clients": clients,
+            "mean": mean,
+            "evaluated_clients": sorted(self.evaluation),
+            "rejected": self.rejected,
+            "bytes": {
+                "per_client_per_round": per_round,
+                "identify": self.identify_bytes,
+                "evaluate": self.eval_bytes,
+                "total_up": sum(c["bytes_up"] for c in clients.values()),
+                "total_down": sum(c["bytes_down"] for c in clients.values()),
+            },
+            "wall_s": {
+                "per_round": [float(r["wall_s"]) for r in self.rounds_log],
+                "evaluation": self.eval_wall_s,
+                "total": time.perf_counter() - self.t_start,
+            },
+            "rounds": self.rounds_log,
+            "model": model_info,
+            "settings": self.settings_dict(),
+            "versions": {"feddymem": feddymem.__version__, "flwr": flwr.__version__},
+        }
+
+    def write_results(self, results: Mapping[str, Any]) -> Path:
+        """``<out>/results.json``, written atomically."""
+        path = self.settings.out / RESULTS_FILE
+        tmp = path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        tmp.replace(path)
+        return path
+
+    def save_model(self) -> Path:
+        """``<out>/global_model.pt``: the final global state, its method and settings."""
+        assert self.arrays is not None
+        path = self.settings.out / GLOBAL_MODEL_FILE
+        tmp = path.with_suffix(".pt.tmp")
+        torch.save(
+            {
+                "method": self.method,
+                "state": param_wire.state_from_record(self.arrays),
+                "round": self.rounds_done,
+                "run_id": self.run_id,
+                "settings_json": json.dumps(self.settings_dict(), sort_keys=True),
+            },
+            tmp,
+        )
+        tmp.replace(path)
+        return path
+
+
+def serve_param_sharing(grid: Grid, settings: ParamSettings) -> dict[str, Any]:
+    """Run one parameter-sharing baseline on `grid`; returns (and writes) results.json.
+
+    Raises FederationError when the run fails; results.json then says so.
+    """
+    spec = load_spec(settings.spec)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    run = _ParamRun(grid, settings, spec)
+    try:
+        run.connect()
+        run.train()
+        run.save_model()
+        run.evaluate()
+    except Exception as err:  # any failure still leaves a results.json that says so
+        log.error("%s on %s failed: %s", settings.method, spec.federation.name, err)
+        run.write_results(run.results(status="failed", error=f"{type(err).__name__}: {err}"))
+        raise
+    results = run.results(status="completed", error=None)
+    path = run.write_results(results)
+    log.info(
+        "%s on %s done: mean image AUROC %s -> %s",
+        settings.method,
+        spec.federation.name,
+        results["mean"]["image_auroc"],
+        path,
+    )
+    return results
+
+
+def build_param_server_app(*, defaults: Mapping[str, Value] | None = None) -> ServerApp:
+    """The parameter-sharing ServerApp; run-config values fall back to `defaults`."""
+    fallback: dict[str, Value] = dict(defaults or {})
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        ensure_app_logging()
+        serve_param_sharing(grid, param_settings(context.run_config, defaults=fallback))
+
+    return app
+
+
+# The app `flwr run` could load for a deployment of the baselines.
+app = build_param_server_app()

@@ -1,0 +1,167 @@
+"""The parameter-sharing baselines of the comparison table, on Flower's simulation engine.
+
+``fedavg``   FedAvg (`flwr.serverapp.strategy.FedAvg`) over the memory generator G's weights;
+             every client keeps a local memory M_k built from its own features with the current
+             G (the same memory-reduce as FedDyMem) and trains G against it with the metric loss.
+``fedprox``  the same with Flower's FedProx: clients add mu/2 ||w - w_global||^2.
+``fedae``    a feature autoencoder (`feddymem.autoencoder`) trained with FedAvg; score =
+             reconstruction error. Round 0 pools the clients' feature statistics (per-channel
+             mean and mean square, averaged by FedAvg with the patch counts as weights) into the
+             standardisation every client shares.
+
+What travels: model weights (and, for FedAE's round 0, two (D,) statistics vectors), scalar
+metrics and client names; never images, features or memories (`param_wire`). Bytes are the
+serialised messages, per client per round, both directions.
+
+`run_param_sharing(spec, out, method=...)` reads the same federation spec as FedDyMem
+(`feddymem.federation.spec`; its ``[model]`` table is the FedDyMemConfig every method shares)
+and writes ``<out>/results.json`` with the FedDyMem server's keys.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import ray
+from flwr.simulation import run_simulation
+
+from feddymem.federation.param_client import build_param_client_app
+from feddymem.federation.param_server import (
+    LOCAL_EPOCHS,
+    METHOD,
+    PROXIMAL_MU,
+    ROUNDS,
+    build_param_server_app,
+)
+from feddymem.federation.param_wire import METHODS, Method
+from feddymem.federation.runconfig import FEATURE_CACHE, OUT, SPEC, WORK_DIR, Value
+from feddymem.federation.server_app import RESULTS_FILE, FederationError
+from feddymem.federation.simulation import CLIENT_DIR, _QuietFlower
+from feddymem.federation.spec import SpecError, describe_clients, load_spec
+
+__all__ = ["METHODS", "Method", "run_param_sharing"]
+
+log = logging.getLogger(__name__)
+
+
+def run_param_sharing(
+    spec_path: str | Path,
+    out_dir: str | Path,
+    *,
+    method: Method,
+    rounds: int | None = None,
+    local_epochs: int | None = None,
+    proximal_mu: float = 0.01,
+    num_cpus: int = 2,
+    cpus_per_client: float = 1.0,
+    object_store_mb: int = 256,
+    feature_cache: str | Path | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Simulate one parameter-sharing baseline on the federation of `spec_path`.
+
+    Args:
+        spec_path: Federation spec TOML (`feddymem.federation.spec`).
+        out_dir: Output folder: results.json, global_model.pt, the clients' files.
+        method: ``fedavg``, ``fedprox`` or ``fedae``.
+        rounds: R training rounds (default: the spec's ``[federation] rounds``).
+        local_epochs: E local epochs per round (default: the spec's ``[model] local_epochs``).
+        proximal_mu: FedProx's mu (ignored by ``fedavg`` / ``fedae``).
+        num_cpus: CPUs Ray may use in all.
+        cpus_per_client: CPUs reserved per simulated client.
+        object_store_mb: Ray's object store size.
+        feature_cache: Folder of cached patch features shared across runs and methods
+            (default: ``<out>/clients/feature-cache``).
+        verbose: Let Flower and Ray log at DEBUG level.
+
+    Returns:
+        The parsed results.json (keys as the FedDyMem server's: status, error,
+        rounds_completed, clients, mean, bytes, wall_s, settings, ...).
+
+    Raises:
+        SpecError / DataError / PartitionError: the spec or a client's data is unusable, or an
+            option is out of range (checked before any process starts).
+        FederationError: the run failed; results.json holds ``status = "failed"`` and why.
+    """
+    if method not in METHODS:
+        raise SpecError(f"unknown method {method!r}; known: {list(METHODS)}")
+    if rounds is not None and rounds < 0:
+        raise SpecError(f"rounds must be >= 0, got {rounds}")
+    if local_epochs is not None and local_epochs < 0:
+        raise SpecError(f"local_epochs must be >= 0, got {local_epochs}")
+    if not math.isfinite(proximal_mu) or proximal_mu < 0:
+        raise SpecError(f"proximal_mu must be finite and >= 0, got {proximal_mu}")
+    spec_file = Path(spec_path).expanduser().resolve()
+    out = Path(out_dir).expanduser().resolve()
+    spec = load_spec(spec_file)
+    if method != "fedae" and not spec.model.generator:
+        raise SpecError(f"{spec_file} [model]: {method} shares G's weights: needs generator = true")
+    for client in describe_clients(spec):  # fail fast, before Ray starts
+        log.info(
+            "client %s: %d training normals, %d test images (%s)",
+            client["name"],
+            client["n_train"],
+            client["n_test"],
+            ", ".join(client["sources"]),
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / RESULTS_FILE
+    if results_file.exists():
+        results_file.unlink()  # a stale file must never pass for this run's result
+
+    defaults: dict[str, Value] = {
+        SPEC: str(spec_file),
+        OUT: str(out),
+        WORK_DIR: str(out / CLIENT_DIR),
+        METHOD: method,
+        ROUNDS: -1 if rounds is None else int(rounds),
+        LOCAL_EPOCHS: -1 if local_epochs is None else int(local_epochs),
+        PROXIMAL_MU: float(proximal_mu),
+    }
+    if feature_cache is not None:
+        defaults[FEATURE_CACHE] = str(Path(feature_cache).expanduser().resolve())
+    backend_config: dict[str, Any] = {
+        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
+        "init_args": {
+            "num_cpus": num_cpus,
+            "num_gpus": 0,
+            "object_store_memory": object_store_mb * 1024 * 1024,
+            "include_dashboard": False,
+            "log_to_driver": verbose,
+            "logging_level": "DEBUG" if verbose else "ERROR",
+        },
+    }
+    log.info("%s on %s: simulating %d client(s)", method, spec.federation.name, spec.num_clients)
+    started_ray = not ray.is_initialized()
+    error: BaseException | None = None
+    quiet = _QuietFlower() if not verbose else None
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
+            run_simulation(
+                server_app=build_param_server_app(defaults=defaults),
+                client_app=build_param_client_app(defaults=defaults),
+                num_supernodes=spec.num_clients,
+                backend_config=backend_config,
+                verbose_logging=verbose,
+            )
+    except Exception as err:  # Flower re-raises the ServerApp's exception here
+        error = err
+    finally:
+        if started_ray and ray.is_initialized():
+            ray.shutdown()
+        if quiet is not None:
+            quiet.restore()
+    if not results_file.is_file():
+        raise FederationError(f"the simulation wrote no {results_file}: {error}") from error
+    results: dict[str, Any] = json.loads(results_file.read_text(encoding="utf-8"))
+    if results.get("status") != "completed":
+        raise FederationError(f"{method} failed: {results.get('error')}") from error
+    if error is not None:
+        raise FederationError(f"simulation failed after writing results: {error}") from error
+    return results

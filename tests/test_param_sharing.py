@@ -262,6 +262,8 @@ def test_orders_round_trip_and_updates_are_checked() -> None:
     extra = ArrayRecord({**{k: good[k] for k in good}, "memory": Array(np.zeros((4, 2)))})
     with pytest.raises(param_wire.UpdateRejected, match="unexpected"):
         param_wire.check_update(extra, expected)
+    scalar = param_wire.state_from_record(param_wire.state_to_record({"n": torch.tensor(3.0)}))
+    assert scalar["n"].shape == ()  # 0-d buffers keep their shape on the wire
     wrong = _initial_generator()
     wrong["conv.bias"] = wrong["conv.bias"][:-1]
     with pytest.raises(param_wire.UpdateRejected, match="shape"):
@@ -436,7 +438,7 @@ def test_fedae_pools_feature_statistics_in_round_zero(
     state = torch.load(out / GLOBAL_MODEL_FILE, weights_only=True)["state"]
     assert torch.allclose(state["feature_mean"], torch.tensor(2 / 3))
     assert torch.allclose(state["feature_std"], torch.tensor((7 / 3 - 4 / 9) ** 0.5))
-    assert float(state["norm_count"]) == 30.0  # kept exactly through the averages
+    assert state["norm_count"].shape == () and float(state["norm_count"]) == 30.0  # kept exactly
     ae = autoencoder_config(CONFIG)
     start = FeatureAutoencoder(
         feature_channels(CONFIG), hidden=ae.hidden, latent=ae.latent, seed=ae.seed

@@ -180,9 +180,11 @@ def orders_from_content(content: RecordDict) -> Orders:
 
 def state_to_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
     """A model's state dict (parameters and buffers) as an ArrayRecord, float32."""
+    # `.contiguous().numpy()`, not `np.ascontiguousarray`: the latter turns a 0-d buffer (the
+    # autoencoder's `norm_count`) into shape (1,).
     return ArrayRecord(
         {
-            key: Array(np.ascontiguousarray(value.detach().to("cpu", torch.float32).numpy()))
+            key: Array(value.detach().to("cpu", torch.float32).contiguous().numpy())
             for key, value in state.items()
         }
     )

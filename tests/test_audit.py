@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 from skimage.metrics import structural_similarity
+from tests.conftest import make_texture_tree
 
-from conftest import make_texture_tree
 from feddymem.audit import (
     PatchDecoder,
     best_match,

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from tests.conftest import make_texture_tree
 
-from conftest import make_texture_tree
 from feddymem.bench import COLUMNS, METHODS, Method, Outcome, Preset, Task, run_bench
 from feddymem.bench.report import summarise
 from feddymem.bench.runner import BenchError, read_rows

@@ -234,7 +234,8 @@ def _derived_spec(task: Task, name: str, model: Mapping[str, Any]) -> Path:
 
 def _from_results(results: Mapping[str, Any]) -> Outcome:
     """Outcome of a federated run's results.json (per-client metrics, bytes per round)."""
-    out = Outcome(rounds=int(results["rounds_completed"]) + 1)
+    # Rounds that exchanged something: FedDyMem has a round 0 (first memories), FedAvg has not.
+    out = Outcome(rounds=len(results.get("rounds", [])) or int(results["rounds_completed"]) + 1)
     for name, entry in results["clients"].items():
         if entry.get("image_auroc") is None:
             continue  # a client dropped on the way: it has no result

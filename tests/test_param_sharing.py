@@ -217,7 +217,7 @@ def fake_clients(monkeypatch: pytest.MonkeyPatch) -> None:
     real_open = param_client._open
 
     def fake_open(site: Any, orders: param_wire.Orders) -> tuple[Any, Any, Path]:
-        data = param_client._client_data(site)
+        data = param_client.client_data(site)
         names = ["alpha", "beta", "gamma"]
         folder = site.work_dir / data.name
         folder.mkdir(parents=True, exist_ok=True)

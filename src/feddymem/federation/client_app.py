@@ -44,7 +44,7 @@ class ClientStateError(RuntimeError):
     """The client's state on disk does not fit what the server asks (e.g. it is rounds ahead)."""
 
 
-def _client_name(site: SiteSettings) -> str:
+def client_name(site: SiteSettings) -> str:
     if site.name is not None:
         return site.name
     assert site.spec is not None and site.partition_id is not None
@@ -56,7 +56,7 @@ def _client_name(site: SiteSettings) -> str:
     return names[site.partition_id]
 
 
-def _client_data(site: SiteSettings) -> ClientData:
+def client_data(site: SiteSettings) -> ClientData:
     if site.name is not None:
         return load_site_data(site.name, site.roots)
     assert site.spec is not None and site.partition_id is not None
@@ -79,7 +79,7 @@ def client_class() -> type[FedDyMemClient]:
 def _open_client(
     site: SiteSettings, *, config: FedDyMemConfig, instructions: wire.Instructions
 ) -> tuple[ClientData, FedDyMemClient, Path]:
-    data = _client_data(site)
+    data = client_data(site)
     folder = state_dir(site, name=data.name, instructions=instructions)
     client = client_class()(
         train=data.train,
@@ -94,7 +94,7 @@ def _open_client(
 Handler = Callable[[Message, Context], Message]
 
 
-def _guarded(handler: Handler) -> Handler:
+def guarded(handler: Handler, *, app: str = "FedDyMem") -> Handler:
     """Reply a short Error (logged with its traceback here) instead of crashing the ClientApp."""
 
     def run(message: Message, context: Context) -> Message:
@@ -102,7 +102,7 @@ def _guarded(handler: Handler) -> Handler:
         try:
             return handler(message, context)
         except Exception as err:
-            log.exception("FedDyMem %s handler failed", message.metadata.message_type)
+            log.exception("%s %s handler failed", app, message.metadata.message_type)
             reason = f"{type(err).__name__}: {err}"
             return Message(Error(code=CLIENT_ERROR_CODE, reason=reason[:2000]), reply_to=message)
 
@@ -120,17 +120,17 @@ def build_client_app(*, defaults: Mapping[str, Value] | None = None) -> ClientAp
         return site_settings(context.node_config, context.run_config, defaults=fallback)
 
     @app.query()
-    @_guarded
+    @guarded
     def identify(message: Message, context: Context) -> Message:
         """Reply this client's name."""
-        name = _client_name(settings(context))
+        name = client_name(settings(context))
         return Message(
             RecordDict({wire.CLIENT: wire.identity_to_record(wire.ClientIdentity(name=name))}),
             reply_to=message,
         )
 
     @app.train()
-    @_guarded
+    @guarded
     def train(message: Message, context: Context) -> Message:
         """Round t: fit_round against M_g, reply the reduced memory M_k."""
         t0 = time.perf_counter()
@@ -159,7 +159,7 @@ def build_client_app(*, defaults: Mapping[str, Value] | None = None) -> ClientAp
         return Message(content, reply_to=message)
 
     @app.evaluate()
-    @_guarded
+    @guarded
     def evaluate(message: Message, context: Context) -> Message:
         """Evaluate with the final M_g, export the model file, reply metrics only."""
         t0 = time.perf_counter()

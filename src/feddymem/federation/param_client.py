@@ -28,7 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from feddymem.autoencoder import (
@@ -40,10 +40,14 @@ from feddymem.autoencoder import (
 from feddymem.config import FedDyMemConfig, from_dict
 from feddymem.data import Sample
 from feddymem.federation import param_wire, wire
-from feddymem.federation.applog import ensure_app_logging
-from feddymem.federation.client_app import CLIENT_ERROR_CODE, MODEL_FILE
+from feddymem.federation.client_app import (
+    MODEL_FILE,
+    client_data,
+    client_name,
+    guarded,
+)
 from feddymem.federation.runconfig import SiteSettings, Value, site_settings
-from feddymem.federation.spec import ClientData, load_client_data, load_site_data, load_spec
+from feddymem.federation.spec import ClientData
 from feddymem.generator import MemoryGenerator
 from feddymem.local_model import SCORES_FILE, FedDyMemClient
 from feddymem.metrics import DetectionMetrics
@@ -346,28 +350,9 @@ class AutoencoderSharingClient:
 # the ClientApp
 
 
-def _client_name(site: SiteSettings) -> str:
-    if site.name is not None:
-        return site.name
-    assert site.spec is not None and site.partition_id is not None
-    names = load_spec(site.spec).client_names
-    if not 0 <= site.partition_id < len(names):
-        raise ValueError(
-            f"partition-id {site.partition_id} has no client in {site.spec} ({len(names)} defined)"
-        )
-    return names[site.partition_id]
-
-
-def _client_data(site: SiteSettings) -> ClientData:
-    if site.name is not None:
-        return load_site_data(site.name, site.roots)
-    assert site.spec is not None and site.partition_id is not None
-    return load_client_data(load_spec(site.spec), site.partition_id)
-
-
 def _open(site: SiteSettings, orders: param_wire.Orders) -> tuple[ClientData, SharingClient, Path]:
     """The client's data, its local model for `orders.method` and its folder for this run."""
-    data = _client_data(site)
+    data = client_data(site)
     folder = site.work_dir / data.name / f"{orders.run_name}-{orders.method}-{orders.run_id}"
     client: SharingClient
     if orders.method == "fedae":
@@ -396,20 +381,7 @@ Handler = Callable[[Message, Context], Message]
 
 
 def _guarded(handler: Handler) -> Handler:
-    """Reply a short Error (logged with its traceback here) instead of crashing the ClientApp."""
-
-    def run(message: Message, context: Context) -> Message:
-        ensure_app_logging()
-        try:
-            return handler(message, context)
-        except Exception as err:
-            log.exception("parameter-sharing %s handler failed", message.metadata.message_type)
-            reason = f"{type(err).__name__}: {err}"
-            return Message(Error(code=CLIENT_ERROR_CODE, reason=reason[:2000]), reply_to=message)
-
-    run.__name__ = handler.__name__
-    run.__doc__ = handler.__doc__
-    return run
+    return guarded(handler, app="parameter-sharing")
 
 
 def _arrays(content: RecordDict) -> ArrayRecord:
@@ -435,7 +407,7 @@ def build_param_client_app(*, defaults: Mapping[str, Value] | None = None) -> Cl
     @_guarded
     def identify(message: Message, context: Context) -> Message:
         """Reply this client's name."""
-        name = _client_name(settings(context))
+        name = client_name(settings(context))
         return Message(RecordDict({wire.CLIENT: identity(name)}), reply_to=message)
 
     @app.train()

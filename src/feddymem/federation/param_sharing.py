@@ -20,15 +20,10 @@ and writes ``<out>/results.json`` with the FedDyMem server's keys.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import warnings
 from pathlib import Path
 from typing import Any
-
-import ray
-from flwr.simulation import run_simulation
 
 from feddymem.federation.param_client import build_param_client_app
 from feddymem.federation.param_server import (
@@ -40,8 +35,8 @@ from feddymem.federation.param_server import (
 )
 from feddymem.federation.param_wire import METHODS, Method
 from feddymem.federation.runconfig import FEATURE_CACHE, OUT, SPEC, WORK_DIR, Value
-from feddymem.federation.server_app import RESULTS_FILE, FederationError
-from feddymem.federation.simulation import CLIENT_DIR, _QuietFlower
+from feddymem.federation.server_app import RESULTS_FILE
+from feddymem.federation.simulation import CLIENT_DIR, simulate
 from feddymem.federation.spec import SpecError, describe_clients, load_spec
 
 __all__ = ["METHODS", "Method", "run_param_sharing"]
@@ -125,43 +120,15 @@ def run_param_sharing(
     }
     if feature_cache is not None:
         defaults[FEATURE_CACHE] = str(Path(feature_cache).expanduser().resolve())
-    backend_config: dict[str, Any] = {
-        "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
-        "init_args": {
-            "num_cpus": num_cpus,
-            "num_gpus": 0,
-            "object_store_memory": object_store_mb * 1024 * 1024,
-            "include_dashboard": False,
-            "log_to_driver": verbose,
-            "logging_level": "DEBUG" if verbose else "ERROR",
-        },
-    }
     log.info("%s on %s: simulating %d client(s)", method, spec.federation.name, spec.num_clients)
-    started_ray = not ray.is_initialized()
-    error: BaseException | None = None
-    quiet = _QuietFlower() if not verbose else None
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
-            run_simulation(
-                server_app=build_param_server_app(defaults=defaults),
-                client_app=build_param_client_app(defaults=defaults),
-                num_supernodes=spec.num_clients,
-                backend_config=backend_config,
-                verbose_logging=verbose,
-            )
-    except Exception as err:  # Flower re-raises the ServerApp's exception here
-        error = err
-    finally:
-        if started_ray and ray.is_initialized():
-            ray.shutdown()
-        if quiet is not None:
-            quiet.restore()
-    if not results_file.is_file():
-        raise FederationError(f"the simulation wrote no {results_file}: {error}") from error
-    results: dict[str, Any] = json.loads(results_file.read_text(encoding="utf-8"))
-    if results.get("status") != "completed":
-        raise FederationError(f"{method} failed: {results.get('error')}") from error
-    if error is not None:
-        raise FederationError(f"simulation failed after writing results: {error}") from error
-    return results
+    return simulate(
+        server_app=build_param_server_app(defaults=defaults),
+        client_app=build_param_client_app(defaults=defaults),
+        num_supernodes=spec.num_clients,
+        results_file=results_file,
+        what=method,
+        num_cpus=num_cpus,
+        cpus_per_client=cpus_per_client,
+        object_store_mb=object_store_mb,
+        verbose=verbose,
+    )

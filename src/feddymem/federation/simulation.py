@@ -14,6 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from flwr.clientapp import ClientApp
+from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from feddymem.federation.client_app import build_client_app
@@ -21,7 +23,7 @@ from feddymem.federation.runconfig import FEATURE_CACHE, OUT, RESUME, SPEC, WORK
 from feddymem.federation.server_app import RESULTS_FILE, FederationError, build_server_app
 from feddymem.federation.spec import describe_clients, load_spec
 
-__all__ = ["CLIENT_DIR", "run_federation"]
+__all__ = ["CLIENT_DIR", "run_federation", "simulate"]
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +104,37 @@ def run_federation(
     }
     if feature_cache is not None:
         defaults[FEATURE_CACHE] = str(Path(feature_cache).expanduser().resolve())
+    return simulate(
+        server_app=build_server_app(defaults=defaults),
+        client_app=build_client_app(defaults=defaults),
+        num_supernodes=spec.num_clients,
+        results_file=results_file,
+        what="federation",
+        num_cpus=num_cpus,
+        cpus_per_client=cpus_per_client,
+        object_store_mb=object_store_mb,
+        verbose=verbose,
+    )
+
+
+def simulate(
+    *,
+    server_app: ServerApp,
+    client_app: ClientApp,
+    num_supernodes: int,
+    results_file: Path,
+    what: str,
+    num_cpus: int = 2,
+    cpus_per_client: float = 1.0,
+    object_store_mb: int = 256,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Run a ServerApp and ClientApp on Flower's simulation engine (Ray, started and stopped
+    here unless already running) and return the ``results.json`` the ServerApp wrote.
+
+    Raises:
+        FederationError: no results file, a status other than ``completed``, or an engine error.
+    """
     backend_config: dict[str, Any] = {
         "client_resources": {"num_cpus": cpus_per_client, "num_gpus": 0.0},
         "init_args": {
@@ -120,9 +153,9 @@ def run_federation(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
             run_simulation(
-                server_app=build_server_app(defaults=defaults),
-                client_app=build_client_app(defaults=defaults),
-                num_supernodes=spec.num_clients,
+                server_app=server_app,
+                client_app=client_app,
+                num_supernodes=num_supernodes,
                 backend_config=backend_config,
                 verbose_logging=verbose,
             )
@@ -137,7 +170,7 @@ def run_federation(
         raise FederationError(f"the simulation wrote no {results_file}: {error}") from error
     results: dict[str, Any] = json.loads(results_file.read_text(encoding="utf-8"))
     if results.get("status") != "completed":
-        raise FederationError(f"federation failed: {results.get('error')}") from error
+        raise FederationError(f"{what} failed: {results.get('error')}") from error
     if error is not None:
         raise FederationError(f"simulation failed after writing results: {error}") from error
     return results

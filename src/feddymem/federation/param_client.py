@@ -155,7 +155,7 @@ class GeneratorSharingClient(FedDyMemClient):
         proximal_mu: float,
         reference: Mapping[str, torch.Tensor],
     ) -> dict[str, float]:
-        """E local epochs of metric loss against M_k (+ mu/2 ||w - w_global||^2)."""
+        """E local epochs of metric loss against M_k (+ mu/2 ||w - w_global||^2 / nu)."""
         cfg = self.config
         gen_module = self.gen
         feats = self.features()
@@ -174,7 +174,10 @@ class GeneratorSharingClient(FedDyMemClient):
                 z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
                 loss, parts = self.loss(z, memory)
                 prox = proximal_term(gen_module, reference)
-                total = loss + 0.5 * proximal_mu * prox if proximal_mu > 0 else loss
+                # The metric loss is (L_att + L_rep) / nu; the proximal term gets the same 1/nu so
+                # that mu weighs it against the unscaled loss, as in the FedProx paper (without it
+                # any usual mu vanishes next to a loss scaled by 1/nu = 1000).
+                total = loss + 0.5 * proximal_mu * prox / self.loss.nu if proximal_mu > 0 else loss
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()

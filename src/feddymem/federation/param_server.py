@@ -61,6 +61,7 @@ from feddymem.federation.spec import FederationSpec, load_spec
 from feddymem.generator import MemoryGenerator
 
 __all__ = [
+    "DEFAULT_PROXIMAL_MU",
     "GLOBAL_MODEL_FILE",
     "METHOD",
     "PROXIMAL_MU",
@@ -81,6 +82,12 @@ METHOD = "method"
 ROUNDS = "rounds"
 LOCAL_EPOCHS = "local-epochs"
 PROXIMAL_MU = "proximal-mu"
+# FedProx's mu, weighed against the unscaled metric loss (the client divides the proximal term by
+# nu like the loss). The FedProx paper's grid (0.001-1) assumes SGD; our clients train G with
+# Adam, whose steps are about lr whatever the gradient's scale, so G drifts ~1e-3 per weight in a
+# round and mu <= 100 leaves FedProx equal to FedAvg. 1000 is the smallest power of ten at which
+# the term measurably holds G back (tests/test_param_sharing.py); chosen that way, not on AUROC.
+DEFAULT_PROXIMAL_MU = 1000.0
 
 _POLL_S = 0.5
 _EVAL_METRICS = ("image_auroc", "f1_max", "pixel_auroc", "aupro")
@@ -106,7 +113,7 @@ class ParamSettings:
     method: Method
     rounds: int | None = None
     local_epochs: int | None = None
-    proximal_mu: float = 0.01
+    proximal_mu: float = DEFAULT_PROXIMAL_MU
 
 
 def param_settings(
@@ -130,7 +137,7 @@ def param_settings(
     method = values.get(METHOD, "")
     if method not in param_wire.METHODS:
         raise RunConfigError(f"run config: '{METHOD}' must be one of {list(param_wire.METHODS)}")
-    mu = values.get(PROXIMAL_MU, 0.01)
+    mu = values.get(PROXIMAL_MU, DEFAULT_PROXIMAL_MU)
     if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not (math.isfinite(mu)):
         raise RunConfigError(f"run config: '{PROXIMAL_MU}' must be a number, got {mu!r}")
     if mu < 0:

@@ -27,6 +27,7 @@ from typing import Any
 
 from feddymem.federation.param_client import build_param_client_app
 from feddymem.federation.param_server import (
+    DEFAULT_PROXIMAL_MU,
     LOCAL_EPOCHS,
     METHOD,
     PROXIMAL_MU,
@@ -39,7 +40,7 @@ from feddymem.federation.server_app import RESULTS_FILE
 from feddymem.federation.simulation import CLIENT_DIR, simulate
 from feddymem.federation.spec import SpecError, describe_clients, load_spec
 
-__all__ = ["METHODS", "Method", "run_param_sharing"]
+__all__ = ["DEFAULT_PROXIMAL_MU", "METHODS", "Method", "run_param_sharing"]
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ def run_param_sharing(
     method: Method,
     rounds: int | None = None,
     local_epochs: int | None = None,
-    proximal_mu: float = 0.01,
+    proximal_mu: float = DEFAULT_PROXIMAL_MU,
     num_cpus: int = 2,
     cpus_per_client: float = 1.0,
     object_store_mb: int = 256,

@@ -10,6 +10,12 @@ bytes: bytes per client per round measured on the wire (serialized Flower messag
     directions) next to what FedAvg would send for the generator's and the backbone's weights.
 scale: wall time per round with 2, 8 and 32 simulated clients (IID split of 192 crops of
     scikit-image's brick texture, 224 px), on this machine.
+memory: the memory-reduce and global-memory sizes on ELPV (mono, poly), without training: each
+    site's round-0 memory (the identity generator) reduced by k-means or by the greedy coreset
+    to a client size, merged by the server's weighted k-means into a global size, and scored
+    on each site's test set, next to each site's own reduced memory alone (no federation).
+    Features are extracted once (the clients' shared feature cache), so every setting costs
+    only its reduce, its k-means and a k-NN search.
 Rows (JSON lines) go to <out>/federation.jsonl with the project's benchmark schema.
 """
 
@@ -31,6 +37,7 @@ from feddymem.detector import PatchCoreDetector
 from feddymem.features import PatchFeatureExtractor
 from feddymem.federation.simulation import run_federation
 from feddymem.generator import MemoryGenerator
+from feddymem.metrics import f1_max, image_auroc
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -264,6 +271,109 @@ def scale(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         )
 
 
+def memory_sweep(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """Round-0 FedDyMem memories of ELPV mono and poly under several reduce / size settings."""
+    import dataclasses
+
+    from feddymem.aggregate import aggregate_memories
+    from feddymem.data import iter_batches
+    from feddymem.detector import patch_scores
+    from feddymem.knn import NearestNeighbors
+    from feddymem.local_model import FedDyMemClient
+    from feddymem.reduce import REDUCERS, ReducedMemory
+
+    base = FedDyMemConfig(seed=args.seed)
+    clients: dict[str, FedDyMemClient] = {}
+    test_z: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for cell in ("mono", "poly"):
+        root = args.data_dir / f"elpv-{cell}"
+        export_elpv(root, cell_type=cell, seed=args.seed)  # type: ignore[arg-type]
+        split = scan(root)
+        client = FedDyMemClient(
+            train=split.train,
+            test=split.test,
+            config=base,
+            state_dir=args.out / "memory" / cell,
+            feature_cache=args.feature_cache,
+        )
+        clients[cell] = client
+        zs, labels = [], []
+        with torch.inference_mode():
+            for batch in iter_batches(
+                client.test, size=client.image_hw, batch_size=base.batch_size, with_masks=False
+            ):
+                zs.append(client._embed(client.detector.extractor(batch.images)))
+                labels.append(batch.labels)
+        test_z[cell] = (torch.cat(zs), torch.cat(labels))
+
+    def score(cell: str, memory: torch.Tensor) -> dict[str, float]:
+        z, labels = test_z[cell]
+        b, d, h, w = z.shape
+        index = NearestNeighbors(memory.float().contiguous(), backend="faiss")
+        dist, _ = index.search(z.permute(0, 2, 3, 1).reshape(-1, d), base.score_k)
+        patches = patch_scores(dist, scoring=base.scoring).view(b, h * w)
+        k = max(1, round(base.topk_fraction * h * w))
+        image = patches.topk(k, dim=1).values.mean(dim=1).numpy()
+        return {
+            "image_auroc": image_auroc(labels.numpy(), image),
+            "f1_max": f1_max(labels.numpy(), image),
+        }
+
+    with torch.inference_mode():
+        embedded = {
+            cell: torch.cat(
+                [c._embed(c.features()[i : i + 64]) for i in range(0, c.features().shape[0], 64)]
+            )
+            for cell, c in clients.items()
+        }
+    for reduce in args.memory_reduce.split(","):
+        for size in (int(v) for v in args.memory_sizes.split(",")):
+            t0 = time.perf_counter()
+            local: dict[str, ReducedMemory] = {
+                cell: REDUCERS[reduce](z, size=size, seed=args.seed)
+                for cell, z in embedded.items()
+            }
+            reduce_s = time.perf_counter() - t0
+            for cell, mem in local.items():  # each site's own reduced memory: no federation
+                emit(
+                    rows,
+                    {
+                        "method": f"round0_local_{reduce}",
+                        "dataset": f"elpv/{cell}",
+                        "clients": 1,
+                        "seed": args.seed,
+                        "client_memory": size,
+                        "global_memory": None,
+                        **score(cell, mem.vectors),
+                        "wall_s": round(reduce_s, 1),
+                    },
+                )
+            for factor in (int(v) for v in args.global_factors.split(",")):
+                t0 = time.perf_counter()
+                cfg = dataclasses.replace(base, client_memory_size=size)
+                merged = aggregate_memories(
+                    list(local.values()),
+                    num_centers=size * factor,
+                    seed=cfg.seed,
+                    iterations=cfg.kmeans_iterations,
+                )
+                agg_s = time.perf_counter() - t0
+                for cell in clients:
+                    emit(
+                        rows,
+                        {
+                            "method": f"round0_federated_{reduce}",
+                            "dataset": f"elpv/{cell}",
+                            "clients": 2,
+                            "seed": args.seed,
+                            "client_memory": size,
+                            "global_memory": int(merged.shape[0]),
+                            **score(cell, merged),
+                            "wall_s": round(reduce_s + agg_s, 1),
+                        },
+                    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -291,7 +401,22 @@ def main() -> None:
         action="store_true",
         help="also fit local-only PatchCore detectors (benchmarks/detector.py has them too)",
     )
+    parser.add_argument(
+        "--feature-cache",
+        type=Path,
+        default=None,
+        help="shared feature cache folder (default: <out>/feature-cache)",
+    )
+    parser.add_argument("--memory-reduce", default="coreset,kmeans", help="memory: reducers")
+    parser.add_argument("--memory-sizes", default="2048,4096,8192", help="memory: client sizes")
+    parser.add_argument(
+        "--global-factors",
+        default="1,2",
+        help="memory: global memory sizes as multiples of the client size",
+    )
     args = parser.parse_args()
+    if args.feature_cache is None:
+        args.feature_cache = args.out / "feature-cache"
     torch.set_num_threads(2)
     args.out = args.out.resolve()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -306,6 +431,8 @@ def main() -> None:
         bytes_table(fed, rows)
     if "scale" in parts:
         scale(args, rows)
+    if "memory" in parts:
+        memory_sweep(args, rows)
     with (args.out / "federation.jsonl").open("a") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")

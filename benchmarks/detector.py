@@ -163,7 +163,7 @@ def main() -> None:
     rows: list[dict[str, object]] = []
     if parts & {"elpv", "synth", "speed"}:
         for cell in ("mono", "poly"):
-            export_elpv(args.data_dir / f"elpv-{cell}", cell_type=cell, seed=args.seed)  # type: ignore[arg-type]
+            export_elpv(args.data_dir / f"elpv-{cell}", cell_type=cell, seed=args.seed)
     if "elpv" in parts:
         for cell in ("mono", "poly"):
             rows.append(run_one(f"elpv-{cell}", args.data_dir / f"elpv-{cell}", cfg))

@@ -330,8 +330,7 @@ def memory_sweep(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         for size in (int(v) for v in args.memory_sizes.split(",")):
             t0 = time.perf_counter()
             local: dict[str, ReducedMemory] = {
-                cell: REDUCERS[reduce](z, size=size, seed=args.seed)
-                for cell, z in embedded.items()
+                cell: REDUCERS[reduce](z, size=size, seed=args.seed) for cell, z in embedded.items()
             }
             reduce_s = time.perf_counter() - t0
             for cell, mem in local.items():  # each site's own reduced memory: no federation

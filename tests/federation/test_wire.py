@@ -192,3 +192,12 @@ def test_message_size_counts_the_payload_as_serialised() -> None:
         )
         sizes.append(size)
     assert sizes[1] > 50 * sizes[0] / 2
+
+
+def test_to_array_keeps_the_shape_of_a_0d_array() -> None:
+    """A 0-d buffer (the feature autoencoder's sample count) must travel as 0-d, not (1,)."""
+    arr = wire.to_array(np.array(7.0, dtype=np.float32))
+    assert arr.numpy().shape == ()
+    assert float(arr.numpy()) == 7.0
+    fortran = np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert np.array_equal(wire.to_array(fortran).numpy(), fortran)

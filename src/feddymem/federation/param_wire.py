@@ -34,7 +34,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, RecordDict
 
 from feddymem.config import FedDyMemConfig
 from feddymem.federation import wire
@@ -180,11 +180,9 @@ def orders_from_content(content: RecordDict) -> Orders:
 
 def state_to_record(state: Mapping[str, torch.Tensor]) -> ArrayRecord:
     """A model's state dict (parameters and buffers) as an ArrayRecord, float32."""
-    # `.contiguous().numpy()`, not `np.ascontiguousarray`: the latter turns a 0-d buffer (the
-    # autoencoder's `norm_count`) into shape (1,).
     return ArrayRecord(
         {
-            key: Array(value.detach().to("cpu", torch.float32).contiguous().numpy())
+            key: wire.to_array(value.detach().to("cpu", torch.float32).numpy())
             for key, value in state.items()
         }
     )
@@ -202,8 +200,8 @@ def stats_to_record(mean: torch.Tensor, sq_mean: torch.Tensor) -> ArrayRecord:
     """Per-channel mean and mean square of a client's patch features, (D,) float64 each."""
     return ArrayRecord(
         {
-            STAT_MEAN: Array(mean.detach().to("cpu", torch.float64).contiguous().numpy()),
-            STAT_SQ_MEAN: Array(sq_mean.detach().to("cpu", torch.float64).contiguous().numpy()),
+            STAT_MEAN: wire.to_array(mean.detach().to("cpu", torch.float64).numpy()),
+            STAT_SQ_MEAN: wire.to_array(sq_mean.detach().to("cpu", torch.float64).numpy()),
         }
     )
 

@@ -71,6 +71,7 @@ __all__ = [
     "metrics_from_content",
     "metrics_to_record",
     "recorddict_size",
+    "to_array",
     "validate_memory",
 ]
 
@@ -155,9 +156,11 @@ def _value(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...], w
     return value
 
 
-def _array(array: np.ndarray) -> Array:
-    # Flower wants `Array` values (bare ndarrays are rejected); make it contiguous first.
-    return Array(np.ascontiguousarray(array))
+def to_array(array: np.ndarray) -> Array:
+    """A C-contiguous Flower `Array` of `array`, shape kept (0-d too: `np.ascontiguousarray`
+    would turn a 0-d array into shape (1,))."""
+    # Flower wants `Array` values (bare ndarrays are rejected).
+    return Array(np.require(array, requirements="C"))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -212,7 +215,7 @@ def config_from_content(content: RecordDict) -> FedDyMemConfig:
 def global_memory_to_record(global_memory: torch.Tensor) -> ArrayRecord:
     """M_g, (C, d) float32, as an ArrayRecord."""
     vectors = global_memory.detach().to("cpu", torch.float32).contiguous().numpy()
-    return ArrayRecord({_VECTORS: _array(vectors)})
+    return ArrayRecord({_VECTORS: to_array(vectors)})
 
 
 def global_memory_from_content(content: RecordDict) -> torch.Tensor | None:
@@ -253,7 +256,7 @@ def memory_to_records(memory: ReducedMemory) -> tuple[ArrayRecord, ConfigRecord]
     """M_k with its weights, and n_k, as the ``memory`` and ``memory-info`` records."""
     vectors = memory.vectors.detach().to("cpu").contiguous().numpy()
     weights = memory.weights.detach().to("cpu").contiguous().numpy()
-    arrays = ArrayRecord({_VECTORS: _array(vectors), _WEIGHTS: _array(weights)})
+    arrays = ArrayRecord({_VECTORS: to_array(vectors), _WEIGHTS: to_array(weights)})
     info = ConfigRecord({_N_IMAGES: int(memory.n_images)})
     return arrays, info
 

@@ -176,6 +176,29 @@ def accuracy(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, 
                     "wall_s": round(float(pooled["wall_s"]["total"]), 1),
                 },
             )
+    if args.with_pooled_patchcore:
+        # One PatchCore fitted on both sites' training images pooled, scored on each site's test.
+        cfg = DetectorConfig(seed=args.seed)
+        t0 = time.perf_counter()
+        splits = {cell: scan(root) for cell, root in sites.items()}
+        pooled_det = PatchCoreDetector(cfg).fit([s for sp in splits.values() for s in sp.train])
+        fit_s = time.perf_counter() - t0
+        for cell, split in splits.items():
+            m = pooled_det.evaluate(split.test)
+            emit(
+                rows,
+                {
+                    "method": "pooled_patchcore",
+                    "dataset": f"elpv/{cell}",
+                    "clients": 1,
+                    "seed": args.seed,
+                    **m.as_dict(),
+                    "bytes_up": 0,
+                    "bytes_down": 0,
+                    "rounds": 0,
+                    "wall_s": round(fit_s, 1),
+                },
+            )
     if args.with_patchcore:
         cfg = DetectorConfig(seed=args.seed)
         for cell, root in sites.items():
@@ -394,6 +417,11 @@ def main() -> None:
     )
     parser.add_argument(
         "--skip-pooled", action="store_true", help="skip the pooled-data FedDyMem run"
+    )
+    parser.add_argument(
+        "--with-pooled-patchcore",
+        action="store_true",
+        help="also fit one PatchCore on both sites' pooled training images",
     )
     parser.add_argument(
         "--with-patchcore",

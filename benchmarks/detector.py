@@ -11,6 +11,7 @@ Data: ELPV (exported by `feddymem data elpv`), the real pixel-labelled sets in .
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import resource
@@ -153,6 +154,9 @@ def main() -> None:
     parser.add_argument("--surface-sets", default="magnetic_tile,kolektorsdd")
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
     parser.add_argument("--image-size", type=int, default=256, help="short side in pixels")
+    parser.add_argument(
+        "--backbone", default=None, help="backbone name (default: the detector's default)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -160,6 +164,8 @@ def main() -> None:
     cfg = DetectorConfig(
         seed=args.seed, coreset_ratio=args.coreset_ratio, image_size=args.image_size
     )
+    if args.backbone is not None:
+        cfg = dataclasses.replace(cfg, backbone=args.backbone)
     rows: list[dict[str, object]] = []
     if parts & {"elpv", "synth", "speed"}:
         for cell in ("mono", "poly"):

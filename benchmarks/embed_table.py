@@ -19,7 +19,10 @@ def embed(readme: str, table: str) -> str:
         raise SystemExit(f"the README must hold {START} and {END} exactly once each")
     head, rest = readme.split(START)
     _, tail = rest.split(END)
-    return f"{head}{START}\n\n{table.strip()}\n{END}{tail}"
+    # The README's section has its own heading; paths are shown relative to the repository.
+    lines = [ln for ln in table.strip().splitlines() if not ln.startswith("# ")]
+    body = "\n".join(lines).strip().replace(f"{REPO}/", "")
+    return f"{head}{START}\n\n{body}\n{END}{tail}"
 
 
 def main() -> None:

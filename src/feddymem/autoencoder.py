@@ -25,7 +25,7 @@ from torch import nn
 
 from feddymem.anomaly_map import to_anomaly_maps
 from feddymem.config import ConfigError, FeatureConfig, from_dict, to_dict
-from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
+from feddymem.data import Sample
 from feddymem.detector import (
     FORMAT_VERSION,
     MemoryBankDetector,
@@ -33,9 +33,7 @@ from feddymem.detector import (
     NotFittedError,
     ScoreResult,
     load_detector,
-    split_calibration,
 )
-from feddymem.features import PatchFeatureExtractor
 
 log = logging.getLogger(__name__)
 
@@ -272,31 +270,6 @@ def train_autoencoder(
     return last
 
 
-def extract_features(
-    extractor: PatchFeatureExtractor,
-    samples: Sequence[Sample],
-    *,
-    image_hw: tuple[int, int],
-    batch_size: int,
-    progress: Callable[[int], None] | None = None,
-    report: LoadReport | None = None,
-) -> torch.Tensor:
-    """Patch features p(x) of `samples` loaded at `image_hw`: (N, D, H, W) float32.
-
-    Unreadable images are skipped (and recorded in `report`), so N can be below len(samples).
-    """
-    feats = []
-    for batch in iter_batches(
-        samples, size=image_hw, batch_size=batch_size, with_masks=False, report=report
-    ):
-        feats.append(extractor(batch.images))
-        if progress is not None:
-            progress(len(batch.samples))
-    if not feats:
-        raise ValueError(f"none of the {len(samples)} images could be loaded")
-    return torch.cat(feats)
-
-
 # --- detector ----------------------------------------------------------------------------------
 
 
@@ -373,25 +346,10 @@ class AutoencoderDetector(MemoryBankDetector):
     ) -> AutoencoderDetector:
         """Extract p(x) of normal samples once, train the autoencoder on it, set the threshold."""
         cfg = self.config
-        if any(s.label != 0 for s in samples):
-            raise ValueError("fit takes normal images only: anomalous samples were given")
-        if not samples:
-            raise ValueError("fit needs at least one normal training image")
-        train, calib = split_calibration(samples, fraction=cfg.calibration_fraction, seed=cfg.seed)
-        image_hw = resolve_size(
-            [s.path for s in train], image_size=cfg.image_size, keep_aspect=cfg.keep_aspect
+        train, calib, image_hw = self._fit_split(
+            samples, fraction=cfg.calibration_fraction, seed=cfg.seed
         )
-        report = LoadReport(loaded=0, skipped=[])
-        feats = extract_features(
-            self.extractor,
-            train,
-            image_hw=image_hw,
-            batch_size=cfg.batch_size,
-            progress=progress,
-            report=report,
-        )
-        if report.skipped:
-            log.warning("fit skipped %d unreadable image(s)", len(report.skipped))
+        feats = torch.cat(list(self._train_features(train, image_hw=image_hw, progress=progress)))
         model = FeatureAutoencoder(
             feats.shape[1], hidden=cfg.hidden, latent=cfg.latent, seed=cfg.seed
         )
@@ -413,14 +371,7 @@ class AutoencoderDetector(MemoryBankDetector):
         del feats
         self.model_ = model.eval()
         self.image_hw_ = image_hw
-        if calib:
-            self.calibrate(calib, quantile=cfg.threshold_quantile)
-        else:
-            log.warning(
-                "too few normal images to hold some out: threshold set on training images "
-                "(it will be optimistic)"
-            )
-            self.calibrate(train, quantile=cfg.threshold_quantile)
+        self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
         return self
 
     def score(self, images: torch.Tensor) -> ScoreResult:

@@ -269,6 +269,66 @@ class MemoryBankDetector:
         )
         return metrics, dataclasses.replace(scores, anomaly_maps=None, masks=None)
 
+    # --- fitting, shared by the fitted detectors (PatchCore, Gaussian, autoencoder) ----------
+    def _fit_split(
+        self, samples: Sequence[Sample], *, fraction: float, seed: int, min_images: int = 1
+    ) -> tuple[list[Sample], list[Sample], tuple[int, int]]:
+        """Check that `samples` are normal and enough, hold out a seeded share of them to set
+        the threshold, and choose the input size: (train, calibration, (H, W))."""
+        n_anomalous = sum(1 for s in samples if s.label != 0)
+        if n_anomalous:
+            raise ValueError(f"fit takes normal images only: {n_anomalous} anomalous given")
+        if len(samples) < min_images:
+            raise ValueError(
+                f"fit needs at least {min_images} normal training image(s), got {len(samples)}"
+            )
+        train, calib = split_calibration(samples, fraction=fraction, seed=seed)
+        image_hw = resolve_size(
+            [s.path for s in train],
+            image_size=self.config.image_size,
+            keep_aspect=self.config.keep_aspect,
+        )
+        return train, calib, image_hw
+
+    def _train_features(
+        self,
+        train: Sequence[Sample],
+        *,
+        image_hw: tuple[int, int],
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """p(x) of the training images, batch by batch (B, D, H, W); unreadable files are
+        skipped and counted in a warning, and none readable at all is an error."""
+        report = LoadReport(loaded=0, skipped=[])
+        any_batch = False
+        for batch in iter_batches(
+            train,
+            size=image_hw,
+            batch_size=self.config.batch_size,
+            with_masks=False,
+            report=report,
+        ):
+            any_batch = True
+            yield self.extractor(batch.images)
+            if progress is not None:
+                progress(len(batch.samples))
+        if not any_batch:
+            raise ValueError(f"none of the {len(train)} training images could be loaded")
+        if report.skipped:
+            log.warning("fit skipped %d unreadable image(s)", len(report.skipped))
+
+    def _set_threshold(
+        self, train: Sequence[Sample], calib: Sequence[Sample], *, quantile: float
+    ) -> None:
+        """Threshold from the held-out normals (from the training images when none are held
+        out, with a warning: it is then optimistic)."""
+        if not calib:
+            log.warning(
+                "too few normal images to hold some out: threshold set on training images "
+                "(it will be optimistic)"
+            )
+        self.calibrate(calib or train, quantile=quantile)
+
     def calibrate(self, normals: Sequence[Sample], *, quantile: float) -> float:
         """Threshold = `quantile` of the image scores of held-out normal images."""
         scores = self.score_samples(normals).image_scores
@@ -380,30 +440,15 @@ class PatchCoreDetector(MemoryBankDetector):
     ) -> PatchCoreDetector:
         """Fit on normal training samples (labels must all be 0)."""
         cfg = self.config
-        normals = [s for s in samples if s.label == 0]
-        if len(normals) != len(samples):
-            raise ValueError(
-                f"fit takes normal images only: {len(samples) - len(normals)} anomalous given"
-            )
-        if not normals:
-            raise ValueError("fit needs at least one normal training image")
-        train, calib = split_calibration(normals, fraction=cfg.calibration_fraction, seed=cfg.seed)
-        image_hw = resolve_size(
-            [s.path for s in train], image_size=cfg.image_size, keep_aspect=cfg.keep_aspect
+        train, calib, image_hw = self._fit_split(
+            samples, fraction=cfg.calibration_fraction, seed=cfg.seed
         )
-        report = LoadReport(loaded=0, skipped=[])
-        feats = []
-        for batch in iter_batches(
-            train, size=image_hw, batch_size=cfg.batch_size, with_masks=False, report=report
-        ):
-            z = self.extractor(batch.images)
-            feats.append(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]))
-            if progress is not None:
-                progress(len(batch.samples))
-        if not feats:
-            raise ValueError(f"none of the {len(train)} training images could be loaded")
-        bank = torch.cat(feats)
-        del feats
+        bank = torch.cat(
+            [
+                z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                for z in self._train_features(train, image_hw=image_hw, progress=progress)
+            ]
+        )
         self.n_patches_ = int(bank.shape[0])
         memory = subsample(
             bank,
@@ -414,16 +459,7 @@ class PatchCoreDetector(MemoryBankDetector):
         log.info("memory bank: %d of %d patches (%s)", memory.shape[0], bank.shape[0], cfg.sampler)
         self.set_memory(memory.clone(), image_hw=image_hw)
         del bank
-        if calib:
-            self.calibrate(calib, quantile=cfg.threshold_quantile)
-        else:
-            log.warning(
-                "too few normal images to hold some out: threshold set on training images "
-                "(it will be optimistic)"
-            )
-            self.calibrate(train, quantile=cfg.threshold_quantile)
-        if report.skipped:
-            log.warning("fit skipped %d unreadable image(s)", len(report.skipped))
+        self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
         return self
 
 

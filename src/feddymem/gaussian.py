@@ -25,7 +25,7 @@ import torch
 
 from feddymem.anomaly_map import to_anomaly_maps
 from feddymem.config import ConfigError, FeatureConfig, from_dict, to_dict
-from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
+from feddymem.data import Sample
 from feddymem.detector import (
     FORMAT_VERSION,
     MemoryBankDetector,
@@ -33,7 +33,6 @@ from feddymem.detector import (
     NotFittedError,
     ScoreResult,
     load_detector,
-    split_calibration,
 )
 
 log = logging.getLogger(__name__)
@@ -205,26 +204,13 @@ class GaussianDetector(MemoryBankDetector):
     ) -> GaussianDetector:
         """Fit the per-position Gaussians on normal samples (labels must all be 0)."""
         cfg = self.config
-        if any(s.label != 0 for s in samples):
-            raise ValueError("fit takes normal images only: anomalous samples were given")
-        if len(samples) < 2:
-            raise ValueError(f"fit needs at least 2 normal training images, got {len(samples)}")
-        train, calib = split_calibration(samples, fraction=cfg.calibration_fraction, seed=cfg.seed)
-        image_hw = resolve_size(
-            [s.path for s in train], image_size=cfg.image_size, keep_aspect=cfg.keep_aspect
+        train, calib, image_hw = self._fit_split(
+            samples, fraction=cfg.calibration_fraction, seed=cfg.seed, min_images=2
         )
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
         moments = PatchMoments()
-        report = LoadReport(loaded=0, skipped=[])
-        for batch in iter_batches(
-            train, size=image_hw, batch_size=cfg.batch_size, with_masks=False, report=report
-        ):
-            feats = self.extractor(batch.images)
+        for feats in self._train_features(train, image_hw=image_hw, progress=progress):
             moments.update(feats if channels is None else feats[:, channels])
-            if progress is not None:
-                progress(len(batch.samples))
-        if report.skipped:
-            log.warning("fit skipped %d unreadable image(s)", len(report.skipped))
         mean, cov = moments.mean_covariance()
         assert moments.grid_hw is not None
         self.mean_ = mean.float()
@@ -239,14 +225,7 @@ class GaussianDetector(MemoryBankDetector):
             mean.shape[0],
             mean.shape[1],
         )
-        if calib:
-            self.calibrate(calib, quantile=cfg.threshold_quantile)
-        else:
-            log.warning(
-                "too few normal images to hold some out: threshold set on training images "
-                "(it will be optimistic)"
-            )
-            self.calibrate(train, quantile=cfg.threshold_quantile)
+        self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
         return self
 
     def score(self, images: torch.Tensor) -> ScoreResult:

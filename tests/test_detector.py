@@ -164,3 +164,14 @@ def test_cli_reports_a_missing_folder(tmp_path: Path, capsys: pytest.CaptureFixt
 
     assert main(["fit", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "m.pt")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_a_shared_extractor_is_used_and_a_mismatched_one_refused() -> None:
+    from feddymem.features import PatchFeatureExtractor
+
+    shared = PatchFeatureExtractor(backbone="efficientnet_lite0")
+    det = PatchCoreDetector(DetectorConfig(), extractor=shared)
+    assert det.extractor is shared
+    other_taps = tuple(reversed(shared.layers))[:1]
+    with pytest.raises(ValueError, match="not the one the config asks for"):
+        PatchCoreDetector(DetectorConfig(layers=other_taps), extractor=shared)

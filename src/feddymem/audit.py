@@ -763,8 +763,12 @@ def audit_setting(
     twin_features: torch.Tensor,
     work: Path,
     grid_hw: tuple[int, int],
+    extractor: PatchFeatureExtractor | None = None,
 ) -> SettingResult:
     """Run one setting: federate, evaluate its detector, attack its upload and its twin's.
+
+    `extractor`, when given, is the frozen backbone every setting shares (built once per audit
+    instead of once per setting); it is used only if the setting asks for the same backbone.
 
     The twin upload is what the same setting (the victim's final G_k, the same reduce and
     noise, another noise seed) makes from `twin_features`, the p(x) of as many reference images
@@ -776,12 +780,16 @@ def audit_setting(
     state = work / "state" / setting.name
     if state.exists():
         shutil.rmtree(state)
+    shared = (
+        extractor if extractor is not None and extractor.matches(cfg.backbone, cfg.layers) else None
+    )
     client = FedDyMemClient(
         train=data.victim,
         test=data.test,
         config=cfg,
         state_dir=state,
         feature_cache=work / "cache",
+        extractor=shared,
     )
     memory, history = run_client(client, rounds=config.run.rounds)
     metrics = client.evaluate(memory.vectors)
@@ -1121,6 +1129,7 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
             twin_features=twin_features,
             work=work,
             grid_hw=grid_hw,
+            extractor=extractor,
         )
         for s in settings
     ]

@@ -96,10 +96,21 @@ class MemoryBankDetector:
 
     kind = "memory_bank"
 
-    def __init__(self, config: FeatureConfig, *, weights: Path | None = None) -> None:
+    def __init__(
+        self,
+        config: FeatureConfig,
+        *,
+        weights: Path | None = None,
+        extractor: PatchFeatureExtractor | None = None,
+    ) -> None:
+        if extractor is not None and not extractor.matches(config.backbone, config.layers):
+            raise ValueError(
+                f"the extractor given ({extractor.backbone_name}, taps {extractor.layers}) is not "
+                f"the one the config asks for ({config.backbone}, taps {config.layers})"
+            )
         self.config = config
         self.weights = weights
-        self._extractor: PatchFeatureExtractor | None = None
+        self._extractor: PatchFeatureExtractor | None = extractor
         self.generator: nn.Module | None = None
         self.memory_: torch.Tensor | None = None
         self.image_hw_: tuple[int, int] | None = None
@@ -428,8 +439,14 @@ class PatchCoreDetector(MemoryBankDetector):
     kind = "patchcore"
     config: DetectorConfig
 
-    def __init__(self, config: DetectorConfig, *, weights: Path | None = None) -> None:
-        super().__init__(config, weights=weights)
+    def __init__(
+        self,
+        config: DetectorConfig,
+        *,
+        weights: Path | None = None,
+        extractor: PatchFeatureExtractor | None = None,
+    ) -> None:
+        super().__init__(config, weights=weights, extractor=extractor)
         self.n_patches_: int | None = None
 
     def fit(

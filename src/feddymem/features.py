@@ -54,6 +54,14 @@ class PatchFeatureExtractor(nn.Module):
         self.optimize = optimize
         self._fast: torch.jit.ScriptModule | None = None
 
+    def matches(self, backbone: str, layers: tuple[str, ...] | None) -> bool:
+        """Whether this extractor is the one a config naming `backbone` / `layers` would build
+        (`layers` None: the backbone's default taps), so it can be shared instead."""
+        if backbone != self.backbone_name:
+            return False
+        wanted = tuple(layers) if layers else get_backbone(backbone).default_layers
+        return wanted == self.layers
+
     def _network(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """The frozen backbone's taps; by default through a frozen TorchScript graph.
 

@@ -19,6 +19,7 @@ import torch
 from feddymem.config import FedDyMemConfig
 from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
 from feddymem.detector import MemoryBankDetector, split_calibration
+from feddymem.features import PatchFeatureExtractor
 from feddymem.generator import MemoryGenerator
 from feddymem.losses import MetricLoss
 from feddymem.metrics import DetectionMetrics
@@ -49,6 +50,7 @@ class FedDyMemClient:
         weights: Path | None = None,
         calibration_fraction: float = 0.1,
         feature_cache: Path | None = None,
+        extractor: PatchFeatureExtractor | None = None,
     ) -> None:
         if not train:
             raise ValueError("a FedDyMem client needs at least one normal training image")
@@ -60,7 +62,8 @@ class FedDyMemClient:
         self.train_samples, self.calibration = split_calibration(
             [s for s in train if s.label == 0], fraction=calibration_fraction, seed=config.seed
         )
-        self.detector = MemoryBankDetector(config, weights=weights)
+        # `extractor`: a frozen backbone to share with other clients in one process.
+        self.detector = MemoryBankDetector(config, weights=weights, extractor=extractor)
         self.image_hw = resolve_size(
             [s.path for s in self.train_samples],
             image_size=config.image_size,

@@ -112,6 +112,23 @@ def write_spec(
     return path
 
 
+def detector_row(
+    method: str, cell: str, metrics: Any, *, seed: int, wall_s: float, rounds: int = 0
+) -> dict[str, Any]:
+    """A row for a detector fitted once (no federation) and scored on ELPV `cell`'s test set."""
+    return {
+        "method": method,
+        "dataset": f"elpv/{cell}",
+        "clients": 1,
+        "seed": seed,
+        **metrics.as_dict(),
+        "bytes_up": 0,
+        "bytes_down": 0,
+        "rounds": rounds,
+        "wall_s": round(wall_s, 1),
+    }
+
+
 def accuracy(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, Any]:
     data = args.data_dir
     sites = {cell: data / f"elpv-{cell}" for cell in ("mono", "poly")}
@@ -162,19 +179,12 @@ def accuracy(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, 
             if det is None:
                 break
             m = det.evaluate(scan(root).test)
+            wall_s = float(pooled["wall_s"]["total"])
             emit(
                 rows,
-                {
-                    "method": "pooled_feddymem",
-                    "dataset": f"elpv/{cell}",
-                    "clients": 1,
-                    "seed": args.seed,
-                    **m.as_dict(),
-                    "bytes_up": 0,
-                    "bytes_down": 0,
-                    "rounds": rounds + 1,
-                    "wall_s": round(float(pooled["wall_s"]["total"]), 1),
-                },
+                detector_row(
+                    "pooled_feddymem", cell, m, seed=args.seed, wall_s=wall_s, rounds=rounds + 1
+                ),
             )
     if args.with_pooled_patchcore:
         # One PatchCore fitted on both sites' training images pooled, scored on each site's test.
@@ -184,20 +194,15 @@ def accuracy(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, 
         pooled_det = PatchCoreDetector(cfg).fit([s for sp in splits.values() for s in sp.train])
         fit_s = time.perf_counter() - t0
         for cell, split in splits.items():
-            m = pooled_det.evaluate(split.test)
             emit(
                 rows,
-                {
-                    "method": "pooled_patchcore",
-                    "dataset": f"elpv/{cell}",
-                    "clients": 1,
-                    "seed": args.seed,
-                    **m.as_dict(),
-                    "bytes_up": 0,
-                    "bytes_down": 0,
-                    "rounds": 0,
-                    "wall_s": round(fit_s, 1),
-                },
+                detector_row(
+                    "pooled_patchcore",
+                    cell,
+                    pooled_det.evaluate(split.test),
+                    seed=args.seed,
+                    wall_s=fit_s,
+                ),
             )
     if args.with_patchcore:
         cfg = DetectorConfig(seed=args.seed)
@@ -205,20 +210,8 @@ def accuracy(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, 
             t0 = time.perf_counter()
             split = scan(root)
             m = PatchCoreDetector(cfg).fit(split.train).evaluate(split.test)
-            emit(
-                rows,
-                {
-                    "method": "local_patchcore",
-                    "dataset": f"elpv/{cell}",
-                    "clients": 1,
-                    "seed": args.seed,
-                    **m.as_dict(),
-                    "bytes_up": 0,
-                    "bytes_down": 0,
-                    "rounds": 0,
-                    "wall_s": round(time.perf_counter() - t0, 1),
-                },
-            )
+            wall_s = time.perf_counter() - t0
+            emit(rows, detector_row("local_patchcore", cell, m, seed=args.seed, wall_s=wall_s))
     return fed
 
 
@@ -300,8 +293,6 @@ def memory_sweep(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
 
     from feddymem.aggregate import aggregate_memories
     from feddymem.data import iter_batches
-    from feddymem.detector import patch_scores
-    from feddymem.knn import NearestNeighbors
     from feddymem.local_model import FedDyMemClient
     from feddymem.reduce import REDUCERS, ReducedMemory
 
@@ -330,16 +321,15 @@ def memory_sweep(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
         test_z[cell] = (torch.cat(zs), torch.cat(labels))
 
     def score(cell: str, memory: torch.Tensor) -> dict[str, float]:
+        """Image AUROC / F1-max of `cell`'s test set against `memory`: the detector's own k-NN
+        and image-score steps, on the test features embedded once."""
         z, labels = test_z[cell]
-        b, d, h, w = z.shape
-        index = NearestNeighbors(memory.float().contiguous(), backend="faiss")
-        dist, _ = index.search(z.permute(0, 2, 3, 1).reshape(-1, d), base.score_k)
-        patches = patch_scores(dist, scoring=base.scoring).view(b, h * w)
-        k = max(1, round(base.topk_fraction * h * w))
-        image = patches.topk(k, dim=1).values.mean(dim=1).numpy()
+        det = clients[cell].detector
+        det.set_memory(memory, image_hw=clients[cell].image_hw)
+        image = det.result_from_patch_scores(det.nearest_patch_scores(z)).image_scores
         return {
-            "image_auroc": image_auroc(labels.numpy(), image),
-            "f1_max": f1_max(labels.numpy(), image),
+            "image_auroc": image_auroc(labels.numpy(), image.numpy()),
+            "f1_max": f1_max(labels.numpy(), image.numpy()),
         }
 
     with torch.inference_mode():

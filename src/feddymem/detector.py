@@ -170,11 +170,22 @@ class MemoryBankDetector:
                 f"images are {tuple(images.shape[-2:])} px but the detector was fitted at "
                 f"{self.image_hw_}; load them with its image size"
             )
-        z = self.embed(images)
+        return self.result_from_patch_scores(self.nearest_patch_scores(self.embed(images)))
+
+    def nearest_patch_scores(self, z: torch.Tensor) -> torch.Tensor:
+        """z(x) (B, d, H, W), already embedded -> patch scores (B, H, W): the k-NN distances to
+        the memory bank (the step `score` runs after `embed`)."""
+        self._check_fitted()
+        assert self._index is not None
         b, d, h, w = z.shape
-        queries = z.permute(0, 2, 3, 1).reshape(-1, d)
-        distances, _ = self._index.search(queries, self._k)
-        scores = patch_scores(distances, scoring=self._scoring).view(b, h, w)
+        distances, _ = self._index.search(z.permute(0, 2, 3, 1).reshape(-1, d), self._k)
+        return patch_scores(distances, scoring=self._scoring).view(b, h, w)
+
+    def result_from_patch_scores(self, scores: torch.Tensor) -> ScoreResult:
+        """Patch scores (B, H, W) -> anomaly maps at the input size and image scores (the step
+        `score` runs after `nearest_patch_scores`)."""
+        self._check_fitted()
+        assert self.image_hw_ is not None
         maps = to_anomaly_maps(scores, image_hw=self.image_hw_, sigma=self.config.blur_sigma)
         return ScoreResult(image_scores=self._image_scores(scores, maps), anomaly_maps=maps)
 

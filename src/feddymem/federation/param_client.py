@@ -173,18 +173,18 @@ class GeneratorSharingClient(FedDyMemClient):
                 z = gen_module(feats[idx].float())
                 z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
                 loss, parts = self.loss(z, memory)
-                prox = proximal_term(gen_module, reference)
                 # The metric loss is (L_att + L_rep) / nu; the proximal term gets the same 1/nu so
-                # that mu weighs it against the unscaled loss, as in the FedProx paper (without it
-                # any usual mu vanishes next to a loss scaled by 1/nu = 1000).
-                total = loss + 0.5 * proximal_mu * prox / self.loss.nu if proximal_mu > 0 else loss
+                # that mu weighs it against the unscaled loss, as in the FedProx paper. FedAvg
+                # (mu = 0) skips it.
+                prox = proximal_term(gen_module, reference) if proximal_mu > 0 else None
+                total = loss if prox is None else loss + 0.5 * proximal_mu * prox / self.loss.nu
                 optimizer.zero_grad(set_to_none=True)
                 total.backward()
                 optimizer.step()
                 sums["loss"] += float(total.detach())
                 sums["loss_att"] += parts["loss_att"]
                 sums["loss_rep"] += parts["loss_rep"]
-                sums["loss_prox"] += float(prox.detach())
+                sums["loss_prox"] += 0.0 if prox is None else float(prox.detach())
                 steps += 1
         gen_module.eval()
         return {k: v / max(steps, 1) for k, v in sums.items()}

@@ -80,7 +80,7 @@ class DetectorConfig(FeatureConfig):
     num_neighbors: int = 1  # k of the patch score (distance to the nearest memory item)
     calibration_fraction: float = 0.1  # normal training images held out to set the threshold
     threshold_quantile: float = 0.99
-    knn_backend: Literal["faiss", "torch"] = "faiss"
+    knn_backend: Literal["faiss", "torch"] = "torch"
     seed: int = 0
 
     def __post_init__(self) -> None:

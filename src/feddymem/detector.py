@@ -145,7 +145,7 @@ class MemoryBankDetector:
         self.memory_ = memory.float().contiguous()
         self.image_hw_ = image_hw
         backend: Literal["faiss", "torch"] = (
-            "torch" if getattr(self.config, "knn_backend", "faiss") == "torch" else "faiss"
+            "faiss" if getattr(self.config, "knn_backend", "torch") == "faiss" else "torch"
         )
         self._index = NearestNeighbors(self.memory_, backend=backend)
 

@@ -184,3 +184,19 @@ def test_unreadable_mask(tmp_path: Path) -> None:
     broken.write_bytes(b"\x89PNG\r\n\x1a\n")
     with pytest.raises(ImageReadError, match=r"broken_mask\.png"):
         read_mask(broken, expected_hw=(H, W))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "P"])
+def test_resize_before_rgb_gives_the_pixels_of_resize_after(tmp_path: Path, mode: str) -> None:
+    rgb = Image.fromarray(_rgb(seed=3))
+    image = rgb.convert(mode) if mode != "P" else rgb.quantize(16)
+    path = tmp_path / f"a-{mode}.png"
+    image.save(path)
+    full = decode_image(path)
+    after = np.asarray(Image.fromarray(full.pixels).resize((20, 12), Image.Resampling.BILINEAR))
+    early = decode_image(path, resize_to=(12, 20))
+    assert early.full_hw == (H, W)
+    if mode == "P":  # palette indices cannot be interpolated: left at full size
+        np.testing.assert_array_equal(early.pixels, full.pixels)
+    else:
+        np.testing.assert_array_equal(early.pixels, after)

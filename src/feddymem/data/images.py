@@ -96,6 +96,11 @@ def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+# Modes whose bilinear resize commutes with the conversion to RGB (palette indices and packed
+# or wide modes do not).
+_RESIZE_FIRST_MODES = frozenset({"L", "RGB"})
+
+
 def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
     """Convert a loaded Pillow image to ``(H, W, 3)`` uint8 RGB."""
     mode = img.mode
@@ -109,7 +114,10 @@ def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
 
 
 def decode_image(
-    path: str | os.PathLike[str], *, size_hint: tuple[int, int] | None = None
+    path: str | os.PathLike[str],
+    *,
+    size_hint: tuple[int, int] | None = None,
+    resize_to: tuple[int, int] | None = None,
 ) -> DecodedImage:
     """Decode an image file to RGB, optionally at reduced scale for large JPEGs.
 
@@ -118,6 +126,10 @@ def decode_image(
         size_hint: ``(H, W)`` the caller will resize to.  For a JPEG at least twice as large
             on both sides, the decoder works at 1/2, 1/4 or 1/8 scale, never below the hint,
             which is much faster than a full decode followed by a downscale.
+        resize_to: ``(H, W)``: resize (bilinear, antialiased) before the RGB expansion, which
+            for a grayscale image is a third of the work of resizing its RGB copy and gives
+            the same pixels.  Other modes are returned at their decoded size, for the caller
+            to resize.
 
     Returns:
         The ``(h, w, 3)`` uint8 pixels and the full-resolution ``(H, W)``.
@@ -136,7 +148,12 @@ def decode_image(
                 if hint_h > 0 and hint_w > 0:
                     img.draft(None, (hint_w, hint_h))
             img.load()
-            pixels = _to_rgb_array(img, file)
+            ready: Image.Image = img
+            if resize_to is not None and img.mode in _RESIZE_FIRST_MODES:
+                height, width = resize_to
+                if (img.height, img.width) != (height, width):
+                    ready = img.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = _to_rgb_array(ready, file)
     except ImageReadError:
         raise
     except UnidentifiedImageError:

@@ -193,7 +193,7 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 def _load_sample(sample: Sample, size: tuple[int, int], with_masks: bool) -> _Loaded:
     """Decode, check and resize one sample; raises :class:`DataError` for a bad file."""
-    decoded = decode_image(sample.path, size_hint=size)
+    decoded = decode_image(sample.path, size_hint=size, resize_to=size)
     image = _resize_image(decoded.pixels, size)
     if with_masks and sample.mask_path is not None:
         full = read_mask(sample.mask_path, expected_hw=decoded.full_hw, image_path=sample.path)

@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from feddymem.config import DetectorConfig
 from feddymem.data import Sample, export_elpv, iter_batches, scan
@@ -131,6 +132,17 @@ def speed(
     # The k-NN's arithmetic rate: 2 * queries * memory items * dimensions flops.
     queries = len(samples) * patch.shape[1] * patch.shape[2]
     knn_gflops = 2.0 * queries * det.memory_.shape[0] * det.memory_.shape[1] / 1e9
+    # The network's own arithmetic (PyTorch's flop counter on the eager network, one image),
+    # and this machine's dense float32 matrix-product rate, for the k-NN's floor.
+    with FlopCounterMode(display=False) as counter, torch.inference_mode():
+        extractor.net(batches[0][:1])
+    network_gflop = counter.get_total_flops() / 1e9
+    square = torch.randn(2048, 2048)
+    square @ square
+    t9 = time.perf_counter()
+    for _ in range(5):
+        square @ square
+    peak_gflop_s = 5 * 2 * 2048**3 / 1e9 / (time.perf_counter() - t9)
     out = {
         "torch_threads": torch.get_num_threads(),
         "image_hw": list(det.image_hw_),
@@ -152,6 +164,11 @@ def speed(
         "stage_share_of_forward": {k: round(v / forward_s, 3) for k, v in stages.items()},
         "knn_gflop_s": round(knn_gflops / stages["knn"], 1),
         "knn_faiss_gflop_s": round(knn_gflops / stages["knn_faiss"], 1),
+        "network_gflop_per_image": round(network_gflop, 3),
+        "knn_gflop_per_image": round(knn_gflops / len(samples), 3),
+        "matmul_peak_gflop_s": round(peak_gflop_s, 1),
+        # the exact k-NN's time at that peak rate, as a share of the forward-only time
+        "knn_share_at_peak": round(knn_gflops / peak_gflop_s / forward_s, 3),
     }
     print(json.dumps(out), flush=True)
     return out

@@ -175,3 +175,19 @@ def test_a_shared_extractor_is_used_and_a_mismatched_one_refused() -> None:
     other_taps = tuple(reversed(shared.layers))[:1]
     with pytest.raises(ValueError, match="not the one the config asks for"):
         PatchCoreDetector(DetectorConfig(layers=other_taps), extractor=shared)
+
+
+def test_knn_backends_score_alike(fitted: tuple[PatchCoreDetector, Path]) -> None:
+    import dataclasses
+
+    det, root = fitted
+    assert det.config.knn_backend == "torch"  # the default
+    other = PatchCoreDetector(
+        dataclasses.replace(det.config, knn_backend="faiss"), extractor=det.extractor
+    )
+    assert det.memory_ is not None and det.image_hw_ is not None
+    other.set_memory(det.memory_, image_hw=det.image_hw_)
+    images = next(iter(det.batches(scan(root).test))).images
+    a, b = det.score(images), other.score(images)
+    torch.testing.assert_close(a.image_scores, b.image_scores)
+    torch.testing.assert_close(a.anomaly_maps, b.anomaly_maps)

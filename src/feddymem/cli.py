@@ -39,6 +39,7 @@ def _detector_config(args: argparse.Namespace) -> Any:
         sampler=args.sampler,
         coreset_ratio=args.coreset_ratio,
         num_neighbors=args.neighbors,
+        knn_backend=args.knn_backend,
         blur_sigma=args.blur_sigma,
         image_score=args.image_score,
         threshold_quantile=args.threshold_quantile,
@@ -361,6 +362,13 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--neighbors", type=int, default=1, help="k of the patch score (default: %(default)s)"
+    )
+    g.add_argument(
+        "--knn-backend",
+        default="torch",
+        choices=["torch", "faiss"],
+        help="exact nearest-neighbour search: torch matrix products or faiss's flat index "
+        "(same results; default: %(default)s, the faster one here)",
     )
     g.add_argument(
         "--blur-sigma",

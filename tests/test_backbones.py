@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,7 @@ import torch.nn.functional as F
 
 from feddymem.backbones import (
     BackboneError,
+    LiteTaps,
     available_backbones,
     build_lite_classifier,
     get_backbone,
@@ -31,6 +33,30 @@ def test_default_weights_are_the_real_imagenet_weights() -> None:
         probs = model(x).softmax(-1)[0]
     assert int(probs.argmax()) == ESPRESSO
     assert float(probs[ESPRESSO]) > 0.5
+
+
+@pytest.mark.parametrize("name", ["efficientnet-lite0", "efficientnet-lite2"])
+def test_folded_padding_gives_the_taps_of_the_padded_network(name: str) -> None:
+    """LiteTaps folds the explicit "SAME" pads into its convolutions: no pad is left, and every
+    tap matches the original padded blocks, on square, oblong and odd-sized inputs."""
+    model = build_lite_classifier(name)
+    padded = copy.deepcopy(model)
+    taps = LiteTaps(model, {"stage2": 4, "stage4": 10})
+    assert not any(isinstance(m, torch.nn.ZeroPad2d) for m in taps.modules())
+    torch.manual_seed(0)
+    for size in [(224, 224), (96, 160), (65, 97)]:
+        x = torch.randn(2, 3, *size)
+        with torch.inference_mode():
+            got = taps(x)
+            h = padded._swish(padded._bn0(padded._conv_stem(x)))
+            expected = {}
+            for idx, block in enumerate(list(padded._blocks)[:11]):
+                h = block(h)
+                if idx in (4, 10):
+                    expected["stage2" if idx == 4 else "stage4"] = h
+        for tap, value in expected.items():
+            assert got[tap].shape == value.shape, (size, tap)
+            torch.testing.assert_close(got[tap], value, rtol=1e-4, atol=1e-4)
 
 
 def test_tampered_weights_are_refused(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -141,14 +142,75 @@ def _lite_stage_ends(model_name: str) -> list[tuple[int, Tap]]:
     return ends
 
 
+def _padded_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
+    """The plain convolution that computes what `conv` (an explicit zero pad, then an unpadded
+    convolution, as the Lite models' TensorFlow "SAME" padding does) computes, or None.
+
+    A symmetric pad becomes the convolution's own padding.  The one-more-on-the-far-side pad of a
+    stride-2 layer, ``(p, p + 1)``, becomes a padding of ``p + 1`` with the kernel grown by a
+    leading row and column of zeros: output ``j`` then reads inputs ``s*j - p ... s*j - p + k - 1``
+    as before, and the extra taps only ever add 0.  The weights are shared, not copied.
+    """
+    from efficientnet_lite_pytorch.utils import Identity as NoPad
+
+    pad = getattr(conv, "static_padding", None)
+    if not isinstance(pad, nn.ZeroPad2d | NoPad) or conv.padding != (0, 0):
+        return None
+    left, right, top, bottom = pad.padding if isinstance(pad, nn.ZeroPad2d) else (0, 0, 0, 0)
+    if (left, top) == (right, bottom):
+        grow, padding = 0, (top, left)
+    elif (right, bottom) == (left + 1, top + 1):
+        grow, padding = 1, (top + 1, left + 1)
+    else:
+        return None
+    kh, kw = conv.kernel_size
+    plain = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        (kh + grow, kw + grow),
+        stride=conv.stride,
+        padding=padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=conv.bias is not None,
+    )
+    if grow:
+        plain.weight = nn.Parameter(F.pad(conv.weight.detach(), (1, 0, 1, 0)), requires_grad=False)
+    else:
+        plain.weight = conv.weight
+    plain.bias = conv.bias
+    return plain
+
+
+def fold_same_padding(module: nn.Module) -> int:
+    """Replace, in place, every "SAME"-padded convolution of an EfficientNet-Lite by the plain
+    convolution that gives the same output (see `_padded_conv`); returns how many were replaced.
+
+    The explicit pads cost more than the convolutions around them on the CPU: each one moves
+    the activations out of oneDNN's layout and back (`benchmarks/detector.py --only speed`).
+    """
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.Conv2d) and (plain := _padded_conv(child)) is not None:
+                setattr(parent, name, plain)
+                replaced += 1
+    return replaced
+
+
 class LiteTaps(nn.Module):
-    """EfficientNet-Lite cut after its deepest tapped block; returns the tapped block outputs."""
+    """EfficientNet-Lite cut after its deepest tapped block; returns the tapped block outputs.
+
+    Its "SAME"-padded convolutions are folded into plain ones (`fold_same_padding`): the same
+    outputs, at a fraction of the cost on the CPU.
+    """
 
     def __init__(self, model: Any, tap_blocks: dict[str, int]) -> None:
         super().__init__()
         last = max(tap_blocks.values())
         self.stem = nn.Sequential(model._conv_stem, model._bn0, model._swish)
         self.blocks = nn.ModuleList(list(model._blocks)[: last + 1])
+        fold_same_padding(self)
         self._at = {idx: name for name, idx in tap_blocks.items()}
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -156,6 +156,8 @@ def _padded_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
     pad = getattr(conv, "static_padding", None)
     if not isinstance(pad, nn.ZeroPad2d | NoPad) or conv.padding != (0, 0):
         return None
+    if tuple(conv.dilation) != (1, 1):
+        return None
     left, right, top, bottom = pad.padding if isinstance(pad, nn.ZeroPad2d) else (0, 0, 0, 0)
     if (left, top) == (right, bottom):
         grow, padding = 0, (top, left)
@@ -164,13 +166,13 @@ def _padded_conv(conv: nn.Conv2d) -> nn.Conv2d | None:
     else:
         return None
     kh, kw = conv.kernel_size
+    sh, sw = conv.stride
     plain = nn.Conv2d(
         conv.in_channels,
         conv.out_channels,
         (kh + grow, kw + grow),
-        stride=conv.stride,
+        stride=(sh, sw),
         padding=padding,
-        dilation=conv.dilation,
         groups=conv.groups,
         bias=conv.bias is not None,
     )

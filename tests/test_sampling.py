@@ -97,6 +97,33 @@ def test_greedy_matches_brute_force_without_projection(seed: int) -> None:
     assert idx.tolist() == brute_force_greedy(x, int(idx[0]), 40)
 
 
+def assert_farthest_first(x: torch.Tensor, chosen: torch.Tensor, rtol: float = 1e-4) -> None:
+    """Every chosen row (after the first) is, to float32 rounding, the row farthest from the
+    rows chosen before it (float64 reference distances)."""
+    dist = torch.cdist(x.double(), x.double()[chosen]).cummin(dim=1).values  # (N, M)
+    for t in range(1, len(chosen)):
+        running = dist[:, t - 1].clone()
+        running[chosen[:t]] = -1.0
+        assert float(running[chosen[t]]) >= float(running.max()) * (1.0 - rtol), t
+
+
+@pytest.mark.parametrize("chunk_size", [64, 1000, 100_000])
+def test_lazy_update_chooses_what_updating_every_row_chooses(chunk_size: int) -> None:
+    """Clustered rows, where the lazy update skips most chunks: the lazy selection is a
+    farthest-point selection and the same set as updating every row at every step (two rows
+    at near-equal distance may swap places, by float rounding)."""
+    gen = torch.Generator().manual_seed(3)
+    centres = torch.randn(12, 24, generator=gen) * 6.0
+    x = centres[torch.randint(12, (6000,), generator=gen)] + torch.randn(6000, 24, generator=gen)
+    lazy = greedy_coreset(x, size=300, projection_dim=None, seed=1, chunk_size=chunk_size)
+    plain = greedy_coreset(x, size=300, projection_dim=None, seed=1, lazy=False)
+    assert set(lazy.tolist()) == set(plain.tolist())
+    assert_farthest_first(x, lazy)
+    small = features(500, 10, seed=4)
+    first = greedy_coreset(small, size=60, projection_dim=None, seed=2, chunk_size=chunk_size)
+    assert first.tolist() == brute_force_greedy(small, int(first[0]), 60)
+
+
 def test_greedy_projection_is_seeded_and_skipped_for_small_dims() -> None:
     x = features(500, 64, seed=1)
     a = greedy_coreset(x, size=50, projection_dim=16, seed=7)

@@ -111,9 +111,22 @@ def speed(
             extractor.net((images - extractor.mean) / extractor.std)
         eager_s = time.perf_counter() - t3
     # Where the end-to-end time goes, stage by stage over the same images (seconds in all),
-    # with faiss's flat index timed on the same queries next to the default k-NN backend.
+    # with the float32 search (no bfloat16 screen) and faiss's flat index timed on the same
+    # queries next to the detector's own k-NN, and where their neighbours differ from its.
     faiss_index = NearestNeighbors(det.memory_, backend="faiss")
-    stages = {"decode": 0.0, "features": 0.0, "knn": 0.0, "maps": 0.0, "knn_faiss": 0.0}
+    float32_index = NearestNeighbors(det.memory_, backend="torch", screen=False)
+    stages = {
+        "decode": 0.0,
+        "features": 0.0,
+        "knn": 0.0,
+        "maps": 0.0,
+        "knn_float32": 0.0,
+        "knn_faiss": 0.0,
+    }
+    differ = {"knn_float32": 0, "knn_faiss": 0}
+    # and, on the first 4,096 queries, where each differs from a float64 brute force
+    differ_f64: dict[str, int] = {}
+    max_gap = {"knn_float32": 0.0, "knn_faiss": 0.0}
     t4 = time.perf_counter()
     decoded = list(
         iter_batches(samples, size=det.image_hw_, batch_size=cfg.batch_size, with_masks=False)
@@ -126,12 +139,28 @@ def speed(
         patch = det.nearest_patch_scores(z)
         t7 = time.perf_counter()
         det.result_from_patch_scores(patch)
-        t8 = time.perf_counter()
-        faiss_index.search(z.permute(0, 2, 3, 1).reshape(-1, z.shape[1]), cfg.num_neighbors)
-        stages["knn_faiss"] += time.perf_counter() - t8
+        stages["maps"] += time.perf_counter() - t7
+        flat = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        own_d, own_i = det.index.search(flat, cfg.num_neighbors)
+        if not differ_f64:
+            sub = flat[:4096]
+            exact = torch.cdist(sub.double(), det.memory_.double())
+            truth = exact.topk(cfg.num_neighbors, dim=1, largest=False).indices
+            for name, index in (
+                ("knn", det.index),
+                ("knn_float32", float32_index),
+                ("knn_faiss", faiss_index),
+            ):
+                found = index.search(sub, cfg.num_neighbors)[1]
+                differ_f64[name] = int((found != truth).any(dim=1).sum())
+        for name, index in (("knn_float32", float32_index), ("knn_faiss", faiss_index)):
+            t8 = time.perf_counter()
+            dist, idx = index.search(flat, cfg.num_neighbors)
+            stages[name] += time.perf_counter() - t8
+            differ[name] += int((idx != own_i).any(dim=1).sum())
+            max_gap[name] = max(max_gap[name], float((dist - own_d).abs().max()))
         stages["features"] += t6 - t5
         stages["knn"] += t7 - t6
-        stages["maps"] += t8 - t7
     # The k-NN's arithmetic rate: 2 * queries * memory items * dimensions flops.
     queries = len(samples) * patch.shape[1] * patch.shape[2]
     knn_gflops = 2.0 * queries * det.memory_.shape[0] * det.memory_.shape[1] / 1e9
@@ -155,6 +184,8 @@ def speed(
         "memory_mb": round(det.memory_.numel() * 4 / 2**20, 3),
         "scored_images": len(scores.samples),
         "knn_backend": cfg.knn_backend,
+        "knn_bfloat16_screen": det.index.screen,
+        "knn_screen_fallback_chunks": det.index.screen_fallbacks,
         "repeats": repeats,
         "forward_only_img_s": round(len(samples) / forward_s, 1),
         "forward_only_img_s_runs": [round(len(samples) / t, 1) for t in forward_runs],
@@ -165,8 +196,17 @@ def speed(
         # stage times as shares of the backbone's forward-only time, measured in this run
         "stage_s": {k: round(v, 2) for k, v in stages.items()},
         "stage_share_of_forward": {k: round(v / forward_s, 3) for k, v in stages.items()},
+        # k-NN rates in float32-equivalent arithmetic (2 * queries * items * dims flops)
         "knn_gflop_s": round(knn_gflops / stages["knn"], 1),
+        "knn_float32_gflop_s": round(knn_gflops / stages["knn_float32"], 1),
         "knn_faiss_gflop_s": round(knn_gflops / stages["knn_faiss"], 1),
+        "knn_speedup_over_float32": round(stages["knn_float32"] / stages["knn"], 2),
+        # queries whose neighbours differ from the detector's k-NN, and the largest distance gap
+        "knn_queries": queries,
+        "knn_queries_differing": differ,
+        "knn_float64_checked_queries": 4096,
+        "knn_queries_differing_from_float64": differ_f64,
+        "knn_max_distance_gap": {k: float(f"{v:.3g}") for k, v in max_gap.items()},
         "network_gflop_per_image": round(network_gflop, 3),
         "knn_gflop_per_image": round(knn_gflops / len(samples), 3),
         "matmul_peak_gflop_s": round(peak_gflop_s, 1),

@@ -149,6 +149,13 @@ class MemoryBankDetector:
         )
         self._index = NearestNeighbors(self.memory_, backend=backend)
 
+    @property
+    def index(self) -> NearestNeighbors:
+        """The k-NN index over the memory bank (fitted detectors only)."""
+        self._check_fitted()
+        assert self._index is not None
+        return self._index
+
     def _check_fitted(self) -> None:
         if self.memory_ is None or self._index is None or self.image_hw_ is None:
             raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")

@@ -20,6 +20,17 @@ def index(memory: torch.Tensor, variant: str) -> NearestNeighbors:
     return NearestNeighbors(memory, backend=variant, screen=False)  # type: ignore[arg-type]
 
 
+def assert_brute_force(
+    nn: NearestNeighbors, queries: torch.Tensor, memory: torch.Tensor, k: int, atol: float = 1e-5
+) -> torch.Tensor:
+    """The search's neighbours are a float64 brute force's, its distances close; the indices."""
+    dist, idx = nn.search(queries, k)
+    ref = torch.cdist(queries.double(), memory.double()).topk(k, dim=1, largest=False)
+    assert torch.equal(idx, ref.indices)
+    torch.testing.assert_close(dist.double(), ref.values, atol=atol, rtol=1e-6)
+    return idx
+
+
 def randn(*shape: int, seed: int) -> torch.Tensor:
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
 
@@ -138,11 +149,8 @@ def test_screen_finds_the_nearest_of_near_ties(k: int) -> None:
     queries = 0.5 * (memory[a] + memory[b])
     queries += 1e-4 * (memory[near] - memory[far])
     nn = index(memory, "screen")
-    dist, idx = nn.search(queries, k)
-    ref = torch.cdist(queries.double(), memory.double()).topk(k, dim=1, largest=False)
+    idx = assert_brute_force(nn, queries, memory, k)
     assert idx[:, 0].tolist() == near.tolist()
-    assert torch.equal(idx, ref.indices)
-    torch.testing.assert_close(dist.double(), ref.values, atol=1e-5, rtol=1e-6)
     assert nn.screen_fallbacks == 0  # the screen itself chose, not the float32 fallback
 
 
@@ -154,10 +162,7 @@ def test_offset_clustered_data_matches_brute_force(variant: str) -> None:
     memory = (centres.repeat_interleave(100, dim=0) + randn(800, 48, seed=14)).contiguous()
     queries = centres.repeat_interleave(40, dim=0) + randn(320, 48, seed=15)
     nn = index(memory, variant)
-    dist, idx = nn.search(queries, 3)
-    ref = torch.cdist(queries.double(), memory.double()).topk(3, dim=1, largest=False)
-    assert torch.equal(idx, ref.indices)
-    torch.testing.assert_close(dist.double(), ref.values, atol=1e-4, rtol=1e-6)
+    assert_brute_force(nn, queries, memory, 3, atol=1e-4)
     assert nn.screen_fallbacks == 0
 
 
@@ -168,10 +173,7 @@ def test_screen_with_every_row_a_candidate() -> None:
     memory = directions / torch.linalg.vector_norm(directions, dim=1, keepdim=True)
     queries = 1e-3 * randn(12, 32, seed=17)
     nn = index(memory, "screen")
-    dist, idx = nn.search(queries, 2)
-    ref = torch.cdist(queries.double(), memory.double()).topk(2, dim=1, largest=False)
-    assert torch.equal(idx, ref.indices)
-    torch.testing.assert_close(dist.double(), ref.values, atol=1e-5, rtol=1e-6)
+    assert_brute_force(nn, queries, memory, 2)
     assert nn.screen_fallbacks == 0
 
 
@@ -187,7 +189,4 @@ def test_screen_chunks_cover_every_query(monkeypatch: pytest.MonkeyPatch) -> Non
     # Small chunks: several per search, the last a partial one.
     monkeypatch.setattr(knn, "_CHUNK_FLOATS", 64 * 37)
     memory, queries = randn(100, 16, seed=19), randn(301, 16, seed=20)
-    dist, idx = index(memory, "screen").search(queries, 2)
-    ref = torch.cdist(queries.double(), memory.double()).topk(2, dim=1, largest=False)
-    assert torch.equal(idx, ref.indices)
-    torch.testing.assert_close(dist.double(), ref.values, atol=1e-5, rtol=1e-6)
+    assert_brute_force(index(memory, "screen"), queries, memory, 2)

@@ -130,3 +130,22 @@ def test_features_are_frozen_and_deterministic() -> None:
     a, b = ext(x), ext(x)
     assert torch.equal(a, b)
     assert not any(p.requires_grad for p in ext.parameters())
+
+
+def test_features_are_pooled_upsampled_taps_laid_out_channels_last() -> None:
+    ext = PatchFeatureExtractor()
+    x = torch.rand(2, 3, 96, 64)
+    out = ext(x)
+    # The reference in plain NCHW: 3x3 mean (borders over the pixels inside), bilinear upsampling
+    # of the coarser tap to the finer one's grid, concatenation along channels.
+    with torch.inference_mode():
+        taps = ext._network((x - ext.mean) / ext.std)
+    fine, coarse = (
+        F.avg_pool2d(taps[layer].contiguous(), 3, 1, 1, count_include_pad=False)
+        for layer in ext.layers
+    )
+    coarse = F.interpolate(coarse, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+    torch.testing.assert_close(out, torch.cat([fine, coarse], dim=1))
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    patches = out.permute(0, 2, 3, 1).reshape(-1, ext.out_channels)
+    assert patches.data_ptr() == out.data_ptr()  # a view: no copy for the k-NN

@@ -94,13 +94,18 @@ class PatchFeatureExtractor(nn.Module):
 
     @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H_in, W_in) in [0, 1] -> p(x), (B, D, H_in / stride, W_in / stride)."""
+        """(B, 3, H_in, W_in) in [0, 1] -> p(x), (B, D, H_in / stride, W_in / stride).
+
+        p(x) is laid out channels-last (``memory_format=torch.channels_last``): the pooling and
+        upsampling run several times faster so, and the (B * H * W, D) patch vectors that the
+        memory bank and the k-NN take are then a view, not a copy.
+        """
         x = (images - self.mean) / self.std
         taps = self._network(x)
         grid = self.grid_size((images.shape[-2], images.shape[-1]))
         maps = []
         for layer in self.layers:
-            feat = self.pool(taps[layer])
+            feat = self.pool(taps[layer].contiguous(memory_format=torch.channels_last))
             if feat.shape[-2:] != grid:
                 feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
             maps.append(feat)

@@ -7,6 +7,7 @@ import torch
 
 from feddymem.aggregate import aggregate_memories, weighted_kmeans
 from feddymem.generator import MemoryGenerator
+from feddymem.knn import NearestNeighbors
 from feddymem.losses import MetricLoss
 from feddymem.reduce import (
     ReducedMemory,
@@ -55,6 +56,34 @@ def test_metric_loss_repulsion_pushes_hard_negatives_out_of_the_margin() -> None
     loss = MetricLoss(k=1, j=1, radius=1.0, margin=0.5, nu=1.0)
     _, parts = loss(torch.tensor([[0.0]]), memory)
     assert parts["loss_rep"] == pytest.approx(1.0 - 0.01 - 0.5, abs=1e-5)
+
+
+def test_metric_loss_and_gradient_equal_the_full_distance_matrix_in_float64() -> None:
+    # The loss finds the K + J nearest without gradient and differentiates only their distances:
+    # value and gradient must be those of the loss over all (N, C) distances, here in float64.
+    g = torch.Generator().manual_seed(3)
+    memory, z0 = torch.randn(700, 24, generator=g), torch.randn(300, 24, generator=g)
+    loss = MetricLoss(k=3, j=3, radius=4.0, margin=0.5, nu=1e-3)
+    z = z0.clone().requires_grad_()
+    index = NearestNeighbors(memory)
+    value, parts = loss(z, memory, index=index)
+    value.backward()
+    ref_z = z0.double().requires_grad_()
+    sq = torch.cdist(ref_z, memory.double()).square()
+    nearest = torch.topk(sq, 6, dim=1, largest=False).values
+    att = torch.clamp(nearest[:, :3] - 16.0, min=0).sum(dim=1).mean()
+    rep = torch.clamp(16.0 - nearest[:, 3:] - 0.5, min=0).sum(dim=1).mean()
+    ref = (att + rep) / 1e-3
+    ref.backward()
+    assert float(rep.detach()) > 0 and float(att.detach()) > 0  # both parts are exercised
+    assert float(value.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
+    assert parts["loss_rep"] == pytest.approx(float(rep.detach()), rel=1e-5)
+    assert z.grad is not None and ref_z.grad is not None
+    torch.testing.assert_close(z.grad.double(), ref_z.grad, rtol=1e-4, atol=1e-6)
+    # Without an index the loss builds its own; an index over other data is refused.
+    assert float(loss(z0, memory)[0]) == pytest.approx(float(value.detach()), rel=1e-6)
+    with pytest.raises(ValueError, match="index holds"):
+        loss(z0, memory[:100], index=index)
 
 
 def test_position_average_is_the_per_position_mean() -> None:

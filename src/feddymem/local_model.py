@@ -21,6 +21,7 @@ from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
 from feddymem.detector import MemoryBankDetector, split_calibration
 from feddymem.features import PatchFeatureExtractor
 from feddymem.generator import MemoryGenerator
+from feddymem.knn import NearestNeighbors
 from feddymem.losses import MetricLoss
 from feddymem.metrics import DetectionMetrics
 from feddymem.reduce import REDUCERS, ReducedMemory
@@ -214,6 +215,7 @@ class FedDyMemClient:
         assert self.generator is not None and self.optimizer is not None
         feats = self.features()
         memory = global_memory.float()
+        index = NearestNeighbors(memory)  # one k-NN index for the round's steps
         gen = torch.Generator().manual_seed(self.config.seed * 100_003 + round_idx)
         self.generator.train()
         total, steps = 0.0, 0
@@ -224,7 +226,7 @@ class FedDyMemClient:
                 idx = order[start : start + self.config.train_batch_size]
                 z = self._embed(feats[idx])
                 z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                loss, extra = self.loss(z, memory)
+                loss, extra = self.loss(z, memory, index=index)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()

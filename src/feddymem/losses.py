@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
+from feddymem.knn import NearestNeighbors
+
 
 @dataclass(frozen=True)
 class MetricLoss:
@@ -23,17 +25,34 @@ class MetricLoss:
     nu: float = 1e-3
 
     def __call__(
-        self, z: torch.Tensor, memory: torch.Tensor
+        self, z: torch.Tensor, memory: torch.Tensor, *, index: NearestNeighbors | None = None
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """z (N, d) patch vectors, memory (C, d) -> scalar loss and its two parts."""
+        """z (N, d) patch vectors, memory (C, d) -> scalar loss and its two parts.
+
+        The K + J nearest memory items of each z_j are found without gradient (`index`, a
+        :class:`NearestNeighbors` over `memory`, built here when not given: pass one to reuse it
+        over a round's steps); only their squared distances, computed directly as
+        ``||z_j - m||^2``, carry the gradient. That is the gradient of the loss over the full
+        (N, C) distance matrix (the other entries have none) at a fraction of its time and
+        memory, and without the float32 cancellation of a matrix-product distance, whose
+        gradient was off by up to a quarter of the largest entry on a 8,192 x 16,384 step.
+        """
         if z.ndim != 2 or memory.ndim != 2 or z.shape[1] != memory.shape[1]:
             raise ValueError(
                 f"shapes do not match: z {tuple(z.shape)}, memory {tuple(memory.shape)}"
             )
         k = min(self.k, memory.shape[0])
         j = min(self.j, memory.shape[0] - k)
-        sq = torch.cdist(z, memory).pow(2)
-        nearest = torch.topk(sq, k + j, dim=1, largest=False).values
+        if index is None:
+            index = NearestNeighbors(memory.detach())
+        elif index.n_memory != memory.shape[0] or index.dim != memory.shape[1]:
+            raise ValueError(
+                f"index holds ({index.n_memory}, {index.dim}), memory is {tuple(memory.shape)}"
+            )
+        with torch.no_grad():
+            _, idx = index.search(z.detach(), k + j)
+        # (N, K + J) ascending squared distances, differentiable in z (and in memory, if it is).
+        nearest = (z.unsqueeze(1) - memory[idx]).square().sum(dim=2)
         r2 = self.radius**2
         att = torch.clamp(nearest[:, :k] - r2, min=0).sum(dim=1).mean()
         if j > 0:

@@ -49,6 +49,7 @@ from feddymem.federation.client_app import (
 from feddymem.federation.runconfig import SiteSettings, Value, site_settings
 from feddymem.federation.spec import ClientData
 from feddymem.generator import MemoryGenerator
+from feddymem.knn import NearestNeighbors
 from feddymem.local_model import SCORES_FILE, FedDyMemClient
 from feddymem.metrics import DetectionMetrics
 
@@ -163,6 +164,7 @@ class GeneratorSharingClient(FedDyMemClient):
             gen_module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=True
         )
         order_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + round_idx)
+        index = NearestNeighbors(memory.detach())  # M_k is fixed over the round's steps
         gen_module.train()
         sums = {"loss": 0.0, "loss_att": 0.0, "loss_rep": 0.0, "loss_prox": 0.0}
         steps = 0
@@ -172,7 +174,7 @@ class GeneratorSharingClient(FedDyMemClient):
                 idx = order[start : start + cfg.train_batch_size]
                 z = gen_module(feats[idx].float())
                 z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                loss, parts = self.loss(z, memory)
+                loss, parts = self.loss(z, memory, index=index)
                 # The metric loss is (L_att + L_rep) / nu; the proximal term gets the same 1/nu so
                 # that mu weighs it against the unscaled loss, as in the FedProx paper. FedAvg
                 # (mu = 0) skips it.

@@ -1,6 +1,7 @@
 """Benchmark of FedDyMem on Flower against local-only and pooled detectors; bytes; scaling.
 
     .venv/bin/python benchmarks/federation.py --out runs/bench_federation [--only accuracy,bytes,scale]
+    (other parts: memory, loss)
 
 accuracy: ELPV with two sites (mono, poly; configs/elpv_two_clients.toml) through Flower's
     simulation engine, next to local-only detectors (each site alone: PatchCore, and FedDyMem
@@ -16,6 +17,11 @@ memory: the memory-reduce and global-memory sizes on ELPV (mono, poly), without 
     on each site's test set, next to each site's own reduced memory alone (no federation).
     Features are extracted once (the clients' shared feature cache), so every setting costs
     only its reduce, its k-means and a k-NN search.
+loss: one training step of the metric loss at the demo's shapes (8 ELPV mono cells at 256 px:
+    8,192 patch vectors, against 16,384 patch vectors of 16 other cells as M_g, 152 dims):
+    the K + J nearest found by the k-NN index and only their distances differentiated (the
+    loss as it is) against the same loss over the full cdist matrix (as it was), time forward
+    and backward, and each one's gradient against a float64 reference. Printed, not appended.
 Rows (JSON lines) go to <out>/federation.jsonl with the project's benchmark schema.
 """
 
@@ -386,6 +392,73 @@ def memory_sweep(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
                     )
 
 
+def loss_step(args: argparse.Namespace, *, repeats: int = 3) -> dict[str, Any]:
+    """The metric loss's training step, as it is and over the full distance matrix."""
+    from feddymem.data import iter_batches
+    from feddymem.knn import NearestNeighbors
+    from feddymem.losses import MetricLoss
+
+    root = args.data_dir / "elpv-mono"
+    export_elpv(root, cell_type="mono", seed=args.seed)
+    extractor = PatchFeatureExtractor()
+    cells = list(scan(root).train)[:24]
+    feats = torch.cat(
+        [
+            extractor(b.images)
+            for b in iter_batches(cells, size=(256, 256), batch_size=8, with_masks=False)
+        ]
+    )
+    vectors = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1])
+    per_cell = feats.shape[2] * feats.shape[3]
+    batch, memory = vectors[: 8 * per_cell].contiguous(), vectors[8 * per_cell :].contiguous()
+    loss = MetricLoss()
+
+    def full_matrix(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        sq = torch.cdist(z, m).pow(2)  # the loss before: every distance differentiable
+        nearest = torch.topk(sq, loss.k + loss.j, dim=1, largest=False).values
+        r2 = loss.radius**2
+        att = torch.clamp(nearest[:, : loss.k] - r2, min=0).sum(dim=1).mean()
+        rep = torch.clamp(r2 - nearest[:, loss.k :] - loss.margin, min=0).sum(dim=1).mean()
+        return (att + rep) / loss.nu
+
+    def step(fn: Any, z0: torch.Tensor, m: torch.Tensor) -> tuple[float, torch.Tensor, float]:
+        z = z0.clone().requires_grad_()
+        t0 = time.perf_counter()
+        value = fn(z, m)
+        value.backward()
+        assert z.grad is not None
+        return float(value.detach()), z.grad, time.perf_counter() - t0
+
+    t_index = time.perf_counter()
+    index = NearestNeighbors(memory)
+    index_s = time.perf_counter() - t_index
+    variants = {
+        "knn_index": lambda z, m: loss(z, m, index=index)[0],
+        "full_cdist": full_matrix,
+    }
+    ref_value, ref_grad, _ = step(full_matrix, batch.double(), memory.double())
+    out: dict[str, Any] = {
+        "batch_vectors": int(batch.shape[0]),
+        "memory_items": int(memory.shape[0]),
+        "dims": int(batch.shape[1]),
+        "index_build_s": round(index_s, 3),
+        "float64_loss": ref_value,
+    }
+    for name, fn in variants.items():
+        times = []
+        for _ in range(repeats):
+            value, grad, took = step(fn, batch, memory)
+            times.append(took)
+        out[f"{name}_step_s"] = round(sorted(times)[len(times) // 2], 3)
+        out[f"{name}_loss"] = value
+        gap = (grad.double() - ref_grad).abs().max() / ref_grad.abs().max()
+        out[f"{name}_grad_max_rel_error"] = float(f"{float(gap):.3g}")
+    out["speedup"] = round(out["full_cdist_step_s"] / out["knn_index_step_s"], 1)
+    print(json.dumps(out), flush=True)
+    (args.out / "loss_step.json").write_text(json.dumps(out, indent=2))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -450,6 +523,8 @@ def main() -> None:
         scale(args, rows)
     if "memory" in parts:
         memory_sweep(args, rows)
+    if "loss" in parts:
+        loss_step(args)
     with (args.out / "federation.jsonl").open("a") as fh:
         for row in rows:
             fh.write(json.dumps(row) + "\n")

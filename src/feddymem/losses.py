@@ -33,9 +33,9 @@ class MetricLoss:
         :class:`NearestNeighbors` over `memory`, built here when not given: pass one to reuse it
         over a round's steps); only their squared distances, computed directly as
         ``||z_j - m||^2``, carry the gradient. That is the gradient of the loss over the full
-        (N, C) distance matrix (the other entries have none) at a fraction of its time and
-        memory, and without the float32 cancellation of a matrix-product distance, whose
-        gradient was off by up to a quarter of the largest entry on a 8,192 x 16,384 step.
+        (N, C) distance matrix (the other entries have none), at 7.5 times less time on the
+        demo's 8,192 x 16,384 step and without an (N, C) matrix kept for the backward pass
+        (`benchmarks/federation.py --only loss`: both gradients within 2.2e-7 of float64's).
         """
         if z.ndim != 2 or memory.ndim != 2 or z.shape[1] != memory.shape[1]:
             raise ValueError(

@@ -192,6 +192,9 @@ def speed(
         "knn_backend": cfg.knn_backend,
         "knn_bfloat16_screen": det.index.screen,
         "knn_screen_fallback_chunks": det.index.screen_fallbacks,
+        "knn_screen_candidates_per_query": round(
+            det.index.screen_candidates / max(det.index.screened_queries, 1), 2
+        ),
         "repeats": repeats,
         "forward_only_img_s": round(len(samples) / forward_s, 1),
         "forward_only_img_s_runs": [round(len(samples) / t, 1) for t in forward_runs],

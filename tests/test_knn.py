@@ -151,6 +151,9 @@ def test_screen_finds_the_nearest_of_near_ties(k: int) -> None:
     nn = index(memory, "screen")
     idx = assert_brute_force(nn, queries, memory, k)
     assert idx[:, 0].tolist() == near.tolist()
+    # both rows of every tie stayed candidates, counted over every query
+    assert nn.screened_queries == len(queries)
+    assert nn.screen_candidates >= 2 * len(queries)
     assert nn.screen_fallbacks == 0  # the screen itself chose, not the float32 fallback
 
 

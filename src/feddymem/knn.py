@@ -24,13 +24,13 @@ float32). The matrix product runs in bfloat16 on centred vectors and gives
 ``||q - m||^2 + offset`` for every row, with a bound on its rounding error (inputs and scores
 rounded to 8 significant bits, float32 accumulation) worked out per query. Every row whose
 screened score is within that bound of the k-th smallest is a candidate, so the true k nearest
-are always among them (2.4 a query on average on an ELPV bank of 2,822 rows), and the
-candidates' distances are then computed directly in float32. The offset keeps every score
-positive, so bfloat16 scores compare as 16-bit integers, three times faster than as floats.
-The screen thus returns the neighbours of a float32 search, at the cost of a bfloat16
-product (about a quarter of the float32 one's time here); ``benchmarks/detector.py --only
-speed`` times both searches on the same queries and counts where they differ. A chunk whose
-bound cannot be trusted (non-finite or huge norms) is searched in float32 instead.
+are always among them (a few a query on PatchCore's banks; ``screen_candidates`` counts them),
+and the candidates' distances are then computed directly in float32. The offset keeps every
+score positive, so bfloat16 scores compare as 16-bit integers, faster than as floats. The
+screen thus returns the neighbours of a float32 search at the cost of a bfloat16 product;
+``benchmarks/detector.py --only speed`` times both searches on the same queries and counts
+where each differs from a float64 brute force. A chunk whose bound cannot be trusted
+(non-finite or huge norms) is searched in float32 instead.
 
 Both the float32 expansion and the screen work on vectors centred on the bank's mean:
 distances do not change, and the expansion's cancellation error scales with the centred norms
@@ -107,6 +107,8 @@ class NearestNeighbors:
         dim: ``D``.
         screen: whether searches go through the bfloat16 screen.
         screen_fallbacks: chunks of queries the screen sent to the float32 search so far.
+        screen_candidates: candidates the screen kept so far, over ``screened_queries``
+            queries.
     """
 
     def __init__(
@@ -141,6 +143,8 @@ class NearestNeighbors:
             self._augmented = augmented
         self.screen = backend == "torch" and (native_bfloat16() if screen is None else screen)
         self.screen_fallbacks = 0
+        self.screen_candidates = 0
+        self.screened_queries = 0
         if self.screen:
             self._build_screen()
 
@@ -276,6 +280,8 @@ class NearestNeighbors:
         if int(rows.max()) >= m:  # a padding item passed: only with absurd thresholds
             real = rows < m
             cq, rows = cq[real], rows[real]
+        self.screen_candidates += int(cq.numel())
+        self.screened_queries += c
         counts = torch.bincount(cq, minlength=c)
         width = int(counts.max())
         if width == k:  # as many candidates as neighbours everywhere: nothing to choose

@@ -243,8 +243,9 @@ class NearestNeighbors:
         gamma = n * 2.0**-24 / (1.0 - n * 2.0**-24)  # float32 accumulation of n products
         # |accumulated score - (||qc - m||^2 + offset)| <= bound: the rounded products (each
         # factor to 8 bits: 2(2u + u^2)|q||m|), the split norms and constants (u^2 of them) and
-        # the accumulation (gamma of the sum of magnitudes, at most 4 * scale), with a margin.
-        bound = 1.25 * (2.0 * (2.0 * u + u * u) * qn * r + (4.0 * gamma + 2.0 * u * u) * scale)
+        # the accumulation (gamma of the sum of magnitudes, at most 4 * scale). Worst cases
+        # throughout; the 1% margin is for the float64 arithmetic of the bound itself.
+        bound = 1.01 * (2.0 * (2.0 * u + u * u) * qn * r + (4.0 * gamma + 2.0 * u * u) * scale)
         const = qsq + 2.0 * bound  # the offset (2 bound) keeps every accumulated score > 0
         const_hi = const.to(torch.bfloat16)
         lhs = torch.empty((c, n), dtype=torch.bfloat16)

@@ -193,3 +193,27 @@ def test_screen_chunks_cover_every_query(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(knn, "_CHUNK_FLOATS", 64 * 37)
     memory, queries = randn(100, 16, seed=19), randn(301, 16, seed=20)
     assert_brute_force(index(memory, "screen"), queries, memory, 2)
+
+
+@pytest.mark.parametrize("scale", [1e-4, 1.0, 1e4])
+@pytest.mark.parametrize("kind", ["spread", "near-copies", "queries-near-rows"])
+def test_screen_equals_float64_across_scales_and_layouts(scale: float, kind: str) -> None:
+    # Banks far from the origin, clustered near-copies, queries just off memory rows, and
+    # sizes that leave a partial block of 64: the screen's bound must hold in all of them.
+    g = torch.Generator().manual_seed(21)
+    memory = torch.randn(333, 40, generator=g) * scale + 100.0 * scale
+    if kind == "near-copies":
+        memory = memory[torch.randint(0, 30, (333,), generator=g)]
+        memory = memory + 1e-3 * scale * torch.randn(333, 40, generator=g)
+    queries = torch.randn(257, 40, generator=g) * scale + 100.0 * scale
+    if kind == "queries-near-rows":
+        queries = memory[torch.randint(0, 333, (257,), generator=g)]
+        queries = queries + 1e-2 * scale * torch.randn(257, 40, generator=g)
+    nn = index(memory, "screen")
+    for k in (1, 4):
+        _, idx = nn.search(queries, k)
+        exact = torch.cdist(queries.double(), memory.double())
+        # the rows found are as near as the float64 k nearest (near-copies may tie)
+        ref = exact.topk(k, dim=1, largest=False).values
+        torch.testing.assert_close(exact.gather(1, idx), ref, rtol=1e-6, atol=0.0)
+    assert nn.screen_fallbacks == 0

@@ -287,6 +287,11 @@ def main() -> None:
     parser.add_argument(
         "--backbone", default=None, help="backbone name (default: the detector's default)"
     )
+    parser.add_argument(
+        "--refit",
+        action="store_true",
+        help="rebuild each memory bank with the threshold's held-out normals in it",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -296,6 +301,8 @@ def main() -> None:
     )
     if args.backbone is not None:
         cfg = dataclasses.replace(cfg, backbone=args.backbone)
+    if args.refit:
+        cfg = dataclasses.replace(cfg, refit_with_calibration=True)
     rows: list[dict[str, object]] = []
     if parts & {"elpv", "synth", "speed", "coreset"}:
         for cell in ("mono", "poly"):

@@ -66,6 +66,22 @@ def test_threshold_comes_from_held_out_normals(fitted: tuple[PatchCoreDetector, 
     assert np.mean(normal <= det.threshold_) >= 0.5
 
 
+def test_refit_puts_the_held_out_normals_in_the_bank_after_the_threshold(
+    fitted: tuple[PatchCoreDetector, Path], tmp_path: Path
+) -> None:
+    det, root = fitted
+    refit = PatchCoreDetector(DetectorConfig(**{**CFG.__dict__, "refit_with_calibration": True}))
+    refit.fit(scan(root).train)
+    # The threshold was set before the refit, on the same held-out images against the same
+    # bank; the memory then comes from all 15 images.
+    assert refit.threshold_ == pytest.approx(det.threshold_, rel=1e-6)
+    assert refit.n_patches_ == 15 * 64
+    assert refit.memory_ is not None
+    assert refit.memory_.shape == (round(0.1 * 15 * 64), refit.extractor.out_channels)
+    refit.save(tmp_path / "refit.pt")  # the option is part of the model's settings
+    assert load_detector(tmp_path / "refit.pt").config.refit_with_calibration
+
+
 def test_save_load_round_trip(fitted: tuple[PatchCoreDetector, Path], tmp_path: Path) -> None:
     det, _ = fitted
     path = det.save(tmp_path / "model.pt")

@@ -43,6 +43,7 @@ def _detector_config(args: argparse.Namespace) -> Any:
         blur_sigma=args.blur_sigma,
         image_score=args.image_score,
         threshold_quantile=args.threshold_quantile,
+        refit_with_calibration=args.refit,
         seed=args.seed,
     )
 
@@ -387,6 +388,12 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
         type=float,
         default=0.99,
         help="threshold = this quantile of held-out normal scores (default: %(default)s)",
+    )
+    g.add_argument(
+        "--refit",
+        action="store_true",
+        help="once the threshold is set on the held-out normals, rebuild the memory bank from "
+        "every training image, the held-out ones included (the coreset runs twice)",
     )
     g.add_argument(
         "--seed", type=int, default=0, help="seed of every random step (default: %(default)s)"

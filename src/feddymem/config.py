@@ -79,6 +79,8 @@ class DetectorConfig(FeatureConfig):
     projection_dim: int = 128  # random projection used only for coreset selection
     num_neighbors: int = 1  # k of the patch score (distance to the nearest memory item)
     calibration_fraction: float = 0.1  # normal training images held out to set the threshold
+    # once the threshold is set, rebuild the memory bank with the held-out images in it
+    refit_with_calibration: bool = False
     threshold_quantile: float = 0.99
     knn_backend: Literal["faiss", "torch"] = "torch"
     seed: int = 0

@@ -451,7 +451,11 @@ class PatchCoreDetector(MemoryBankDetector):
     """PatchCore-style detector fitted centrally on normal images.
 
     fit: features of every training patch, a coreset (greedy k-center or random) as memory,
-    and a threshold from held-out normal images. Fitted state also `n_patches_`.
+    and a threshold from held-out normal images, scored against a memory built without them.
+    With ``refit_with_calibration`` the memory is then built again from every training image,
+    the held-out ones included, so that a tenth of the normals is not lost to the bank (new
+    normals then tend to score lower than the held-out ones did, so the threshold errs towards
+    fewer false alarms; the fit does the coreset twice). Fitted state also `n_patches_`.
     """
 
     kind = "patchcore"
@@ -478,24 +482,36 @@ class PatchCoreDetector(MemoryBankDetector):
         train, calib, image_hw = self._fit_split(
             samples, fraction=cfg.calibration_fraction, seed=cfg.seed
         )
-        bank = torch.cat(
+        bank = self._patch_bank(train, image_hw=image_hw, progress=progress)
+        self._install_coreset(bank, image_hw=image_hw)
+        self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
+        if calib and getattr(cfg, "refit_with_calibration", False):
+            held_out = self._patch_bank(calib, image_hw=image_hw, progress=progress)
+            self._install_coreset(torch.cat([bank, held_out]), image_hw=image_hw)
+        return self
+
+    def _patch_bank(
+        self,
+        samples: Sequence[Sample],
+        *,
+        image_hw: tuple[int, int],
+        progress: Callable[[int], None] | None,
+    ) -> torch.Tensor:
+        """Every patch vector of `samples`, (N * H * W, D)."""
+        return torch.cat(
             [
                 z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                for z in self._train_features(train, image_hw=image_hw, progress=progress)
+                for z in self._train_features(samples, image_hw=image_hw, progress=progress)
             ]
         )
+
+    def _install_coreset(self, bank: torch.Tensor, *, image_hw: tuple[int, int]) -> None:
+        """Subsample `bank` as the config says and make it the memory."""
+        cfg = self.config
         self.n_patches_ = int(bank.shape[0])
-        memory = subsample(
-            bank,
-            method=cfg.sampler,
-            ratio=cfg.coreset_ratio,
-            seed=cfg.seed,
-        )
+        memory = subsample(bank, method=cfg.sampler, ratio=cfg.coreset_ratio, seed=cfg.seed)
         log.info("memory bank: %d of %d patches (%s)", memory.shape[0], bank.shape[0], cfg.sampler)
         self.set_memory(memory.clone(), image_hw=image_hw)
-        del bank
-        self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
-        return self
 
 
 def split_calibration(

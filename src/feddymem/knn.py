@@ -260,48 +260,51 @@ class NearestNeighbors:
         if bool((block_keys <= 0).any()):  # a non-positive score: the bound was not kept
             self.screen_fallbacks += 1
             return False
+        # The screened k best rows A, and their squared distances in float32: the true k-th
+        # nearest is at most as far as the farthest of A (d_A). A row j with d_j <= d_A has an
+        # accumulated score <= d_A + offset + bound, the offset is 2 bound up to the rounding
+        # of ||qc||^2 and of its bfloat16 split (slack), and its screened score is at most
+        # (1 + u) times that: every row over that threshold is farther than all of A.
+        nb = block_keys.shape[1]
         if k == 1:
-            kth_key = block_keys.amin(dim=1)
+            best_block = block_keys.argmin(dim=1)
+            inside_best = keys.view(-1, _BLOCK).index_select(0, torch.arange(c) * nb + best_block)
+            screened = (best_block * _BLOCK + inside_best.argmin(dim=1)).unsqueeze(1)
         else:
-            kth_key = torch.topk(keys[:, :m], k, dim=1, largest=False, sorted=True).values[:, -1]
-        kth = kth_key.view(torch.bfloat16).double()
-        # Each screened score s is within bound + u' s of ||qc - m||^2 + offset, so every true
-        # k-nearest row has s (1 - u') - bound <= kth (1 + u') + bound.
-        up = u / (1.0 - u)
-        theta = ((kth * (1.0 + up) + 2.0 * bound) / (1.0 - up)) * (1.0 + 1e-6)
+            screened = torch.topk(keys[:, :m], k, dim=1, largest=False, sorted=False).indices
+        screened_d2 = self._squared_distances(q, screened.reshape(-1)).view(c, k)
+        gamma_d = (d + 2) * 2.0**-24 / (1.0 - (d + 2) * 2.0**-24)
+        slack = gamma_d * qsq + u * u * const
+        reach = screened_d2.amax(dim=1).double() * (1.0 + gamma_d)
+        theta = (reach + 3.0 * bound + slack) * (1.0 + u) * (1.0 + 1e-6)
         theta32 = torch.nextafter(theta.float(), torch.tensor(float("inf")))  # rounded up
         block_min = block_keys.view(torch.bfloat16)
         # (index_select on flat views throughout: several times faster than fancy indexing)
         qi, bi = (block_min <= theta32[:, None]).nonzero(as_tuple=True)
-        pairs = qi * block_min.shape[1] + bi
-        inside = scores.view(-1, _BLOCK).index_select(0, pairs)
+        inside = scores.view(-1, _BLOCK).index_select(0, qi * nb + bi)
         pi, ri = (inside <= theta32.index_select(0, qi)[:, None]).nonzero(as_tuple=True)
         cq = qi.index_select(0, pi)
         rows = bi.index_select(0, pi) * _BLOCK + ri
-        if int(rows.max()) >= m:  # a padding item passed: only with absurd thresholds
-            real = rows < m
-            cq, rows = cq[real], rows[real]
-        self.screen_candidates += int(cq.numel())
+        # Other candidates: real rows not in A already.
+        other = (rows < m) & (rows[:, None] != screened.index_select(0, cq)).all(dim=1)
+        cq, rows = cq[other], rows[other]
+        self.screen_candidates += int(cq.numel()) + c * k
         self.screened_queries += c
-        counts = torch.bincount(cq, minlength=c)
-        width = int(counts.max())
-        if width == k:  # as many candidates as neighbours everywhere: nothing to choose
-            out.copy_(rows.view(c, k))
+        if cq.numel() == 0:  # A is the answer everywhere
+            out.copy_(screened)
             return True
-        # The candidates' squared distances in float32 (in pieces: a bank of near-copies can
-        # make every row a candidate), then the k smallest per query from a (c, most
-        # candidates) table; candidates sit in row order, so argmin breaks ties by row.
-        d2 = torch.empty(cq.numel())
-        piece = max(1, _CHUNK_FLOATS // d)
-        for lo in range(0, cq.numel(), piece):
-            part = slice(lo, lo + piece)
-            diff = q.index_select(0, cq[part]).sub_(self._memory.index_select(0, rows[part]))
-            torch.sum(diff.square_(), dim=1, out=d2[part])
+        # The k nearest of A and the other candidates per query, from a (c, k + most others)
+        # table: A's columns first, then the others in row order.
+        d2 = self._squared_distances(q, rows, queries=cq)
+        counts = torch.bincount(cq, minlength=c)
+        width = k + int(counts.max())
         flat = torch.arange(cq.numel()) - (counts.cumsum(0) - counts).index_select(0, cq)
-        flat += cq * width
+        flat += cq * width + k
         table = torch.full((c, width), float("inf"))
+        table[:, :k] = screened_d2
         table.view(-1).index_copy_(0, flat, d2)
         row_table = torch.zeros((c, width), dtype=torch.int64)
+        row_table[:, :k] = screened
         row_table.view(-1).index_copy_(0, flat, rows)
         if k == 1:
             best = table.argmin(dim=1, keepdim=True)
@@ -309,6 +312,22 @@ class NearestNeighbors:
             best = torch.topk(table, k, dim=1, largest=False, sorted=True).indices
         out.copy_(row_table.gather(1, best))
         return True
+
+    def _squared_distances(
+        self, q: Tensor, rows: Tensor, *, queries: Tensor | None = None
+    ) -> Tensor:
+        """``||q[queries[i]] - memory[rows[i]]||^2`` in float32 (``queries`` None: query i // k
+        for k = len(rows) / len(q)), in pieces so a bank of near-copies, where every row can be
+        a candidate, does not blow up the temporaries."""
+        if queries is None:
+            queries = torch.arange(q.shape[0]).repeat_interleave(rows.numel() // q.shape[0])
+        d2 = torch.empty(rows.numel())
+        piece = max(1, _CHUNK_FLOATS // self.dim)
+        for lo in range(0, rows.numel(), piece):
+            part = slice(lo, lo + piece)
+            diff = q.index_select(0, queries[part]).sub_(self._memory.index_select(0, rows[part]))
+            torch.sum(diff.square_(), dim=1, out=d2[part])
+        return d2
 
     def _exact_distances(self, q: Tensor, idx: Tensor, *, out: Tensor) -> None:
         """Set ``out`` ``(c, k)`` to ``||q - memory[idx]||`` and re-sort ``idx`` by it."""

@@ -33,7 +33,7 @@ class MetricLoss:
         :class:`NearestNeighbors` over `memory`, built here when not given: pass one to reuse it
         over a round's steps); only their squared distances, computed directly as
         ``||z_j - m||^2``, carry the gradient. That is the gradient of the loss over the full
-        (N, C) distance matrix (the other entries have none), at 7.5 times less time on the
+        (N, C) distance matrix (the other entries have none), at 6 to 7.5 times less time on the
         demo's 8,192 x 16,384 step and without an (N, C) matrix kept for the backward pass
         (`benchmarks/federation.py --only loss`: both gradients within 2.2e-7 of float64's).
         """

@@ -7,9 +7,8 @@ Two interchangeable backends behind :class:`NearestNeighbors`:
   of 64 items, then the arg-minimum inside the winning block, several times faster than
   :func:`torch.argmin` over a whole row) or :func:`torch.topk`.
   Chunks of about a thousand queries keep the scores in cache; on this project's 2-core
-  reference machine this ran about three times faster than faiss's flat index for PatchCore's
-  shapes (25k queries x 2.8k items x 152 dims; ``benchmarks/detector.py --only speed`` prints
-  both rates).
+  reference machine this ran a little faster than faiss's flat index for PatchCore's shapes
+  (``benchmarks/detector.py --only speed`` times both on the same queries).
 * ``"faiss"``: :class:`faiss.IndexFlatL2` (exact, brute force, BLAS), limited to
   ``torch.get_num_threads()`` OpenMP threads so torch and faiss do not oversubscribe the cores.
 
@@ -22,10 +21,11 @@ The ``"torch"`` backend has a bfloat16 screen, on by default where the CPU multi
 matrices in hardware (AVX512-BF16 or AMX; elsewhere PyTorch emulates them, slower than
 float32). The matrix product runs in bfloat16 on centred vectors and gives
 ``||q - m||^2 + offset`` for every row, with a bound on its rounding error (inputs and scores
-rounded to 8 significant bits, float32 accumulation) worked out per query. Every row whose
-screened score is within that bound of the k-th smallest is a candidate, so the true k nearest
-are always among them (a few a query on PatchCore's banks; ``screen_candidates`` counts them),
-and the candidates' distances are then computed directly in float32. The offset keeps every
+rounded to 8 significant bits, float32 accumulation) worked out per query. The k rows with the
+smallest screened scores get their distances in float32; the true k-th nearest is no farther
+than the farthest of them, and every row whose screened score the bound cannot put beyond that
+distance is a candidate too, with its distance computed in float32 (on PatchCore's banks most
+queries have no other candidate; ``screen_candidates`` counts them all). The offset keeps every
 score positive, so bfloat16 scores compare as 16-bit integers, faster than as floats. The
 screen thus returns the neighbours of a float32 search at the cost of a bfloat16 product;
 ``benchmarks/detector.py --only speed`` times both searches on the same queries and counts

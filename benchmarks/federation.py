@@ -416,10 +416,7 @@ def loss_step(args: argparse.Namespace, *, repeats: int = 3) -> dict[str, Any]:
     def full_matrix(z: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
         sq = torch.cdist(z, m).pow(2)  # the loss before: every distance differentiable
         nearest = torch.topk(sq, loss.k + loss.j, dim=1, largest=False).values
-        r2 = loss.radius**2
-        att = torch.clamp(nearest[:, : loss.k] - r2, min=0).sum(dim=1).mean()
-        rep = torch.clamp(r2 - nearest[:, loss.k :] - loss.margin, min=0).sum(dim=1).mean()
-        return (att + rep) / loss.nu
+        return loss.of_nearest(nearest)[0]
 
     def step(fn: Any, z0: torch.Tensor, m: torch.Tensor) -> tuple[float, torch.Tensor, float]:
         z = z0.clone().requires_grad_()

@@ -360,7 +360,10 @@ class MemoryBankDetector:
 
     def calibrate(self, normals: Sequence[Sample], *, quantile: float) -> float:
         """Threshold = `quantile` of the image scores of held-out normal images."""
-        scores = self.score_samples(normals).image_scores
+        return self._threshold_from(self.score_samples(normals).image_scores, quantile=quantile)
+
+    def _threshold_from(self, scores: np.ndarray, *, quantile: float) -> float:
+        """Set the threshold to `quantile` of normal images' `scores`."""
         self.threshold_ = float(np.quantile(scores, quantile))
         return self.threshold_
 
@@ -484,10 +487,20 @@ class PatchCoreDetector(MemoryBankDetector):
         )
         bank = self._patch_bank(train, image_hw=image_hw, progress=progress)
         self._install_coreset(bank, image_hw=image_hw)
-        self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
-        if calib and getattr(cfg, "refit_with_calibration", False):
-            held_out = self._patch_bank(calib, image_hw=image_hw, progress=progress)
-            self._install_coreset(torch.cat([bank, held_out]), image_hw=image_hw)
+        if not (calib and cfg.refit_with_calibration):
+            self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
+            return self
+        # The held-out images' features, extracted once: scored against the bank without them
+        # for the threshold, then added to it.
+        held_out = self._patch_bank(calib, image_hw=image_hw, progress=progress)
+        h, w = self.extractor.grid_size(image_hw)
+        z = held_out.view(-1, h, w, held_out.shape[1]).permute(0, 3, 1, 2)
+        scores = [
+            self.result_from_patch_scores(self.nearest_patch_scores(part)).image_scores
+            for part in z.split(cfg.batch_size)
+        ]
+        self._threshold_from(torch.cat(scores).numpy(), quantile=cfg.threshold_quantile)
+        self._install_coreset(torch.cat([bank, held_out]), image_hw=image_hw)
         return self
 
     def _patch_bank(

@@ -97,8 +97,8 @@ class PatchFeatureExtractor(nn.Module):
         """(B, 3, H_in, W_in) in [0, 1] -> p(x), (B, D, H_in / stride, W_in / stride).
 
         p(x) is laid out channels-last (``memory_format=torch.channels_last``): the pooling and
-        upsampling run several times faster so, and the (B * H * W, D) patch vectors that the
-        memory bank and the k-NN take are then a view, not a copy.
+        upsampling take PyTorch's channels-last kernels, and the (B * H * W, D) patch vectors
+        that the memory bank and the k-NN take are then a view, not a copy.
         """
         x = (images - self.mean) / self.std
         taps = self._network(x)

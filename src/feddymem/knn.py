@@ -24,8 +24,8 @@ float32). The matrix product runs in bfloat16 on centred vectors and gives
 rounded to 8 significant bits, float32 accumulation) worked out per query. The k rows with the
 smallest screened scores get their distances in float32; the true k-th nearest is no farther
 than the farthest of them, and every row whose screened score the bound cannot put beyond that
-distance is a candidate too, with its distance computed in float32 (on PatchCore's banks most
-queries have no other candidate; ``screen_candidates`` counts them all). The offset keeps every
+distance is a candidate too, with its distance computed in float32 (``screen_candidates`` counts
+them all; ``benchmarks/detector.py --only speed`` prints the mean a query). The offset keeps every
 score positive, so bfloat16 scores compare as 16-bit integers, faster than as floats. The
 screen thus returns the neighbours of a float32 search at the cost of a bfloat16 product;
 ``benchmarks/detector.py --only speed`` times both searches on the same queries and counts
@@ -125,42 +125,45 @@ class NearestNeighbors:
         self._index: Any = None
         self._augmented: Tensor | None = None
         self._centre = self._memory.double().mean(dim=0).float()
+        self._padded = -(-self.n_memory // _BLOCK) * _BLOCK  # items, a multiple of _BLOCK
+        self.screen = backend == "torch" and (native_bfloat16() if screen is None else screen)
+        self.screen_fallbacks = 0
+        self.screen_candidates = 0
+        self.screened_queries = 0
         if backend == "faiss":
             import faiss  # deferred: only this backend needs it
 
             self._index = faiss.IndexFlatL2(self.dim)
             self._index.add(self._memory.numpy())
+        elif self.screen:
+            self._build_screen()  # the float32 bank only if a chunk falls back
         else:
-            # (D + 1, M): [-2 m, ||m||^2]^T, so that [q, 1] @ it = ||m||^2 - 2 q.m in one product
-            # (m and q centred on the bank's mean).
-            centred = self._memory - self._centre
-            sq_norms = torch.linalg.vector_norm(centred, dim=1).square_()
-            padded = -(-self.n_memory // _BLOCK) * _BLOCK
-            augmented = torch.zeros((self.dim + 1, padded), dtype=torch.float32)
-            augmented[: self.dim, : self.n_memory] = centred.t() * -2.0
-            augmented[self.dim, : self.n_memory] = sq_norms
-            augmented[self.dim, self.n_memory :] = _NEVER  # padding: 0 * q + _NEVER
-            self._augmented = augmented
-        self.screen = backend == "torch" and (native_bfloat16() if screen is None else screen)
-        self.screen_fallbacks = 0
-        self.screen_candidates = 0
-        self.screened_queries = 0
-        if self.screen:
-            self._build_screen()
+            self._build_float32()
+
+    def _build_float32(self) -> Tensor:
+        """The float32 search's (D + 1, M_padded) bank ``[-2 m, ||m||^2]^T`` of centred rows, so
+        that ``[q, 1]`` times it is ``||m||^2 - 2 q.m`` in one product."""
+        centred = self._memory - self._centre
+        augmented = torch.zeros((self.dim + 1, self._padded), dtype=torch.float32)
+        augmented[: self.dim, : self.n_memory] = centred.t() * -2.0
+        augmented[self.dim, : self.n_memory] = torch.linalg.vector_norm(centred, dim=1).square_()
+        augmented[self.dim, self.n_memory :] = _NEVER  # padding: 0 * q + _NEVER
+        self._augmented = augmented
+        return augmented
 
     def _build_screen(self) -> None:
         """The screen's (D + 4, M_padded) bfloat16 bank of centred rows: ``[-2 m, ||m||^2 (hi),
         ||m||^2 (lo), 1, 1]``, the squared norm split in two bfloat16s so it keeps 16 bits."""
-        d, padded = self.dim, -(-self.n_memory // _BLOCK) * _BLOCK
+        d, m = self.dim, self.n_memory
         centred = self._memory - self._centre
         sq = centred.double().square().sum(dim=1)
         self._radius = float(sq.max().sqrt())
         hi = sq.to(torch.bfloat16)
-        bank = torch.zeros((d + 4, padded), dtype=torch.bfloat16)
-        bank[:d, : self.n_memory] = centred.t() * -2.0
-        bank[d, : self.n_memory] = hi
-        bank[d + 1, : self.n_memory] = (sq - hi.double()).to(torch.bfloat16)
-        bank[d, self.n_memory :] = _NEVER_BF16
+        bank = torch.zeros((d + 4, self._padded), dtype=torch.bfloat16)
+        bank[:d, :m] = centred.t() * -2.0
+        bank[d, :m] = hi
+        bank[d + 1, :m] = (sq - hi.double()).to(torch.bfloat16)
+        bank[d, m:] = _NEVER_BF16
         bank[d + 2 :] = 1.0
         self._screen_bank = bank
 
@@ -193,13 +196,24 @@ class NearestNeighbors:
             # Chunk so neither (chunk, M) scores nor (chunk, k, D) differences exceed the cap.
             chunk = max(1, _CHUNK_FLOATS // max(self.n_memory, k * self.dim))
             for lo in range(0, n, chunk):
-                hi = min(lo + chunk, n)
-                if self.backend == "torch" and not (
-                    self.screen and self._screen_candidates(q[lo:hi], k, out=indices[lo:hi])
-                ):
-                    self._torch_candidates(q[lo:hi], k, out=indices[lo:hi])
-                self._exact_distances(q[lo:hi], indices[lo:hi], out=distances[lo:hi])
+                part = slice(lo, min(lo + chunk, n))
+                if self.screen and self._screen_search(q[part], k, indices[part], distances[part]):
+                    continue  # the screen computed the float32 distances already
+                if self.backend == "torch":
+                    self._torch_candidates(q[part], k, out=indices[part])
+                d2 = self._squared_distances(q[part], indices[part].reshape(-1))
+                self._sorted(d2.view(-1, k), indices[part], indices[part], distances[part])
         return distances, indices
+
+    @staticmethod
+    def _sorted(d2: Tensor, rows: Tensor, out_rows: Tensor, out_dist: Tensor) -> None:
+        """Write the ``(c, k)`` candidates ``rows`` with squared distances ``d2`` ascending by
+        distance (stable) into ``out_rows``, and their plain distances into ``out_dist``."""
+        if d2.shape[1] > 1:
+            d2, order = torch.sort(d2, dim=1, stable=True)
+            rows = torch.gather(rows, 1, order)
+        out_rows.copy_(rows)
+        torch.sqrt(d2, out=out_dist)
 
     def _faiss_candidates(self, q: Tensor, k: int, *, out: Tensor) -> None:
         """Fill ``out`` ``(N, k)`` with faiss's nearest indices."""
@@ -212,11 +226,11 @@ class NearestNeighbors:
     def _torch_candidates(self, q: Tensor, k: int, *, out: Tensor) -> None:
         """Fill ``out`` ``(c, k)`` with the rows minimising ``||m||^2 - 2 q.m`` (same order as
         ``||q - m||``; the query norm is constant per row)."""
-        assert self._augmented is not None
+        augmented = self._augmented if self._augmented is not None else self._build_float32()
         lhs = torch.empty((q.shape[0], self.dim + 1))
         torch.sub(q, self._centre, out=lhs[:, : self.dim])
         lhs[:, self.dim] = 1.0
-        scores = lhs @ self._augmented
+        scores = lhs @ augmented
         if k == 1:
             # First occurrence of the row minimum, as torch.argmin would return it.
             blocks = scores.view(scores.shape[0], -1, _BLOCK)
@@ -227,9 +241,10 @@ class NearestNeighbors:
             real = scores[:, : self.n_memory]
             torch.topk(real, k, dim=1, largest=False, sorted=True, out=(real.new_empty(0), out))
 
-    def _screen_candidates(self, q: Tensor, k: int, *, out: Tensor) -> bool:
-        """Fill ``out`` ``(c, k)`` with the k nearest rows through the bfloat16 screen; False
-        (``out`` untouched) when this chunk must go to the float32 search instead."""
+    def _screen_search(self, q: Tensor, k: int, out_rows: Tensor, out_dist: Tensor) -> bool:
+        """Fill ``out_rows`` and ``out_dist`` ``(c, k)`` with the k nearest rows and their
+        distances through the bfloat16 screen; False (both untouched) when this chunk must go to
+        the float32 search instead."""
         c, d, m = q.shape[0], self.dim, self.n_memory
         qc = q - self._centre
         qn = torch.linalg.vector_norm(qc, dim=1).double()  # float32: within the gamma term
@@ -290,27 +305,25 @@ class NearestNeighbors:
         cq, rows = cq[other], rows[other]
         self.screen_candidates += int(cq.numel()) + c * k
         self.screened_queries += c
-        if cq.numel() == 0:  # A is the answer everywhere
-            out.copy_(screened)
-            return True
         # The k nearest of A and the other candidates per query, from a (c, k + most others)
         # table: A's columns first, then the others in row order.
-        d2 = self._squared_distances(q, rows, queries=cq)
-        counts = torch.bincount(cq, minlength=c)
-        width = k + int(counts.max())
-        flat = torch.arange(cq.numel()) - (counts.cumsum(0) - counts).index_select(0, cq)
-        flat += cq * width + k
-        table = torch.full((c, width), float("inf"))
-        table[:, :k] = screened_d2
-        table.view(-1).index_copy_(0, flat, d2)
-        row_table = torch.zeros((c, width), dtype=torch.int64)
-        row_table[:, :k] = screened
-        row_table.view(-1).index_copy_(0, flat, rows)
+        table, row_table = screened_d2, screened
+        if cq.numel():
+            counts = torch.bincount(cq, minlength=c)
+            width = k + int(counts.max())
+            flat = torch.arange(cq.numel()) - (counts.cumsum(0) - counts).index_select(0, cq)
+            flat += cq * width + k
+            table = torch.full((c, width), float("inf"))
+            table[:, :k] = screened_d2
+            table.view(-1).index_copy_(0, flat, self._squared_distances(q, rows, queries=cq))
+            row_table = torch.zeros((c, width), dtype=torch.int64)
+            row_table[:, :k] = screened
+            row_table.view(-1).index_copy_(0, flat, rows)
         if k == 1:
             best = table.argmin(dim=1, keepdim=True)
         else:
-            best = torch.topk(table, k, dim=1, largest=False, sorted=True).indices
-        out.copy_(row_table.gather(1, best))
+            best = torch.topk(table, k, dim=1, largest=False, sorted=False).indices
+        self._sorted(table.gather(1, best), row_table.gather(1, best), out_rows, out_dist)
         return True
 
     def _squared_distances(
@@ -328,12 +341,3 @@ class NearestNeighbors:
             diff = q.index_select(0, queries[part]).sub_(self._memory.index_select(0, rows[part]))
             torch.sum(diff.square_(), dim=1, out=d2[part])
         return d2
-
-    def _exact_distances(self, q: Tensor, idx: Tensor, *, out: Tensor) -> None:
-        """Set ``out`` ``(c, k)`` to ``||q - memory[idx]||`` and re-sort ``idx`` by it."""
-        neighbours = self._memory[idx]  # (c, k, D)
-        dist = torch.linalg.vector_norm(neighbours.sub_(q.unsqueeze(1)), dim=2)
-        if idx.shape[1] > 1:
-            dist, order = torch.sort(dist, dim=1, stable=True)
-            idx.copy_(torch.gather(idx, 1, order))
-        out.copy_(dist)

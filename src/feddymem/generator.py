@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
+
+from feddymem.knn import NearestNeighbors
+from feddymem.losses import MetricLoss
 
 
 def coordinate_channels(batch: int, height: int, width: int, *, like: torch.Tensor) -> torch.Tensor:
@@ -53,3 +58,50 @@ class MemoryGenerator(nn.Module):
         b, _, h, w = features.shape
         coords = coordinate_channels(b, h, w, like=features)
         return self.conv(torch.cat([features, coords], dim=1))
+
+
+def train_generator(
+    generator: nn.Module,
+    features: torch.Tensor,
+    memory: torch.Tensor,
+    loss: MetricLoss,
+    optimizer: torch.optim.Optimizer,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    extra: Callable[[], torch.Tensor] | None = None,
+    extra_weight: float = 0.0,
+) -> dict[str, float]:
+    """Train G on cached patch features p(x) (N, D, H, W) against a fixed memory (M, d).
+
+    `epochs` passes over the images in a seeded random order, `batch_size` images a step, each
+    step minimising the metric loss of G(p(x)) against `memory` (one k-NN index serves every
+    step: the memory does not change). `extra` (FedProx's proximal term, say) is added to every
+    step's loss with weight `extra_weight`. Returns the means over steps of the total loss, its
+    attraction and repulsion parts and the unweighted extra term (0 without one).
+    """
+    index = NearestNeighbors(memory.detach())
+    order_gen = torch.Generator().manual_seed(seed)
+    generator.train()
+    sums = {"loss": 0.0, "loss_att": 0.0, "loss_rep": 0.0, "loss_extra": 0.0}
+    steps = 0
+    for _ in range(epochs):
+        order = torch.randperm(features.shape[0], generator=order_gen)
+        for start in range(0, features.shape[0], batch_size):
+            z = generator(features[order[start : start + batch_size]].float())
+            z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            total, parts = loss(z, memory, index=index)
+            if extra is not None:
+                term = extra()
+                total = total + extra_weight * term
+                sums["loss_extra"] += float(term.detach())
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            sums["loss"] += float(total.detach())
+            sums["loss_att"] += parts["loss_att"]
+            sums["loss_rep"] += parts["loss_rep"]
+            steps += 1
+    generator.eval()
+    return {k: v / max(steps, 1) for k, v in sums.items()}

@@ -20,8 +20,7 @@ from feddymem.config import FedDyMemConfig
 from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
 from feddymem.detector import MemoryBankDetector, split_calibration
 from feddymem.features import PatchFeatureExtractor
-from feddymem.generator import MemoryGenerator
-from feddymem.knn import NearestNeighbors
+from feddymem.generator import MemoryGenerator, train_generator
 from feddymem.losses import MetricLoss
 from feddymem.metrics import DetectionMetrics
 from feddymem.reduce import REDUCERS, ReducedMemory
@@ -213,30 +212,19 @@ class FedDyMemClient:
     def _train(self, global_memory: torch.Tensor, *, round_idx: int) -> dict[str, float]:
         """E local epochs of the metric loss against M_g; returns the mean loss."""
         assert self.generator is not None and self.optimizer is not None
-        feats = self.features()
-        memory = global_memory.float()
-        index = NearestNeighbors(memory)  # one k-NN index for the round's steps
-        gen = torch.Generator().manual_seed(self.config.seed * 100_003 + round_idx)
-        self.generator.train()
-        total, steps = 0.0, 0
-        parts = {"loss_att": 0.0, "loss_rep": 0.0}
-        for _ in range(self.config.local_epochs):
-            order = torch.randperm(feats.shape[0], generator=gen)
-            for start in range(0, feats.shape[0], self.config.train_batch_size):
-                idx = order[start : start + self.config.train_batch_size]
-                z = self._embed(feats[idx])
-                z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                loss, extra = self.loss(z, memory, index=index)
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-                total += float(loss.detach())
-                steps += 1
-                for key in parts:
-                    parts[key] += extra[key]
-        self.generator.eval()
-        steps = max(steps, 1)
-        return {"loss": total / steps, **{k: v / steps for k, v in parts.items()}}
+        cfg = self.config
+        metrics = train_generator(
+            self.generator,
+            self.features(),
+            global_memory.float(),
+            self.loss,
+            self.optimizer,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.train_batch_size,
+            seed=cfg.seed * 100_003 + round_idx,
+        )
+        del metrics["loss_extra"]
+        return metrics
 
     @torch.no_grad()
     def _build_memory(self, *, round_idx: int) -> ReducedMemory:

@@ -48,8 +48,7 @@ from feddymem.federation.client_app import (
 )
 from feddymem.federation.runconfig import SiteSettings, Value, site_settings
 from feddymem.federation.spec import ClientData
-from feddymem.generator import MemoryGenerator
-from feddymem.knn import NearestNeighbors
+from feddymem.generator import MemoryGenerator, train_generator
 from feddymem.local_model import SCORES_FILE, FedDyMemClient
 from feddymem.metrics import DetectionMetrics
 
@@ -158,38 +157,26 @@ class GeneratorSharingClient(FedDyMemClient):
     ) -> dict[str, float]:
         """E local epochs of metric loss against M_k (+ mu/2 ||w - w_global||^2 / nu)."""
         cfg = self.config
-        gen_module = self.gen
-        feats = self.features()
         optimizer = torch.optim.AdamW(
-            gen_module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=True
+            self.gen.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, amsgrad=True
         )
-        order_gen = torch.Generator().manual_seed(cfg.seed * 100_003 + round_idx)
-        index = NearestNeighbors(memory.detach())  # M_k is fixed over the round's steps
-        gen_module.train()
-        sums = {"loss": 0.0, "loss_att": 0.0, "loss_rep": 0.0, "loss_prox": 0.0}
-        steps = 0
-        for _ in range(cfg.local_epochs):
-            order = torch.randperm(feats.shape[0], generator=order_gen)
-            for start in range(0, feats.shape[0], cfg.train_batch_size):
-                idx = order[start : start + cfg.train_batch_size]
-                z = gen_module(feats[idx].float())
-                z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-                loss, parts = self.loss(z, memory, index=index)
-                # The metric loss is (L_att + L_rep) / nu; the proximal term gets the same 1/nu so
-                # that mu weighs it against the unscaled loss, as in the FedProx paper. FedAvg
-                # (mu = 0) skips it.
-                prox = proximal_term(gen_module, reference) if proximal_mu > 0 else None
-                total = loss if prox is None else loss + 0.5 * proximal_mu * prox / self.loss.nu
-                optimizer.zero_grad(set_to_none=True)
-                total.backward()
-                optimizer.step()
-                sums["loss"] += float(total.detach())
-                sums["loss_att"] += parts["loss_att"]
-                sums["loss_rep"] += parts["loss_rep"]
-                sums["loss_prox"] += 0.0 if prox is None else float(prox.detach())
-                steps += 1
-        gen_module.eval()
-        return {k: v / max(steps, 1) for k, v in sums.items()}
+        # The metric loss is (L_att + L_rep) / nu; the proximal term gets the same 1/nu so that
+        # mu weighs it against the unscaled loss, as in the FedProx paper. FedAvg (mu = 0)
+        # skips it.
+        metrics = train_generator(
+            self.gen,
+            self.features(),
+            memory,
+            self.loss,
+            optimizer,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.train_batch_size,
+            seed=cfg.seed * 100_003 + round_idx,
+            extra=(lambda: proximal_term(self.gen, reference)) if proximal_mu > 0 else None,
+            extra_weight=0.5 * proximal_mu / self.loss.nu,
+        )
+        metrics["loss_prox"] = metrics.pop("loss_extra")
+        return metrics
 
     def fit_local(
         self, global_state: Mapping[str, torch.Tensor], *, round_idx: int, proximal_mu: float

@@ -55,8 +55,9 @@ from feddymem.config import FeatureConfig, FedDyMemConfig, to_dict
 from feddymem.federation import param_wire, wire
 from feddymem.federation.applog import ensure_app_logging
 from feddymem.federation.param_wire import Method, Phase
+from feddymem.federation.participants import FederationError, Participants, write_json
 from feddymem.federation.runconfig import OUT, SPEC, RunConfigError, Value
-from feddymem.federation.server_app import RESULTS_FILE, FederationError
+from feddymem.federation.server_app import RESULTS_FILE
 from feddymem.federation.spec import FederationSpec, load_spec
 from feddymem.generator import MemoryGenerator
 
@@ -90,7 +91,6 @@ PROXIMAL_MU = "proximal-mu"
 # that way, not on AUROC.
 DEFAULT_PROXIMAL_MU = 1000.0
 
-_POLL_S = 0.5
 _EVAL_METRICS = ("image_auroc", "f1_max", "pixel_auroc", "aupro")
 # The autoencoder's standardisation buffers (`FeatureAutoencoder`): set by the server once.
 _NORM_KEYS = ("feature_mean", "feature_std", "norm_count")
@@ -193,10 +193,6 @@ def autoencoder_config(model: FedDyMemConfig) -> AutoencoderConfig:
     )
 
 
-def _node_label(node: int, name: str | None) -> str:
-    return f"client {name} (node {node})" if name else f"node {node}"
-
-
 class _RosterGrid(Grid):
     """The run's Grid, showing the strategy only the nodes still in the federation (Flower's
     strategies sample from `get_node_ids()`; a dropped client must stay out)."""
@@ -258,39 +254,16 @@ class _ParamRun:
         self.run_id = uuid.uuid4().hex[:12]
         self.t_start = time.perf_counter()
         self.roster: dict[int, str] = {}
-        self.active: list[str] = list(spec.client_names)
-        self.rejected: list[dict[str, Any]] = []
+        self.participants = Participants(grid, spec)
         self.rounds_log: list[dict[str, Any]] = []
         self.rounds_done = -1
         self.evaluation: dict[str, dict[str, Any]] = {}
         self.eval_bytes: dict[str, dict[str, int]] = {}
-        self.identify_bytes: dict[str, dict[str, int]] = {}
         self.eval_wall_s = 0.0
         self.arrays: ArrayRecord | None = None
         self.normalisation: dict[str, torch.Tensor] | None = None
 
     # --- bookkeeping --------------------------------------------------------------------------
-    def _reject(
-        self, *, phase: str, round_idx: int | None, node: int | None, name: str | None, reason: str
-    ) -> None:
-        where = phase if round_idx is None else f"round {round_idx}"
-        label = _node_label(node, name) if node is not None else f"client {name}"
-        log.warning("%s: dropping %s: %s", where, label, reason)
-        self.rejected.append(
-            {"phase": phase, "round": round_idx, "client": name, "node_id": node, "reason": reason}
-        )
-
-    def _require_clients(self, count: int, *, when: str) -> None:
-        if count < self.fed.min_clients:
-            reasons = "; ".join(
-                f"{r['client'] or 'node ' + str(r['node_id'])}: {r['reason']}"
-                for r in self.rejected
-            )
-            raise FederationError(
-                f"{when}: {count} client(s) left, min_clients is {self.fed.min_clients}"
-                + (f" (dropped: {reasons})" if reasons else "")
-            )
-
     def _orders(self, phase: Phase, round_idx: int) -> ConfigRecord:
         return param_wire.orders_to_record(
             param_wire.Orders(
@@ -306,71 +279,10 @@ class _ParamRun:
             )
         )
 
-    def _exchange(self, messages: Iterable[Message], *, timeout: float) -> dict[int, Message]:
-        batch = list(messages)
-        if not batch:
-            return {}
-        return {
-            reply.metadata.src_node_id: reply
-            for reply in self.grid.send_and_receive(batch, timeout=timeout)
-        }
-
     # --- connecting ---------------------------------------------------------------------------
     def connect(self) -> None:
         """Wait for the nodes, ask their names; keep the spec's clients, each once."""
-        want = len(self.active)
-        deadline = time.monotonic() + self.fed.connect_timeout_s
-        nodes = sorted(self.grid.get_node_ids())
-        while len(nodes) < want and time.monotonic() < deadline:
-            time.sleep(_POLL_S)
-            nodes = sorted(self.grid.get_node_ids())
-        if len(nodes) < self.fed.min_clients:
-            raise FederationError(
-                f"only {len(nodes)} node(s) connected within connect_timeout_s = "
-                f"{self.fed.connect_timeout_s:g} s; min_clients is {self.fed.min_clients}"
-            )
-        messages = {
-            node: Message(RecordDict(), dst_node_id=node, message_type="query", group_id="identify")
-            for node in nodes
-        }
-        replies = self._exchange(messages.values(), timeout=self.fed.connect_timeout_s)
-        known = set(self.spec.client_names)
-        for node in nodes:
-            reply = replies.get(node)
-            reason: str | None = None
-            name: str | None = None
-            if reply is None:
-                reason = "no reply to the identify query"
-            elif reply.has_error():
-                reason = f"client error: {reply.error.reason}"
-            else:
-                try:
-                    name = wire.identity_from_content(reply.content).name
-                except wire.WireError as err:
-                    reason = str(err)
-            if reason is None and name is not None:
-                assert reply is not None
-                self.identify_bytes[name] = {
-                    "down": wire.message_size(messages[node]),
-                    "up": wire.message_size(reply),
-                }
-                if name not in known:
-                    reason = f"not a client of {self.spec.path.name} ({sorted(known)})"
-                elif name in self.roster.values():
-                    reason = "name already taken by another node"
-            if reason is not None:
-                self._reject(phase="identify", round_idx=None, node=node, name=name, reason=reason)
-                continue
-            assert name is not None
-            self.roster[node] = name
-        present = set(self.roster.values())
-        for name in self.active:
-            if name not in present:
-                self._reject(
-                    phase="identify", round_idx=None, node=None, name=name, reason="did not connect"
-                )
-        self.active = sorted(present)
-        self._require_clients(len(self.roster), when="after connecting")
+        self.roster = self.participants.connect()
 
     # --- rounds -------------------------------------------------------------------------------
     def _expected(self, phase: Phase) -> dict[str, tuple[tuple[int, ...], np.dtype[Any]]]:
@@ -397,7 +309,7 @@ class _ParamRun:
         }
         for message in messages.values():
             message.metadata.group_id = f"round-{round_idx}"
-        replies = self._exchange(messages.values(), timeout=self.fed.round_timeout_s)
+        replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
         expected = self._expected(phase)
         accepted: dict[str, Message] = {}
         rows: dict[str, dict[str, Any]] = {}
@@ -412,13 +324,15 @@ class _ParamRun:
                     f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s "
                     "(client died or too slow)"
                 )
-                self._reject(phase=phase, round_idx=round_idx, node=node, name=name, reason=reason)
+                self.participants.reject(
+                    phase=phase, round_idx=round_idx, node=node, name=name, reason=reason
+                )
                 continue
             row["bytes_up"] = wire.message_size(reply)
             try:
                 self._check_reply(reply, name=name, expected=expected)
             except (param_wire.UpdateRejected, wire.WireError) as err:
-                self._reject(
+                self.participants.reject(
                     phase=phase, round_idx=round_idx, node=node, name=name, reason=str(err)
                 )
                 continue
@@ -426,8 +340,8 @@ class _ParamRun:
             metrics = wire.metrics_from_content(reply.content)
             row.update(n_examples=metrics.get(param_wire.NUM_EXAMPLES), metrics=metrics)
         self.roster = {node: name for node, name in self.roster.items() if name in accepted}
-        self.active = sorted(accepted)
-        self._require_clients(len(accepted), when=f"round {round_idx}")
+        self.participants.keep(accepted)
+        self.participants.require(len(accepted), when=f"round {round_idx}")
         try:
             aggregated, train_metrics = self.strategy.aggregate_train(
                 round_idx, [accepted[name] for name in sorted(accepted)]
@@ -546,7 +460,7 @@ class _ParamRun:
         }
         for message in messages.values():
             message.metadata.group_id = "evaluate"
-        replies = self._exchange(messages.values(), timeout=self.fed.round_timeout_s)
+        replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
         for node, name in sorted(self.roster.items(), key=lambda item: item[1]):
             if node not in messages:
                 continue
@@ -554,7 +468,7 @@ class _ParamRun:
             self.eval_bytes[name] = sizes
             reply = replies.get(node)
             if reply is None:
-                self._reject(
+                self.participants.reject(
                     phase="evaluate",
                     round_idx=None,
                     node=node,
@@ -564,7 +478,7 @@ class _ParamRun:
                 continue
             sizes["up"] = wire.message_size(reply)
             if reply.has_error():
-                self._reject(
+                self.participants.reject(
                     phase="evaluate",
                     round_idx=None,
                     node=node,
@@ -576,7 +490,7 @@ class _ParamRun:
                 identity = wire.identity_from_content(reply.content)
                 metrics: dict[str, Any] = dict(wire.metrics_from_content(reply.content))
             except wire.WireError as err:
-                self._reject(
+                self.participants.reject(
                     phase="evaluate", round_idx=None, node=node, name=name, reason=str(err)
                 )
                 continue
@@ -621,13 +535,13 @@ class _ParamRun:
         for name in names:
             up = sum(v["up"] for v in per_round.get(name, {}).values())
             down = sum(v["down"] for v in per_round.get(name, {}).values())
-            for extra in (self.identify_bytes.get(name), self.eval_bytes.get(name)):
+            for extra in (self.participants.identify_bytes.get(name), self.eval_bytes.get(name)):
                 if extra:
                     up += extra["up"]
                     down += extra["down"]
             entry: dict[str, Any] = {"bytes_up": up, "bytes_down": down}
             entry.update(self.evaluation.get(name, {}))
-            entry["active"] = name in self.active
+            entry["active"] = name in self.participants.active
             clients[name] = entry
         mean: dict[str, float | None] = {}
         for key in _EVAL_METRICS:
@@ -656,10 +570,10 @@ class _ParamRun:
             "clients": clients,
             "mean": mean,
             "evaluated_clients": sorted(self.evaluation),
-            "rejected": self.rejected,
+            "rejected": self.participants.rejected,
             "bytes": {
                 "per_client_per_round": per_round,
-                "identify": self.identify_bytes,
+                "identify": self.participants.identify_bytes,
                 "evaluate": self.eval_bytes,
                 "total_up": sum(c["bytes_up"] for c in clients.values()),
                 "total_down": sum(c["bytes_down"] for c in clients.values()),
@@ -674,14 +588,6 @@ class _ParamRun:
             "settings": self.settings_dict(),
             "versions": {"feddymem": feddymem.__version__, "flwr": flwr.__version__},
         }
-
-    def write_results(self, results: Mapping[str, Any]) -> Path:
-        """``<out>/results.json``, written atomically."""
-        path = self.settings.out / RESULTS_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
 
     def save_model(self) -> Path:
         """``<out>/global_model.pt``: the final global state, its method and settings."""
@@ -717,10 +623,13 @@ def serve_param_sharing(grid: Grid, settings: ParamSettings) -> dict[str, Any]:
         run.evaluate()
     except Exception as err:  # any failure still leaves a results.json that says so
         log.error("%s on %s failed: %s", settings.method, spec.federation.name, err)
-        run.write_results(run.results(status="failed", error=f"{type(err).__name__}: {err}"))
+        write_json(
+            settings.out / RESULTS_FILE,
+            run.results(status="failed", error=f"{type(err).__name__}: {err}"),
+        )
         raise
     results = run.results(status="completed", error=None)
-    path = run.write_results(results)
+    path = write_json(settings.out / RESULTS_FILE, results)
     log.info(
         "%s on %s done: mean image AUROC %s -> %s",
         settings.method,

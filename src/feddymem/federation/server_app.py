@@ -25,7 +25,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from feddymem.federation.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from feddymem.federation.participants import FederationError, Participants, write_json
 from feddymem.federation.runconfig import ServerSettings, Value, server_settings
 from feddymem.federation.spec import FederationSpec, load_spec
 from feddymem.reduce import ReducedMemory
@@ -63,13 +64,8 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 GLOBAL_MEMORY_FILE = "global_memory.pt"
-_POLL_S = 0.5
 _EVAL_METRICS = ("image_auroc", "f1_max", "pixel_auroc", "aupro")
 _OPERATIONAL_KEYS = frozenset({"round_timeout_s", "connect_timeout_s"})
-
-
-class FederationError(RuntimeError):
-    """The federation cannot go on (too few clients, aggregation failed, bad output folder)."""
 
 
 def _binding(settings: Mapping[str, Any]) -> dict[str, Any]:
@@ -79,10 +75,6 @@ def _binding(settings: Mapping[str, Any]) -> dict[str, Any]:
         k: v for k, v in settings.get("federation", {}).items() if k not in _OPERATIONAL_KEYS
     }
     return {**settings, "federation": federation}
-
-
-def _node_label(node: int, name: str | None) -> str:
-    return f"client {name} (node {node})" if name else f"node {node}"
 
 
 class _Run:
@@ -98,9 +90,12 @@ class _Run:
         self.resumed_from: int | None = None
         self.evaluation: dict[str, dict[str, Any]] = {}
         self.eval_bytes: dict[str, dict[str, int]] = {}
-        self.identify_bytes: dict[str, dict[str, int]] = {}
         self.eval_wall_s = 0.0
         self.state = self._initial_state()
+        # the checkpoint's own lists: who is still in, who was dropped and why
+        self.participants = Participants(
+            grid, spec, active=self.state.active, rejected=self.state.rejected
+        )
 
     # --- setup ------------------------------------------------------------------------------
     def _initial_state(self) -> RunState:
@@ -161,129 +156,10 @@ class _Run:
             reason = f"client error: {reply.error.reason}"
         else:
             return reply
-        self._reject(phase=phase, round_idx=round_idx, node=node, name=name, reason=reason)
+        self.participants.reject(
+            phase=phase, round_idx=round_idx, node=node, name=name, reason=reason
+        )
         return None
-
-    def _reject(
-        self, *, phase: str, round_idx: int | None, node: int, name: str | None, reason: str
-    ) -> None:
-        log.warning(
-            "%s: dropping %s: %s",
-            phase if round_idx is None else f"round {round_idx}",
-            _node_label(node, name),
-            reason,
-        )
-        self.state.rejected.append(
-            {"phase": phase, "round": round_idx, "client": name, "node_id": node, "reason": reason}
-        )
-
-    # --- connecting ---------------------------------------------------------------------------
-    def wait_for_nodes(self) -> list[int]:
-        """Node ids once enough clients connected (all active ones, or min_clients at timeout)."""
-        want = len(self.state.active)
-        deadline = time.monotonic() + self.fed.connect_timeout_s
-        nodes = sorted(self.grid.get_node_ids())
-        while len(nodes) < want and time.monotonic() < deadline:
-            time.sleep(_POLL_S)
-            nodes = sorted(self.grid.get_node_ids())
-        if len(nodes) < self.fed.min_clients:
-            raise FederationError(
-                f"only {len(nodes)} node(s) connected within connect_timeout_s = "
-                f"{self.fed.connect_timeout_s:g} s; min_clients is {self.fed.min_clients}"
-            )
-        if len(nodes) < want:
-            log.warning("%d of %d clients connected; going on with them", len(nodes), want)
-        return nodes
-
-    def identify(self, nodes: Iterable[int]) -> dict[int, str]:
-        """Ask every node its client name; keep the active, distinct ones: node id -> name."""
-        messages = {
-            node: Message(RecordDict(), dst_node_id=node, message_type="query", group_id="identify")
-            for node in nodes
-        }
-        replies = self._exchange(messages, timeout=self.fed.connect_timeout_s)
-        roster: dict[int, str] = {}
-        known = set(self.spec.client_names)
-        for node in sorted(messages):
-            reply = replies.get(node)
-            if reply is None:
-                self._reject(
-                    phase="identify",
-                    round_idx=None,
-                    node=node,
-                    name=None,
-                    reason="no reply to the identify query",
-                )
-                continue
-            if reply.has_error():
-                self._reject(
-                    phase="identify",
-                    round_idx=None,
-                    node=node,
-                    name=None,
-                    reason=f"client error: {reply.error.reason}",
-                )
-                continue
-            try:
-                name = wire.identity_from_content(reply.content).name
-            except wire.WireError as err:
-                self._reject(
-                    phase="identify", round_idx=None, node=node, name=None, reason=str(err)
-                )
-                continue
-            self.identify_bytes[name] = {
-                "down": wire.message_size(messages[node]),
-                "up": wire.message_size(reply),
-            }
-            if name not in known:
-                self._reject(
-                    phase="identify",
-                    round_idx=None,
-                    node=node,
-                    name=name,
-                    reason=f"not a client of {self.spec.path.name} ({sorted(known)})",
-                )
-            elif name in roster.values():
-                other = next(n for n, v in roster.items() if v == name)
-                self._reject(
-                    phase="identify",
-                    round_idx=None,
-                    node=node,
-                    name=name,
-                    reason=f"name already taken by node {other}",
-                )
-            elif name not in self.state.active:
-                log.info(
-                    "%s was dropped earlier in this run; it stays out", _node_label(node, name)
-                )
-            else:
-                roster[node] = name
-        present = set(roster.values())
-        for name in self.state.active:
-            if name not in present:
-                self.state.rejected.append(
-                    {
-                        "phase": "identify",
-                        "round": None,
-                        "client": name,
-                        "node_id": None,
-                        "reason": "did not connect",
-                    }
-                )
-                log.warning("client %s did not connect", name)
-        self.state.active = sorted(present)
-        self._require_clients(len(roster), when="after connecting")
-        return roster
-
-    # --- rounds -------------------------------------------------------------------------------
-    def _exchange(self, messages: Mapping[int, Message], *, timeout: float) -> dict[int, Message]:
-        if not messages:
-            return {}
-        replies = self.grid.send_and_receive(list(messages.values()), timeout=timeout)
-        out: dict[int, Message] = {}
-        for reply in replies:
-            out[reply.metadata.src_node_id] = reply
-        return out
 
     def _content(self, round_idx: int, *, with_memory: bool) -> RecordDict:
         content = RecordDict(
@@ -296,17 +172,6 @@ class _Run:
             content[wire.GLOBAL_MEMORY] = wire.global_memory_to_record(self.state.global_memory)
         return content
 
-    def _require_clients(self, count: int, *, when: str) -> None:
-        if count < self.fed.min_clients:
-            reasons = "; ".join(
-                f"{r['client'] or 'node ' + str(r['node_id'])}: {r['reason']}"
-                for r in self.state.rejected
-            )
-            raise FederationError(
-                f"{when}: {count} client(s) left, min_clients is {self.fed.min_clients}"
-                + (f" (dropped: {reasons})" if reasons else "")
-            )
-
     def train_round(self, roster: dict[int, str], round_idx: int) -> dict[int, str]:
         """Round t: send, receive, validate, aggregate, checkpoint; returns the surviving roster."""
         t0 = time.perf_counter()
@@ -317,7 +182,7 @@ class _Run:
             )
             for node in roster
         }
-        replies = self._exchange(messages, timeout=self.fed.round_timeout_s)
+        replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
         dim = None if self.state.global_memory is None else int(self.state.global_memory.shape[1])
         accepted: dict[str, ReducedMemory] = {}
         rows: dict[str, dict[str, Any]] = {}
@@ -339,7 +204,7 @@ class _Run:
                 memory = wire.memory_from_content(reply.content)
                 wire.validate_memory(memory, dim=dim, max_items=self.fed.max_memory_items)
             except (wire.MemoryRejected, wire.WireError) as err:
-                self._reject(
+                self.participants.reject(
                     phase="train", round_idx=round_idx, node=node, name=name, reason=str(err)
                 )
                 continue
@@ -351,7 +216,7 @@ class _Run:
             )
         if dim is None and accepted:
             self._keep_common_dim(accepted, round_idx, nodes_of)
-        self._require_clients(len(accepted), when=f"round {round_idx}")
+        self.participants.require(len(accepted), when=f"round {round_idx}")
         cfg = self.spec.model
         try:
             global_memory = aggregate_memories(
@@ -365,7 +230,7 @@ class _Run:
             raise FederationError(f"round {round_idx}: aggregation failed: {err}") from err
         self.state.global_memory = global_memory.detach().to("cpu", torch.float32).contiguous()
         self.state.round_idx = round_idx
-        self.state.active = sorted(accepted)
+        self.participants.keep(accepted)
         wall = time.perf_counter() - t0
         self.state.rounds.append(
             {
@@ -396,7 +261,7 @@ class _Run:
             width = int(accepted[name].vectors.shape[1])
             if width != dim:
                 del accepted[name]
-                self._reject(
+                self.participants.reject(
                     phase="train",
                     round_idx=round_idx,
                     node=nodes_of[name],
@@ -413,7 +278,7 @@ class _Run:
             node: Message(content, dst_node_id=node, message_type="evaluate", group_id="evaluate")
             for node in roster
         }
-        replies = self._exchange(messages, timeout=self.fed.round_timeout_s)
+        replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
         for node, name in sorted(roster.items(), key=lambda item: item[1]):
             sizes = {"down": wire.message_size(messages[node]), "up": 0}
             self.eval_bytes[name] = sizes
@@ -427,7 +292,7 @@ class _Run:
                 identity = wire.identity_from_content(reply.content)
                 metrics: dict[str, Any] = dict(wire.metrics_from_content(reply.content))
             except wire.WireError as err:
-                self._reject(
+                self.participants.reject(
                     phase="evaluate", round_idx=None, node=node, name=name, reason=str(err)
                 )
                 continue
@@ -454,7 +319,7 @@ class _Run:
         for name in names:
             up = sum(v["up"] for v in per_round.get(name, {}).values())
             down = sum(v["down"] for v in per_round.get(name, {}).values())
-            for extra in (self.identify_bytes.get(name), self.eval_bytes.get(name)):
+            for extra in (self.participants.identify_bytes.get(name), self.eval_bytes.get(name)):
                 if extra:
                     up += extra["up"]
                     down += extra["down"]
@@ -492,7 +357,7 @@ class _Run:
             "rejected": self.state.rejected,
             "bytes": {
                 "per_client_per_round": per_round,
-                "identify": self.identify_bytes,
+                "identify": self.participants.identify_bytes,
                 "evaluate": self.eval_bytes,
                 "total_up": sum(c["bytes_up"] for c in clients.values()),
                 "total_down": sum(c["bytes_down"] for c in clients.values()),
@@ -507,14 +372,6 @@ class _Run:
             "settings": self.state.settings,
             "versions": {"feddymem": feddymem.__version__, "flwr": flwr.__version__},
         }
-
-    def write_results(self, results: Mapping[str, Any]) -> Path:
-        """``<out>/results.json``, written atomically."""
-        path = self.out / RESULTS_FILE
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(results, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        tmp.replace(path)
-        return path
 
     def save_global_memory(self) -> Path:
         """``<out>/global_memory.pt``: M_g, the round it comes from and the settings."""
@@ -543,18 +400,20 @@ def serve(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
     settings.out.mkdir(parents=True, exist_ok=True)
     run = _Run(grid, settings, spec)
     try:
-        nodes = run.wait_for_nodes()
-        roster = run.identify(nodes)
+        roster = run.participants.connect()
         for round_idx in range(run.state.round_idx + 1, spec.federation.rounds + 1):
             roster = run.train_round(roster, round_idx)
         run.save_global_memory()
         run.evaluate(roster)
     except Exception as err:  # any failure still leaves a results.json that says so
         log.error("federation %s failed: %s", spec.federation.name, err)
-        run.write_results(run.results(status="failed", error=f"{type(err).__name__}: {err}"))
+        write_json(
+            settings.out / RESULTS_FILE,
+            run.results(status="failed", error=f"{type(err).__name__}: {err}"),
+        )
         raise
     results = run.results(status="completed", error=None)
-    path = run.write_results(results)
+    path = write_json(settings.out / RESULTS_FILE, results)
     log.info(
         "federation %s done: mean image AUROC %s -> %s",
         spec.federation.name,

@@ -28,6 +28,7 @@ from feddymem.data import Sample, export_elpv, iter_batches, scan
 from feddymem.detector import PatchCoreDetector, patch_scores
 from feddymem.features import PatchFeatureExtractor
 from feddymem.knn import NearestNeighbors
+from feddymem.metrics import per_defect_image_auroc
 from feddymem.sampling import greedy_coreset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
     det = PatchCoreDetector(cfg).fit(split.train)
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    metrics = det.evaluate(split.test)
+    metrics, scores = det.evaluate_with_scores(split.test)
     assert det.memory_ is not None
     row: dict[str, object] = {
         "method": "patchcore",
@@ -52,6 +53,10 @@ def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
         "clients": 1,
         "seed": cfg.seed,
         **{k: v for k, v in metrics.as_dict().items()},
+        # each test/<defect> folder against every good image
+        "per_defect": per_defect_image_auroc(
+            scores.labels, scores.image_scores, [s.defect for s in scores.samples]
+        ),
         "bytes_up": 0,
         "bytes_down": 0,
         "rounds": 0,

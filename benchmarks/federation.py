@@ -307,7 +307,7 @@ def memory_sweep(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     test_z: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     for cell in ("mono", "poly"):
         root = args.data_dir / f"elpv-{cell}"
-        export_elpv(root, cell_type=cell, seed=args.seed)  # type: ignore[arg-type]
+        export_elpv(root, cell_type=cell, seed=args.seed)
         split = scan(root)
         client = FedDyMemClient(
             train=split.train,

@@ -39,7 +39,9 @@ def make_texture_tree(
 
     def sample() -> np.ndarray:
         y, x = rng.integers(0, tex.shape[0] - crop), rng.integers(0, tex.shape[1] - crop)
-        img = Image.fromarray(tex[y : y + crop, x : x + crop]).resize((size, size), Image.BILINEAR)
+        img = Image.fromarray(tex[y : y + crop, x : x + crop]).resize(
+            (size, size), Image.Resampling.BILINEAR
+        )
         return np.asarray(img)
 
     for i in range(n_train):

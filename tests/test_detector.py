@@ -151,6 +151,10 @@ def test_cli_fit_evaluate_predict(
     assert main(["evaluate", "--model", str(model), "--data", str(texture_tree), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
     assert {"image_auroc", "pixel_auroc", "aupro", "f1_max"} <= set(metrics)
+    defects = {d.name: len(list(d.iterdir())) for d in (texture_tree / "test").iterdir()}
+    defects.pop("good")
+    assert {k: v["n"] for k, v in metrics["per_defect"].items()} == defects
+    assert all(0.0 <= v["image_auroc"] <= 1.0 for v in metrics["per_defect"].values())
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
     out = tmp_path / "pred"

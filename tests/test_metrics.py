@@ -17,6 +17,7 @@ from feddymem.metrics import (
     evaluate,
     f1_max,
     image_auroc,
+    per_defect_image_auroc,
     pixel_auroc,
     pro_curve,
 )
@@ -292,3 +293,14 @@ def test_detection_metrics_is_frozen_and_serialisable() -> None:
     assert all(isinstance(v, float | int) for v in d.values())
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.image_auroc = 0.0  # type: ignore[misc]
+
+
+def test_per_defect_image_auroc_scores_each_defect_against_every_normal_image() -> None:
+    labels = [0, 0, 1, 1, 1]
+    scores = [0.1, 0.2, 0.9, 0.15, 0.3]
+    defects = ["good", "good", "crack", "uneven", "uneven"]
+    out = per_defect_image_auroc(labels, scores, defects)
+    # crack beats both normals; uneven wins 3 of its 4 pairs (0.15 < 0.2)
+    assert out == {"crack": {"n": 1, "image_auroc": 1.0}, "uneven": {"n": 2, "image_auroc": 0.75}}
+    with pytest.raises(ValueError, match="defects has 4 entries for 5 labels"):
+        per_defect_image_auroc(labels, scores, defects[:4])

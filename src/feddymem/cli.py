@@ -77,6 +77,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from feddymem.data import scan
     from feddymem.detector import load_detector
+    from feddymem.metrics import per_defect_image_auroc
 
     det = load_detector(args.model, weights=args.weights)
     split = scan(args.data)
@@ -84,13 +85,22 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {args.data} has no test images (expected test/<defect>/...)")
     t0 = time.perf_counter()
     with _progress(len(split.test), "scoring") as bar:
-        metrics = det.evaluate(split.test, progress=bar.update)
-    out = {k: v for k, v in metrics.as_dict().items() if v is not None}
+        metrics, scores = det.evaluate_with_scores(split.test, progress=bar.update)
+    out: dict[str, Any] = {k: v for k, v in metrics.as_dict().items() if v is not None}
+    # each test/<defect> folder against every good image: which kinds of defect it misses
+    out["per_defect"] = per_defect_image_auroc(
+        scores.labels, scores.image_scores, [s.defect for s in scores.samples]
+    )
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     if args.json:
         print(json.dumps(out, indent=2))
-    else:
-        for key, value in out.items():
+        return 0
+    for key, value in out.items():
+        if key == "per_defect":
+            for defect, row in value.items():
+                name = f"{defect} ({row['n']})"
+                print(f"{name:>14}: image_auroc {row['image_auroc']:.4f}")
+        else:
             print(f"{key:>14}: {value:.4f}" if isinstance(value, float) else f"{key:>14}: {value}")
     return 0
 

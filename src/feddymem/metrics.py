@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,6 +35,7 @@ __all__ = [
     "evaluate",
     "f1_max",
     "image_auroc",
+    "per_defect_image_auroc",
     "pixel_auroc",
     "pro_curve",
 ]
@@ -134,6 +136,38 @@ def image_auroc(labels: ArrayLike, scores: ArrayLike) -> float:
     y, s = _image_inputs(labels, scores)
     _require_both_classes(y, what="image AUROC")
     return float(roc_auc_score(y, s))
+
+
+def per_defect_image_auroc(
+    labels: ArrayLike, scores: ArrayLike, defects: Sequence[str]
+) -> dict[str, dict[str, float | int]]:
+    """Image AUROC of each defect type against every normal image.
+
+    Args:
+        labels: ``(N,)`` 0 = normal, 1 = anomalous; at least one of each.
+        scores: ``(N,)`` finite anomaly scores.
+        defects: ``N`` defect names (the ``test/<defect>`` folder); ignored for normal images.
+
+    Returns:
+        ``{defect: {"n": anomalous images of that type, "image_auroc": value}}``, by name.
+
+    Raises:
+        ValueError: as :func:`image_auroc`, or ``defects`` of another length.
+    """
+    y, s = _image_inputs(labels, scores)
+    _require_both_classes(y, what="per-defect image AUROC")
+    names = np.asarray(list(defects), dtype=object)
+    if names.shape != y.shape:
+        raise ValueError(f"defects has {names.size} entries for {y.size} labels")
+    normal = ~y
+    out: dict[str, dict[str, float | int]] = {}
+    for name in sorted({str(d) for d in names[y]}):
+        pick = normal | (y & (names == name))
+        out[name] = {
+            "n": int(np.count_nonzero(y & (names == name))),
+            "image_auroc": float(roc_auc_score(y[pick], s[pick])),
+        }
+    return out
 
 
 def f1_max(labels: ArrayLike, scores: ArrayLike) -> float:

@@ -55,7 +55,12 @@ from feddymem.config import FeatureConfig, FedDyMemConfig, to_dict
 from feddymem.federation import param_wire, wire
 from feddymem.federation.applog import ensure_app_logging
 from feddymem.federation.param_wire import Method, Phase
-from feddymem.federation.participants import FederationError, Participants, write_json
+from feddymem.federation.participants import (
+    EVAL_METRICS,
+    FederationError,
+    Participants,
+    write_json,
+)
 from feddymem.federation.runconfig import OUT, SPEC, RunConfigError, Value
 from feddymem.federation.server_app import RESULTS_FILE
 from feddymem.federation.spec import FederationSpec, load_spec
@@ -91,7 +96,6 @@ PROXIMAL_MU = "proximal-mu"
 # that way, not on AUROC.
 DEFAULT_PROXIMAL_MU = 1000.0
 
-_EVAL_METRICS = ("image_auroc", "f1_max", "pixel_auroc", "aupro")
 # The autoencoder's standardisation buffers (`FeatureAutoencoder`): set by the server once.
 _NORM_KEYS = ("feature_mean", "feature_std", "norm_count")
 
@@ -494,7 +498,7 @@ class _ParamRun:
                     phase="evaluate", round_idx=None, node=node, name=name, reason=str(err)
                 )
                 continue
-            for key in _EVAL_METRICS:
+            for key in EVAL_METRICS:
                 metrics.setdefault(key, None)
             if "n_test" in metrics:
                 metrics["n_test"] = int(metrics["n_test"])
@@ -523,34 +527,9 @@ class _ParamRun:
 
     def results(self, *, status: str, error: str | None) -> dict[str, Any]:
         """The results.json document (the FedDyMem server's keys, plus ``method``, ``model``)."""
-        names = sorted(set(self.spec.client_names))
-        per_round: dict[str, dict[str, dict[str, int]]] = {n: {} for n in names}
-        for record in self.rounds_log:
-            for name, row in record["clients"].items():
-                per_round.setdefault(name, {})[str(record["round"])] = {
-                    "up": int(row["bytes_up"]),
-                    "down": int(row["bytes_down"]),
-                }
-        clients: dict[str, dict[str, Any]] = {}
-        for name in names:
-            up = sum(v["up"] for v in per_round.get(name, {}).values())
-            down = sum(v["down"] for v in per_round.get(name, {}).values())
-            for extra in (self.participants.identify_bytes.get(name), self.eval_bytes.get(name)):
-                if extra:
-                    up += extra["up"]
-                    down += extra["down"]
-            entry: dict[str, Any] = {"bytes_up": up, "bytes_down": down}
-            entry.update(self.evaluation.get(name, {}))
-            entry["active"] = name in self.participants.active
-            clients[name] = entry
-        mean: dict[str, float | None] = {}
-        for key in _EVAL_METRICS:
-            values = [
-                float(m[key])
-                for m in self.evaluation.values()
-                if isinstance(m.get(key), (int, float)) and math.isfinite(float(m[key]))
-            ]
-            mean[key] = sum(values) / len(values) if values else None
+        clients, mean, per_round = self.participants.summary(
+            self.rounds_log, evaluation=self.evaluation, eval_bytes=self.eval_bytes
+        )
         model_info: dict[str, Any] = {"file": GLOBAL_MODEL_FILE, "parameters": None, "bytes": None}
         if self.arrays is not None:
             arrays = [self.arrays[k].numpy() for k in self.arrays]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -21,11 +22,13 @@ from flwr.serverapp import Grid
 from feddymem.federation import wire
 from feddymem.federation.spec import FederationSpec
 
-__all__ = ["FederationError", "Participants", "node_label", "write_json"]
+__all__ = ["EVAL_METRICS", "FederationError", "Participants", "node_label", "write_json"]
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.5
+# the evaluation metrics every client reports (None where it has no masks) and results.json means
+EVAL_METRICS = ("image_auroc", "f1_max", "pixel_auroc", "aupro")
 
 
 class FederationError(RuntimeError):
@@ -181,3 +184,48 @@ class Participants:
         self.keep(present)
         self.require(len(roster), when="after connecting")
         return roster
+
+    def summary(
+        self,
+        rounds: Iterable[Mapping[str, Any]],
+        *,
+        evaluation: Mapping[str, Mapping[str, Any]],
+        eval_bytes: Mapping[str, Mapping[str, int]],
+    ) -> tuple[dict[str, Any], dict[str, float | None], dict[str, dict[str, dict[str, int]]]]:
+        """results.json's ``clients``, ``mean`` and per-round bytes.
+
+        ``clients``: per client of the spec, the bytes it sent and received over the rounds (each
+        round record's ``clients`` rows), the identify query and the evaluation, its evaluation
+        metrics and whether it is still active. ``mean``: each of EVAL_METRICS averaged over the
+        clients that reported a finite value (None if none did). Per-round bytes: client ->
+        round -> ``{"up", "down"}``.
+        """
+        names = sorted(set(self.spec.client_names))
+        per_round: dict[str, dict[str, dict[str, int]]] = {n: {} for n in names}
+        for record in rounds:
+            for name, row in record["clients"].items():
+                per_round.setdefault(name, {})[str(record["round"])] = {
+                    "up": int(row["bytes_up"]),
+                    "down": int(row["bytes_down"]),
+                }
+        clients: dict[str, Any] = {}
+        for name in names:
+            up = sum(v["up"] for v in per_round.get(name, {}).values())
+            down = sum(v["down"] for v in per_round.get(name, {}).values())
+            for extra in (self.identify_bytes.get(name), eval_bytes.get(name)):
+                if extra:
+                    up += extra["up"]
+                    down += extra["down"]
+            entry: dict[str, Any] = {"bytes_up": up, "bytes_down": down}
+            entry.update(evaluation.get(name, {}))
+            entry["active"] = name in self.active
+            clients[name] = entry
+        mean: dict[str, float | None] = {}
+        for key in EVAL_METRICS:
+            values = [
+                float(m[key])
+                for m in evaluation.values()
+                if isinstance(m.get(key), (int, float)) and math.isfinite(float(m[key]))
+            ]
+            mean[key] = sum(values) / len(values) if values else None
+        return clients, mean, per_round

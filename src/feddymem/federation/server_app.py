@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
 from collections import Counter
@@ -64,7 +63,6 @@ log = logging.getLogger(__name__)
 
 RESULTS_FILE = "results.json"
 GLOBAL_MEMORY_FILE = "global_memory.pt"
-_EVAL_METRICS = ("image_auroc", "f1_max", "pixel_auroc", "aupro")
 _OPERATIONAL_KEYS = frozenset({"round_timeout_s", "connect_timeout_s"})
 
 
@@ -307,34 +305,9 @@ class _Run:
     # --- results ------------------------------------------------------------------------------
     def results(self, *, status: str, error: str | None) -> dict[str, Any]:
         """The results.json document."""
-        names = sorted(set(self.spec.client_names))
-        per_round: dict[str, dict[str, dict[str, int]]] = {n: {} for n in names}
-        for record in self.state.rounds:
-            for name, row in record["clients"].items():
-                per_round.setdefault(name, {})[str(record["round"])] = {
-                    "up": int(row["bytes_up"]),
-                    "down": int(row["bytes_down"]),
-                }
-        clients: dict[str, dict[str, Any]] = {}
-        for name in names:
-            up = sum(v["up"] for v in per_round.get(name, {}).values())
-            down = sum(v["down"] for v in per_round.get(name, {}).values())
-            for extra in (self.participants.identify_bytes.get(name), self.eval_bytes.get(name)):
-                if extra:
-                    up += extra["up"]
-                    down += extra["down"]
-            entry: dict[str, Any] = {"bytes_up": up, "bytes_down": down}
-            entry.update(self.evaluation.get(name, {}))
-            entry["active"] = name in self.state.active
-            clients[name] = entry
-        mean: dict[str, float | None] = {}
-        for key in _EVAL_METRICS:
-            values = [
-                float(m[key])
-                for m in self.evaluation.values()
-                if isinstance(m.get(key), (int, float)) and math.isfinite(float(m[key]))
-            ]
-            mean[key] = sum(values) / len(values) if values else None
+        clients, mean, per_round = self.participants.summary(
+            self.state.rounds, evaluation=self.evaluation, eval_bytes=self.eval_bytes
+        )
         round_walls = [float(r["wall_s"]) for r in self.state.rounds]
         restored = sum(
             float(r["wall_s"])

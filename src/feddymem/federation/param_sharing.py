@@ -36,9 +36,8 @@ from feddymem.federation.param_server import (
 )
 from feddymem.federation.param_wire import METHODS, Method
 from feddymem.federation.runconfig import FEATURE_CACHE, OUT, SPEC, WORK_DIR, Value
-from feddymem.federation.server_app import RESULTS_FILE
-from feddymem.federation.simulation import CLIENT_DIR, simulate
-from feddymem.federation.spec import SpecError, describe_clients, load_spec
+from feddymem.federation.simulation import CLIENT_DIR, prepare_output, simulate
+from feddymem.federation.spec import SpecError, load_spec
 
 __all__ = ["DEFAULT_PROXIMAL_MU", "METHODS", "Method", "run_param_sharing"]
 
@@ -97,18 +96,7 @@ def run_param_sharing(
     spec = load_spec(spec_file)
     if method != "fedae" and not spec.model.generator:
         raise SpecError(f"{spec_file} [model]: {method} shares G's weights: needs generator = true")
-    for client in describe_clients(spec):  # fail fast, before Ray starts
-        log.info(
-            "client %s: %d training normals, %d test images (%s)",
-            client["name"],
-            client["n_train"],
-            client["n_test"],
-            ", ".join(client["sources"]),
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    results_file = out / RESULTS_FILE
-    if results_file.exists():
-        results_file.unlink()  # a stale file must never pass for this run's result
+    results_file = prepare_output(spec, out)  # fails fast, before Ray starts
 
     defaults: dict[str, Value] = {
         SPEC: str(spec_file),

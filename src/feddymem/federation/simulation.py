@@ -21,7 +21,7 @@ from flwr.simulation import run_simulation
 from feddymem.federation.client_app import build_client_app
 from feddymem.federation.runconfig import FEATURE_CACHE, OUT, RESUME, SPEC, WORK_DIR, Value
 from feddymem.federation.server_app import RESULTS_FILE, FederationError, build_server_app
-from feddymem.federation.spec import describe_clients, load_spec
+from feddymem.federation.spec import FederationSpec, describe_clients, load_spec
 
 __all__ = ["CLIENT_DIR", "run_federation", "simulate"]
 
@@ -82,19 +82,7 @@ def run_federation(
     spec_file = Path(spec_path).expanduser().resolve()
     out = Path(out_dir).expanduser().resolve()
     spec = load_spec(spec_file)
-    # Fail fast, before Ray starts, if any client's data is missing or cannot be partitioned.
-    for client in describe_clients(spec):
-        log.info(
-            "client %s: %d training normals, %d test images (%s)",
-            client["name"],
-            client["n_train"],
-            client["n_test"],
-            ", ".join(client["sources"]),
-        )
-    out.mkdir(parents=True, exist_ok=True)
-    results_file = out / RESULTS_FILE
-    if results_file.exists():
-        results_file.unlink()  # a stale file must never pass for this run's result
+    results_file = prepare_output(spec, out)
 
     defaults: dict[str, Value] = {
         SPEC: str(spec_file),
@@ -115,6 +103,28 @@ def run_federation(
         object_store_mb=object_store_mb,
         verbose=verbose,
     )
+
+
+def prepare_output(spec: FederationSpec, out: Path) -> Path:
+    """Before Ray starts: check and log every client's data (a missing folder or a split that
+    cannot be made fails here, fast), make `out` and remove a stale results.json from it.
+
+    Returns:
+        The path the run's results.json will have.
+    """
+    for client in describe_clients(spec):
+        log.info(
+            "client %s: %d training normals, %d test images (%s)",
+            client["name"],
+            client["n_train"],
+            client["n_test"],
+            ", ".join(client["sources"]),
+        )
+    out.mkdir(parents=True, exist_ok=True)
+    results_file = out / RESULTS_FILE
+    if results_file.exists():
+        results_file.unlink()  # a stale file must never pass for this run's result
+    return results_file
 
 
 def simulate(

@@ -206,6 +206,7 @@ def speed(
         square @ square
     peak_gflop_s = 5 * 2 * 2048**3 / 1e9 / (time.perf_counter() - t9)
     out = {
+        "backbone": cfg.backbone,
         "torch_threads": torch.get_num_threads(),
         "image_hw": list(det.image_hw_),
         "fit_images": len(train),
@@ -378,9 +379,10 @@ def main() -> None:
             for row in rows:
                 fh.write(json.dumps(row) + "\n")
     if "speed" in parts:
+        # at 224 x 224 whatever --image-size says; the other options (backbone, taps, ...) apply
         figures = speed(
             args.data_dir / "elpv-mono",
-            DetectorConfig(seed=args.seed, keep_aspect=False, image_size=224),
+            dataclasses.replace(cfg, keep_aspect=False, image_size=224),
         )
         (args.out / "speed.json").write_text(json.dumps(figures, indent=2))
     if "coreset" in parts:

@@ -28,7 +28,6 @@ from feddymem.data import Sample, export_elpv, iter_batches, scan
 from feddymem.detector import PatchCoreDetector, patch_scores
 from feddymem.features import PatchFeatureExtractor
 from feddymem.knn import NearestNeighbors
-from feddymem.metrics import per_defect_image_auroc
 from feddymem.sampling import greedy_coreset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,9 +53,7 @@ def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
         "seed": cfg.seed,
         **{k: v for k, v in metrics.as_dict().items()},
         # each test/<defect> folder against every good image
-        "per_defect": per_defect_image_auroc(
-            scores.labels, scores.image_scores, [s.defect for s in scores.samples]
-        ),
+        "per_defect": scores.per_defect(),
         "bytes_up": 0,
         "bytes_down": 0,
         "rounds": 0,
@@ -182,7 +179,7 @@ def speed(
             stages[name] += time.perf_counter() - t8
             differ[name] += int((idx != own_i).any(dim=1).sum())
             max_gap[name] = max(max_gap[name], float((dist - own_d).abs().max()))
-        z_again = det.embed(batch.images)
+        z_again = det.embed(batch.images)  # right after a network pass, as the others
         lhs = torch.ones((flat.shape[0], product_bank.shape[0]), dtype=torch.bfloat16)
         lhs[:, :-4] = z_again.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         t10 = time.perf_counter()

@@ -77,7 +77,6 @@ def cmd_fit(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from feddymem.data import scan
     from feddymem.detector import load_detector
-    from feddymem.metrics import per_defect_image_auroc
 
     det = load_detector(args.model, weights=args.weights)
     split = scan(args.data)
@@ -88,9 +87,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         metrics, scores = det.evaluate_with_scores(split.test, progress=bar.update)
     out: dict[str, Any] = {k: v for k, v in metrics.as_dict().items() if v is not None}
     # each test/<defect> folder against every good image: which kinds of defect it misses
-    out["per_defect"] = per_defect_image_auroc(
-        scores.labels, scores.image_scores, [s.defect for s in scores.samples]
-    )
+    out["per_defect"] = scores.per_defect()
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     if args.json:
         print(json.dumps(out, indent=2))

@@ -27,7 +27,7 @@ from feddymem.config import DetectorConfig, FeatureConfig, FedDyMemConfig, from_
 from feddymem.data import Batch, LoadReport, Sample, iter_batches, resolve_size
 from feddymem.features import PatchFeatureExtractor
 from feddymem.knn import NearestNeighbors
-from feddymem.metrics import DetectionMetrics, evaluate
+from feddymem.metrics import DetectionMetrics, evaluate, per_defect_image_auroc
 from feddymem.sampling import subsample
 
 log = logging.getLogger(__name__)
@@ -72,6 +72,13 @@ class DatasetScores:
     masks: np.ndarray | None  # (N, H, W) bool
     has_mask: np.ndarray | None  # (N,) bool
     report: LoadReport
+
+    def per_defect(self) -> dict[str, dict[str, float | int]]:
+        """Image AUROC of each ``test/<defect>`` folder against every good image
+        (:func:`feddymem.metrics.per_defect_image_auroc`)."""
+        return per_defect_image_auroc(
+            self.labels, self.image_scores, [s.defect for s in self.samples]
+        )
 
 
 def patch_scores(distances: torch.Tensor, *, scoring: str = "nearest") -> torch.Tensor:

@@ -78,8 +78,9 @@ def train_generator(
     `epochs` passes over the images in a seeded random order, `batch_size` images a step, each
     step minimising the metric loss of G(p(x)) against `memory` (one k-NN index serves every
     step: the memory does not change). `extra` (FedProx's proximal term, say) is added to every
-    step's loss with weight `extra_weight`. Returns the means over steps of the total loss, its
-    attraction and repulsion parts and the unweighted extra term (0 without one).
+    step's loss with weight `extra_weight`. Returns the means over steps of the total loss
+    (``loss``) and its attraction and repulsion parts (``loss_att``, ``loss_rep``), plus the
+    unweighted extra term (``loss_extra``) when there is one.
     """
     index = NearestNeighbors(memory.detach())
     order_gen = torch.Generator().manual_seed(seed)
@@ -104,4 +105,6 @@ def train_generator(
             sums["loss_rep"] += parts["loss_rep"]
             steps += 1
     generator.eval()
+    if extra is None:
+        del sums["loss_extra"]
     return {k: v / max(steps, 1) for k, v in sums.items()}

@@ -213,7 +213,7 @@ class FedDyMemClient:
         """E local epochs of the metric loss against M_g; returns the mean loss."""
         assert self.generator is not None and self.optimizer is not None
         cfg = self.config
-        metrics = train_generator(
+        return train_generator(
             self.generator,
             self.features(),
             global_memory.float(),
@@ -223,8 +223,6 @@ class FedDyMemClient:
             batch_size=cfg.train_batch_size,
             seed=cfg.seed * 100_003 + round_idx,
         )
-        del metrics["loss_extra"]
-        return metrics
 
     @torch.no_grad()
     def _build_memory(self, *, round_idx: int) -> ReducedMemory:

@@ -165,7 +165,7 @@ def per_defect_image_auroc(
         pick = normal | (y & (names == name))
         out[name] = {
             "n": int(np.count_nonzero(y & (names == name))),
-            "image_auroc": float(roc_auc_score(y[pick], s[pick])),
+            "image_auroc": image_auroc(y[pick], s[pick]),
         }
     return out
 

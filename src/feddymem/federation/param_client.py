@@ -175,7 +175,7 @@ class GeneratorSharingClient(FedDyMemClient):
             extra=(lambda: proximal_term(self.gen, reference)) if proximal_mu > 0 else None,
             extra_weight=0.5 * proximal_mu / self.loss.nu,
         )
-        metrics["loss_prox"] = metrics.pop("loss_extra")
+        metrics["loss_prox"] = metrics.pop("loss_extra", 0.0)  # reported for FedAvg too
         return metrics
 
     def fit_local(

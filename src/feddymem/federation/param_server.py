@@ -322,15 +322,10 @@ class _ParamRun:
                 continue
             row: dict[str, Any] = {"bytes_down": wire.message_size(messages[node]), "bytes_up": 0}
             rows[name] = row
-            reply = replies.get(node)
+            reply = self.participants.usable_reply(
+                replies, phase=phase, round_idx=round_idx, node=node, name=name
+            )
             if reply is None:
-                reason = (
-                    f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s "
-                    "(client died or too slow)"
-                )
-                self.participants.reject(
-                    phase=phase, round_idx=round_idx, node=node, name=name, reason=reason
-                )
                 continue
             row["bytes_up"] = wire.message_size(reply)
             try:
@@ -383,8 +378,7 @@ class _ParamRun:
         name: str,
         expected: Mapping[str, tuple[tuple[int, ...], np.dtype[Any]]],
     ) -> None:
-        if reply.has_error():
-            raise param_wire.UpdateRejected(f"client error: {reply.error.reason}")
+        """Raise UpdateRejected unless the (error-free) reply is this client's well-formed update."""
         reported = wire.identity_from_content(reply.content).name
         if reported != name:
             raise param_wire.UpdateRejected(f"reply names client {reported!r}, expected {name!r}")
@@ -470,26 +464,12 @@ class _ParamRun:
                 continue
             sizes = {"down": wire.message_size(messages[node]), "up": 0}
             self.eval_bytes[name] = sizes
-            reply = replies.get(node)
+            reply = self.participants.usable_reply(
+                replies, phase="evaluate", round_idx=None, node=node, name=name
+            )
             if reply is None:
-                self.participants.reject(
-                    phase="evaluate",
-                    round_idx=None,
-                    node=node,
-                    name=name,
-                    reason=f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s",
-                )
                 continue
             sizes["up"] = wire.message_size(reply)
-            if reply.has_error():
-                self.participants.reject(
-                    phase="evaluate",
-                    round_idx=None,
-                    node=node,
-                    name=name,
-                    reason=f"client error: {reply.error.reason}",
-                )
-                continue
             try:
                 identity = wire.identity_from_content(reply.content)
                 metrics: dict[str, Any] = dict(wire.metrics_from_content(reply.content))

@@ -111,6 +111,29 @@ class Participants:
         replies = self.grid.send_and_receive(list(messages.values()), timeout=timeout)
         return {reply.metadata.src_node_id: reply for reply in replies}
 
+    def usable_reply(
+        self,
+        replies: Mapping[int, Message],
+        *,
+        phase: str,
+        round_idx: int | None,
+        node: int,
+        name: str,
+    ) -> Message | None:
+        """The node's reply, or None (and the client dropped, with why) if it has none or erred."""
+        reply = replies.get(node)
+        if reply is None:
+            reason = (
+                f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s "
+                "(client died or too slow)"
+            )
+        elif reply.has_error():
+            reason = f"client error: {reply.error.reason}"
+        else:
+            return reply
+        self.reject(phase=phase, round_idx=round_idx, node=node, name=name, reason=reason)
+        return None
+
     def connect(self) -> dict[int, str]:
         """Wait for the nodes, ask their names: node id -> client name of the active clients
         that connected, each once; FederationError when fewer than min_clients are left."""

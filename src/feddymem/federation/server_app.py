@@ -134,31 +134,6 @@ class _Run:
             run_id=self.state.run_id,
         )
 
-    def _usable_reply(
-        self,
-        replies: Mapping[int, Message],
-        *,
-        phase: str,
-        round_idx: int | None,
-        node: int,
-        name: str,
-    ) -> Message | None:
-        """The node's reply, or None (and the client dropped, with why) if it has none or erred."""
-        reply = replies.get(node)
-        if reply is None:
-            reason = (
-                f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s "
-                "(client died or too slow)"
-            )
-        elif reply.has_error():
-            reason = f"client error: {reply.error.reason}"
-        else:
-            return reply
-        self.participants.reject(
-            phase=phase, round_idx=round_idx, node=node, name=name, reason=reason
-        )
-        return None
-
     def _content(self, round_idx: int, *, with_memory: bool) -> RecordDict:
         content = RecordDict(
             {
@@ -189,7 +164,7 @@ class _Run:
             row: dict[str, Any] = {"bytes_down": wire.message_size(messages[node]), "bytes_up": 0}
             rows[name] = row
             nodes_of[name] = node
-            reply = self._usable_reply(
+            reply = self.participants.usable_reply(
                 replies, phase="train", round_idx=round_idx, node=node, name=name
             )
             if reply is None:
@@ -280,7 +255,7 @@ class _Run:
         for node, name in sorted(roster.items(), key=lambda item: item[1]):
             sizes = {"down": wire.message_size(messages[node]), "up": 0}
             self.eval_bytes[name] = sizes
-            reply = self._usable_reply(
+            reply = self.participants.usable_reply(
                 replies, phase="evaluate", round_idx=None, node=node, name=name
             )
             if reply is None:

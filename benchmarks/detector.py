@@ -330,6 +330,11 @@ def main() -> None:
         action="store_true",
         help="rebuild each memory bank with the threshold's held-out normals in it",
     )
+    parser.add_argument(
+        "--tap-balance",
+        action="store_true",
+        help="scale each tap so its channels have the same mean variance over the training patches",
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -342,6 +347,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, backbone=args.backbone)
     if args.refit:
         cfg = dataclasses.replace(cfg, refit_with_calibration=True)
+    if args.tap_balance:
+        cfg = dataclasses.replace(cfg, tap_balance=True)
     if args.layers is not None:
         cfg = dataclasses.replace(cfg, layers=tuple(args.layers.split(",")))
     if args.topk_fraction is not None:

@@ -211,3 +211,45 @@ def test_knn_backends_score_alike(fitted: tuple[PatchCoreDetector, Path]) -> Non
     a, b = det.score(images), other.score(images)
     torch.testing.assert_close(a.image_scores, b.image_scores)
     torch.testing.assert_close(a.anomaly_maps, b.anomaly_maps)
+
+
+def test_tap_balance_equalises_the_taps_and_travels_with_the_model(tmp_path: Path) -> None:
+    from feddymem.detector import tap_balance_scale
+    from tests.conftest import make_texture_tree
+
+    # Two "taps": 2 channels of variance 100 and 3 of variance 1 -> factors 0.1 and 1.
+    gen = torch.Generator().manual_seed(0)
+    bank = torch.cat(
+        [torch.randn(4096, 2, generator=gen) * 10, torch.randn(4096, 3, generator=gen)], 1
+    )
+    scale = tap_balance_scale(bank, (2, 3))
+    balanced = (bank * scale).var(dim=0)
+    assert balanced[:2].mean() == pytest.approx(1.0, rel=0.1)
+    assert balanced[2:].mean() == pytest.approx(1.0, rel=0.1)
+    with pytest.raises(ValueError, match="do not make"):
+        tap_balance_scale(bank, (2, 2))
+    with pytest.raises(ValueError, match="constant"):
+        tap_balance_scale(torch.ones(64, 5), (2, 3))
+
+    root = make_texture_tree(tmp_path / "brick", n_train=15)
+    det = PatchCoreDetector(DetectorConfig(**{**CFG.__dict__, "tap_balance": True}))
+    det.fit(scan(root).train)
+    assert det.feature_scale_ is not None
+    channels = det.extractor.tap_channels
+    assert det.feature_scale_.shape == (sum(channels),)
+    # one factor per tap, and the memory lives in the balanced space
+    assert len(set(det.feature_scale_[: channels[0]].tolist())) == 1
+    assert len(set(det.feature_scale_.tolist())) == len(channels)
+    images = torch.rand(2, 3, 64, 64)
+    before = det.score(images).image_scores
+    det.save(tmp_path / "bal.pt")
+    loaded = load_detector(tmp_path / "bal.pt")
+    assert loaded.feature_scale_ is not None
+    assert torch.equal(loaded.feature_scale_, det.feature_scale_)
+    assert torch.allclose(loaded.score(images).image_scores, before)
+    # a tampered scale is refused with the file's name
+    state = torch.load(tmp_path / "bal.pt", weights_only=True)
+    state["feature_scale"] = state["feature_scale"][:3]
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ModelFileError, match="bad.pt: feature_scale"):
+        load_detector(tmp_path / "bad.pt")

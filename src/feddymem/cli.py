@@ -44,6 +44,7 @@ def _detector_config(args: argparse.Namespace) -> Any:
         image_score=args.image_score,
         threshold_quantile=args.threshold_quantile,
         refit_with_calibration=args.refit,
+        tap_balance=args.tap_balance,
         seed=args.seed,
     )
 
@@ -401,6 +402,12 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="once the threshold is set on the held-out normals, rebuild the memory bank from "
         "every training image, the held-out ones included (the coreset runs twice)",
+    )
+    g.add_argument(
+        "--tap-balance",
+        action="store_true",
+        help="scale each tapped stage so its channels have the same mean variance over the "
+        "training patches (the scales are fitted and saved with the model)",
     )
     g.add_argument(
         "--seed", type=int, default=0, help="seed of every random step (default: %(default)s)"

@@ -81,6 +81,9 @@ class DetectorConfig(FeatureConfig):
     calibration_fraction: float = 0.1  # normal training images held out to set the threshold
     # once the threshold is set, rebuild the memory bank with the held-out images in it
     refit_with_calibration: bool = False
+    # scale each tapped stage so its channels have the same mean variance over the training
+    # patches (fitted, saved with the model); off: the taps' raw scales, as PatchCore
+    tap_balance: bool = False
     threshold_quantile: float = 0.99
     knn_backend: Literal["faiss", "torch"] = "torch"
     seed: int = 0

@@ -42,7 +42,8 @@ class PatchFeatureExtractor(nn.Module):
         if unknown:
             raise BackboneError(f"{backbone} has no tap(s) {unknown}; taps: {sorted(spec.taps)}")
         self.backbone_name = backbone
-        self.out_channels = sum(spec.taps[layer].channels for layer in self.layers)
+        self.tap_channels = tuple(spec.taps[layer].channels for layer in self.layers)
+        self.out_channels = sum(self.tap_channels)
         self.stride = min(spec.taps[layer].stride for layer in self.layers)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)

@@ -16,6 +16,7 @@ from feddymem.detector import (
     PatchCoreDetector,
     load_detector,
     patch_scores,
+    tap_balance_scale,
 )
 
 CFG = DetectorConfig(image_size=64, batch_size=8, coreset_ratio=0.1, calibration_fraction=0.2)
@@ -214,7 +215,6 @@ def test_knn_backends_score_alike(fitted: tuple[PatchCoreDetector, Path]) -> Non
 
 
 def test_tap_balance_equalises_the_taps_and_travels_with_the_model(tmp_path: Path) -> None:
-    from feddymem.detector import tap_balance_scale
     from tests.conftest import make_texture_tree
 
     # Two "taps": 2 channels of variance 100 and 3 of variance 1 -> factors 0.1 and 1.
@@ -251,5 +251,5 @@ def test_tap_balance_equalises_the_taps_and_travels_with_the_model(tmp_path: Pat
     state = torch.load(tmp_path / "bal.pt", weights_only=True)
     state["feature_scale"] = state["feature_scale"][:3]
     torch.save(state, tmp_path / "bad.pt")
-    with pytest.raises(ModelFileError, match="bad.pt: feature_scale"):
+    with pytest.raises(ModelFileError, match=r"bad\.pt: feature_scale"):
         load_detector(tmp_path / "bad.pt")

@@ -63,6 +63,13 @@ def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
         "image_hw": list(det.image_hw_ or ()),
         "memory_items": int(det.memory_.shape[0]),
         "memory_mb": round(det.memory_.numel() * 4 / 2**20, 3),
+        # --tap-balance: each tap's fitted factor (1 / sqrt(mean channel variance))
+        "tap_scale": None
+        if det.feature_scale_ is None
+        else [
+            round(float(part[0]), 4)
+            for part in det.feature_scale_.split(list(det.extractor.tap_channels))
+        ],
         "peak_rss_mb": round(peak_rss_mb(), 1),
     }
     print(json.dumps(row), flush=True)

@@ -169,11 +169,18 @@ class MemoryBankDetector:
         if self.memory_ is None or self._index is None or self.image_hw_ is None:
             raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")
 
-    def embed(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, 3, H_in, W_in) -> z(x), (B, d, H, W): features, then the generator if any."""
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in) -> p(x), (B, D, H, W), times `feature_scale_` when one is fitted
+        (in place: the extractor's output is a fresh tensor)."""
         feats = self.extractor(images)
         if self.feature_scale_ is not None:
-            feats = feats * self.feature_scale_.view(1, -1, 1, 1)
+            feats.mul_(self.feature_scale_.view(1, -1, 1, 1))
+        return feats
+
+    def embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in) -> z(x), (B, d, H, W): features, then the generator if any."""
+        feats = self.features(images)
         if self.generator is not None:
             with torch.inference_mode():
                 feats = self.generator(feats)
@@ -349,7 +356,7 @@ class MemoryBankDetector:
             report=report,
         ):
             any_batch = True
-            yield self.extractor(batch.images)
+            yield self.features(batch.images)
             if progress is not None:
                 progress(len(batch.samples))
         if not any_batch:
@@ -540,16 +547,13 @@ class PatchCoreDetector(MemoryBankDetector):
         image_hw: tuple[int, int],
         progress: Callable[[int], None] | None,
     ) -> torch.Tensor:
-        """Every patch vector of `samples`, (N * H * W, D), scaled by `feature_scale_` if set."""
-        bank = torch.cat(
+        """Every patch vector of `samples`, (N * H * W, D)."""
+        return torch.cat(
             [
                 z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
                 for z in self._train_features(samples, image_hw=image_hw, progress=progress)
             ]
         )
-        if self.feature_scale_ is not None:
-            bank *= self.feature_scale_
-        return bank
 
     def _install_coreset(self, bank: torch.Tensor, *, image_hw: tuple[int, int]) -> None:
         """Subsample `bank` as the config says and make it the memory."""
@@ -573,15 +577,10 @@ def tap_balance_scale(bank: torch.Tensor, tap_channels: Sequence[int]) -> torch.
         raise ValueError(f"taps of {list(tap_channels)} channels do not make D={bank.shape[1]}")
     # every 16th row: the variances to three digits at a fraction of the cost
     variance = bank[::16].double().var(dim=0)
-    scale = torch.empty(bank.shape[1], dtype=torch.float64)
-    lo = 0
-    for channels in tap_channels:
-        mean_var = float(variance[lo : lo + channels].mean())
-        if not mean_var > 0.0:
-            raise ValueError(f"the tap of channels {lo}-{lo + channels - 1} is constant")
-        scale[lo : lo + channels] = mean_var**-0.5
-        lo += channels
-    return scale.float()
+    per_tap = torch.stack([v.mean() for v in variance.split(list(tap_channels))])
+    if not bool((per_tap > 0).all()):
+        raise ValueError(f"a tap is constant over the bank (mean variances {per_tap.tolist()})")
+    return per_tap.rsqrt().repeat_interleave(torch.tensor(tap_channels)).float()
 
 
 def split_calibration(

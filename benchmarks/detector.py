@@ -31,6 +31,8 @@ from feddymem.knn import NearestNeighbors
 from feddymem.sampling import greedy_coreset
 
 REPO = Path(__file__).resolve().parents[1]
+# (k-means cells, cells probed per query) of the approximate searches `--only speed` times
+IVF_SETTINGS = ((32, 1), (32, 4))
 SHARED = Path(os.environ.get("FEDDYMEM_SHARED_DATA", REPO.parent / "shared" / "data"))
 
 
@@ -146,6 +148,23 @@ def speed(
     # detector's own search runs), and where their neighbours differ from its.
     faiss_index = NearestNeighbors(det.memory_, backend="faiss")
     float32_index = NearestNeighbors(det.memory_, backend="torch", screen=False)
+    # An approximate search for comparison: faiss's inverted-file index (k-means cells, exact
+    # distances inside the cells probed), at the probes that keep most neighbours exact.
+    import faiss
+
+    faiss.omp_set_num_threads(torch.get_num_threads())
+    bank_np = det.memory_.numpy()
+    ivf_indexes = {}
+    for cells, probes in IVF_SETTINGS:
+        ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(bank_np.shape[1]), bank_np.shape[1], cells)
+        ivf.cp.seed = cfg.seed
+        ivf.train(bank_np)
+        ivf.add(bank_np)
+        ivf.nprobe = probes
+        ivf_indexes[f"knn_faiss_ivf{cells}_probe{probes}"] = ivf
+    ivf_stats = {
+        name: {"s": 0.0, "differ": 0, "excess": 0.0, "exact_sum": 0.0} for name in ivf_indexes
+    }
     stages = {
         "decode": 0.0,
         "features": 0.0,
@@ -201,6 +220,18 @@ def speed(
             stages[name] += time.perf_counter() - t8
             differ[name] += int((idx != own_i).any(dim=1).sum())
             max_gap[name] = max(max_gap[name], float((dist - own_d).abs().max()))
+        for name, ivf in ivf_indexes.items():
+            z_again = det.embed(batch.images)  # right after a network pass, as the others
+            queries_np = z_again.permute(0, 2, 3, 1).reshape(-1, z.shape[1]).numpy()
+            t11 = time.perf_counter()
+            d2_ivf, idx_ivf = ivf.search(queries_np, cfg.num_neighbors)
+            ivf_stats[name]["s"] += time.perf_counter() - t11
+            found = torch.from_numpy(idx_ivf)
+            ivf_stats[name]["differ"] += int((found != own_i).any(dim=1).sum())
+            # how much farther the approximate nearest is, relative to the exact one, in all
+            nearest = torch.from_numpy(d2_ivf[:, 0]).clamp_min(0).sqrt()
+            ivf_stats[name]["excess"] += float((nearest - own_d[:, 0]).clamp_min(0).sum())
+            ivf_stats[name]["exact_sum"] += float(own_d[:, 0].sum())
         z_again = det.embed(batch.images)  # right after a network pass, as the others
         lhs = torch.ones((flat.shape[0], product_bank.shape[0]), dtype=torch.bfloat16)
         lhs[:, :-4] = z_again.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
@@ -260,6 +291,17 @@ def speed(
         "knn_gflop_s": round(knn_gflops / stages["knn"], 1),
         "knn_float32_gflop_s": round(knn_gflops / stages["knn_float32"], 1),
         "knn_faiss_gflop_s": round(knn_gflops / stages["knn_faiss"], 1),
+        # the approximate inverted-file searches: time as a share of the forward-only time,
+        # queries whose nearest item differs from the exact search's, and the summed excess
+        # distance over the summed exact distance (how much the patch scores rise)
+        "knn_approximate": {
+            name: {
+                "share_of_forward": round(st["s"] / forward_s, 3),
+                "queries_differing": st["differ"],
+                "distance_excess": float(f"{st['excess'] / max(st['exact_sum'], 1e-12):.3g}"),
+            }
+            for name, st in ivf_stats.items()
+        },
         "knn_speedup_over_float32": round(stages["knn_float32"] / stages["knn"], 2),
         # queries whose neighbours differ from the detector's k-NN, and the largest distance gap
         "knn_queries": queries,

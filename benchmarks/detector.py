@@ -156,6 +156,8 @@ def speed(
     bank_np = det.memory_.numpy()
     ivf_indexes = {}
     for cells, probes in IVF_SETTINGS:
+        if cells > bank_np.shape[0]:  # k-means needs at least one item a cell
+            continue
         ivf = faiss.IndexIVFFlat(faiss.IndexFlatL2(bank_np.shape[1]), bank_np.shape[1], cells)
         ivf.cp.seed = cfg.seed
         ivf.train(bank_np)

@@ -1,0 +1,50 @@
+"""`benchmarks/detector.py --only speed` on a tiny tree: the figures it prints hold together."""
+
+from __future__ import annotations
+
+import importlib.util
+import statistics
+from pathlib import Path
+
+import pytest
+
+from feddymem.config import DetectorConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location(
+        "bench_detector", REPO / "benchmarks" / "detector.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_speed_pairs_its_timings_and_checks_the_search(bench, texture_tree: Path) -> None:
+    cfg = DetectorConfig(keep_aspect=False, image_size=224, coreset_ratio=0.05)
+    out = bench.speed(texture_tree, cfg, n_fit=12, n_score=32, repeats=3)
+    # one paired ratio a repeat, and the reported overheads are their medians
+    for key in ("detector_overhead", "detector_overhead_without_decode"):
+        runs = out[f"{key}_runs"]
+        assert len(runs) == 3
+        assert out[key] == pytest.approx(statistics.median(runs), abs=1e-3)
+    assert out["scored_images"] == 32
+    assert out["knn_queries"] == 32 * 28 * 28
+    # the detector's screen is exact: no query differs from the float64 brute force
+    assert out["knn_queries_differing_from_float64"]["knn"] == 0
+    approximate = out["knn_approximate"]
+    assert set(approximate) == {
+        f"knn_faiss_ivf{cells}_probe{probes}" for cells, probes in bench.IVF_SETTINGS
+    }
+    for figures in approximate.values():
+        assert 0 <= figures["queries_differing"] <= out["knn_queries"]
+        assert figures["distance_excess"] >= 0.0
+    # probing more cells can only find nearer items
+    assert (
+        approximate["knn_faiss_ivf32_probe4"]["queries_differing"]
+        <= approximate["knn_faiss_ivf32_probe1"]["queries_differing"]
+    )

@@ -20,6 +20,7 @@ import statistics
 import time
 from pathlib import Path
 
+import faiss
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -104,14 +105,10 @@ def speed(
         )
     ]
     extractor = det.extractor
-
-    def forward_only(images: torch.Tensor) -> None:
-        # what the detector's own feature pass runs: normalisation and the optimised network,
-        # in inference mode, without the aggregation
-        with torch.inference_mode():
-            extractor._network((images - extractor.mean) / extractor.std)
-
-    extractor(batches[0])  # warm-up (and the one-off tracing of the optimised graph)
+    # forward-only: what the detector's feature pass runs before aggregating (normalisation
+    # and the optimised network, in inference mode)
+    forward_only = extractor.taps
+    # warm-up, the first call tracing the optimised graph
     for images in batches[:3]:
         forward_only(images)
         det.score(images)
@@ -150,8 +147,6 @@ def speed(
     float32_index = NearestNeighbors(det.memory_, backend="torch", screen=False)
     # An approximate search for comparison: faiss's inverted-file index (k-means cells, exact
     # distances inside the cells probed), at the probes that keep most neighbours exact.
-    import faiss
-
     faiss.omp_set_num_threads(torch.get_num_threads())
     bank_np = det.memory_.numpy()
     ivf_indexes = {}

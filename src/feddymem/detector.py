@@ -518,7 +518,7 @@ class PatchCoreDetector(MemoryBankDetector):
         train, calib, image_hw = self._fit_split(
             samples, fraction=cfg.calibration_fraction, seed=cfg.seed
         )
-        self.feature_scale_ = None
+        self.feature_scale_ = None  # the factors (if any) are fitted on the raw features
         bank = self._patch_bank(train, image_hw=image_hw, progress=progress)
         if cfg.tap_balance:
             self.feature_scale_ = tap_balance_scale(bank, self.extractor.tap_channels)
@@ -575,7 +575,7 @@ def tap_balance_scale(bank: torch.Tensor, tap_channels: Sequence[int]) -> torch.
     """
     if sum(tap_channels) != bank.shape[1]:
         raise ValueError(f"taps of {list(tap_channels)} channels do not make D={bank.shape[1]}")
-    # every 16th row: the variances to three digits at a fraction of the cost
+    # every 16th row: a real bank has hundreds of thousands, so tens of thousands remain
     variance = bank[::16].double().var(dim=0)
     per_tap = torch.stack([v.mean() for v in variance.split(list(tap_channels))])
     if not bool((per_tap > 0).all()):

@@ -94,6 +94,12 @@ class PatchFeatureExtractor(nn.Module):
         return self
 
     @torch.inference_mode()
+    def taps(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """(B, 3, H_in, W_in) in [0, 1] -> the backbone's tapped stages, before aggregation:
+        the backbone's normalisation, then the (optimised) network."""
+        return self._network((images - self.mean) / self.std)
+
+    @torch.inference_mode()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H_in, W_in) in [0, 1] -> p(x), (B, D, H_in / stride, W_in / stride).
 
@@ -101,8 +107,7 @@ class PatchFeatureExtractor(nn.Module):
         upsampling take PyTorch's channels-last kernels, and the (B * H * W, D) patch vectors
         that the memory bank and the k-NN take are then a view, not a copy.
         """
-        x = (images - self.mean) / self.std
-        taps = self._network(x)
+        taps = self.taps(images)
         grid = self.grid_size((images.shape[-2], images.shape[-1]))
         maps = []
         for layer in self.layers:

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from feddymem.allocator import keep_freed_memory
 from feddymem.config import DetectorConfig, FedDyMemConfig, from_dict
 from feddymem.data import export_elpv, scan
 from feddymem.detector import PatchCoreDetector
@@ -502,6 +503,7 @@ def main() -> None:
         help="memory: global memory sizes as multiples of the client size",
     )
     args = parser.parse_args()
+    keep_freed_memory()  # as the feddymem command does
     if args.feature_cache is None:
         args.feature_cache = args.out / "feature-cache"
     torch.set_num_threads(2)

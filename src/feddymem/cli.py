@@ -638,6 +638,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from feddymem.allocator import keep_freed_memory
+
+    keep_freed_memory()  # every command's tensors come and go by the batch
     from feddymem.backbones import BackboneError
     from feddymem.config import ConfigError
     from feddymem.data import DataError

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from feddymem.allocator import keep_freed_memory
 from feddymem.config import FedDyMemConfig
 from feddymem.federation import wire
 from feddymem.federation.applog import ensure_app_logging
@@ -114,6 +115,7 @@ def guarded(handler: Handler, *, app: str = "FedDyMem") -> Handler:
 def build_client_app(*, defaults: Mapping[str, Value] | None = None) -> ClientApp:
     """A ClientApp whose run-config values fall back to `defaults` (a simulation sets them)."""
     fallback: dict[str, Value] = dict(defaults or {})
+    keep_freed_memory()  # the process that runs the app reuses freed memory
     app = ClientApp()
 
     def settings(context: Context) -> SiteSettings:

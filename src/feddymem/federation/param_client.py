@@ -31,6 +31,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from feddymem.allocator import keep_freed_memory
 from feddymem.autoencoder import (
     AutoencoderConfig,
     AutoencoderDetector,
@@ -387,6 +388,7 @@ def _arrays(content: RecordDict) -> ArrayRecord:
 def build_param_client_app(*, defaults: Mapping[str, Value] | None = None) -> ClientApp:
     """The parameter-sharing ClientApp; run-config values fall back to `defaults`."""
     fallback: dict[str, Value] = dict(defaults or {})
+    keep_freed_memory()  # the process that runs the app reuses freed memory
     app = ClientApp()
 
     def settings(context: Context) -> SiteSettings:

@@ -49,6 +49,7 @@ from flwr.serverapp.strategy import FedAvg, FedProx
 from flwr.supercore.run import Run
 
 import feddymem
+from feddymem.allocator import keep_freed_memory
 from feddymem.autoencoder import AutoencoderConfig, FeatureAutoencoder
 from feddymem.backbones import BackboneError, get_backbone
 from feddymem.config import FeatureConfig, FedDyMemConfig, to_dict
@@ -602,6 +603,7 @@ def serve_param_sharing(grid: Grid, settings: ParamSettings) -> dict[str, Any]:
 def build_param_server_app(*, defaults: Mapping[str, Value] | None = None) -> ServerApp:
     """The parameter-sharing ServerApp; run-config values fall back to `defaults`."""
     fallback: dict[str, Value] = dict(defaults or {})
+    keep_freed_memory()  # the process that runs the app reuses freed memory
     app = ServerApp()
 
     @app.main()

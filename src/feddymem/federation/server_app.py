@@ -35,6 +35,7 @@ from flwr.serverapp import Grid, ServerApp
 
 import feddymem
 from feddymem.aggregate import aggregate_memories
+from feddymem.allocator import keep_freed_memory
 from feddymem.federation import wire
 from feddymem.federation.applog import ensure_app_logging
 from feddymem.federation.checkpoint import (
@@ -374,6 +375,7 @@ def serve(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
 def build_server_app(*, defaults: Mapping[str, Value] | None = None) -> ServerApp:
     """A ServerApp whose run-config values fall back to `defaults` (a simulation sets them)."""
     fallback: dict[str, Value] = dict(defaults or {})
+    keep_freed_memory()  # the process that runs the app reuses freed memory
     app = ServerApp()
 
     @app.main()

@@ -24,7 +24,7 @@ import faiss
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from feddymem.allocator import keep_freed_memory
+from feddymem.allocator import keep_freed_memory, keeping_freed_memory
 from feddymem.config import DetectorConfig
 from feddymem.data import Sample, export_elpv, iter_batches, scan
 from feddymem.detector import PatchCoreDetector, patch_scores
@@ -273,7 +273,7 @@ def speed(
             det.index.screen_candidates / max(det.index.screened_queries, 1), 2
         ),
         "repeats": repeats,
-        "allocator_keeps_freed_memory": keep_freed_memory(),
+        "allocator_keeps_freed_memory": keeping_freed_memory(),
         "scoring_minor_page_faults": usage_after.ru_minflt - usage_before.ru_minflt,
         "scoring_system_s": round(usage_after.ru_stime - usage_before.ru_stime, 2),
         "scoring_user_s": round(usage_after.ru_utime - usage_before.ru_utime, 2),

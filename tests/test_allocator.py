@@ -15,7 +15,8 @@ import pytest
 _CHILD = """
 import json, resource
 import torch
-from feddymem.allocator import keep_freed_memory
+from feddymem.allocator import keep_freed_memory, keeping_freed_memory
+before_call = keeping_freed_memory()
 applied = keep_freed_memory()
 torch.set_num_threads(2)
 from feddymem.features import PatchFeatureExtractor
@@ -26,7 +27,8 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 for _ in range(5):
     net(x)
 faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-print(json.dumps({"applied": applied, "again": keep_freed_memory(), "faults": faults}))
+print(json.dumps({"before": before_call, "applied": applied, "again": keep_freed_memory(),
+                  "now": keeping_freed_memory(), "faults": faults}))
 """
 
 
@@ -48,8 +50,9 @@ def _child(**env: str) -> dict[str, object]:
 def test_freed_memory_is_reused_without_page_faults() -> None:
     kept = _child()
     default = _child(FEDDYMEM_KEEP_FREED_MEMORY="0")
-    assert kept["applied"] is True and kept["again"] is True
-    assert default["applied"] is False
+    assert kept["before"] is False and kept["applied"] is True
+    assert kept["again"] is True and kept["now"] is True
+    assert default["applied"] is False and default["now"] is False
     if default["faults"] < 10_000:
         pytest.skip(f"this allocator reuses freed memory by itself ({default['faults']} faults)")
     # by default the activations come back from the kernel at every pass (about 24,000 pages

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from feddymem.allocator import keeping_freed_memory
 from feddymem.config import DetectorConfig
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,3 +49,8 @@ def test_speed_pairs_its_timings_and_checks_the_search(bench, texture_tree: Path
         approximate["knn_faiss_ivf32_probe4"]["queries_differing"]
         <= approximate["knn_faiss_ivf32_probe1"]["queries_differing"]
     )
+    # what the kernel did while scoring, and the allocator setting it ran under, as this
+    # process has it (the report only asks)
+    assert out["scoring_minor_page_faults"] >= 0
+    assert out["scoring_system_s"] >= 0.0 and out["scoring_user_s"] > 0.0
+    assert out["allocator_keeps_freed_memory"] is keeping_freed_memory()

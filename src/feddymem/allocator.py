@@ -28,7 +28,7 @@ import logging
 import os
 import sys
 
-__all__ = ["keep_freed_memory"]
+__all__ = ["keep_freed_memory", "keeping_freed_memory"]
 
 log = logging.getLogger(__name__)
 
@@ -90,3 +90,9 @@ def keep_freed_memory() -> bool:
     if not _applied:
         log.debug("glibc refused the allocator settings; its defaults stay")
     return _applied
+
+
+def keeping_freed_memory() -> bool:
+    """Whether :func:`keep_freed_memory` has put its settings in force in this process (a
+    report's question: it changes nothing)."""
+    return _applied is True

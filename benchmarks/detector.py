@@ -36,6 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 # (k-means cells, cells probed per query) of the approximate searches `--only speed` times
 IVF_SETTINGS = ((32, 1), (32, 4))
 SHARED = Path(os.environ.get("FEDDYMEM_SHARED_DATA", REPO.parent / "shared" / "data"))
+# feature dimensions of the shortened products timed next to the full one (knn_bf16_product_d*)
+PRODUCT_DIMS = (32, 64)
 
 
 def peak_rss_mb() -> float:
@@ -130,8 +132,9 @@ def speed(
         t3 = time.perf_counter()
         scores = det.score_samples(samples)
         e2e_runs.append(time.perf_counter() - t3)
-    # what the kernel did for the process meanwhile: page faults (fresh pages for memory the
-    # allocator had given back) and the time spent in the kernel (feddymem.allocator)
+    # what the kernel did for the process over the timed repeats above (forward-only, pre-decoded
+    # and end-to-end passes): page faults (fresh pages for memory the allocator had given back)
+    # and the time spent in the kernel (feddymem.allocator)
     usage_after = resource.getrusage(resource.RUSAGE_SELF)
     forward_s, e2e_s = statistics.median(forward_runs), statistics.median(e2e_runs)
     predecoded_s = statistics.median(decoded_runs)
@@ -175,6 +178,9 @@ def speed(
         "knn_float32": 0.0,
         "knn_faiss": 0.0,
         "knn_bf16_product": 0.0,
+        # the same product over the first d feature dimensions only: how much of its cost is
+        # the arithmetic (which scales with d) and how much writing the (queries, items) scores
+        **{f"knn_bf16_product_d{d}": 0.0 for d in PRODUCT_DIMS},
     }
     differ = {"knn_float32": 0, "knn_faiss": 0}
     # and, on the first 4,096 queries, where each differs from a float64 brute force
@@ -237,10 +243,18 @@ def speed(
         z_again = det.embed(batch.images)  # right after a network pass, as the others
         lhs = torch.ones((flat.shape[0], product_bank.shape[0]), dtype=torch.bfloat16)
         lhs[:, :-4] = z_again.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
-        t10 = time.perf_counter()
-        for lo in range(0, lhs.shape[0], 1024):
-            lhs[lo : lo + 1024] @ product_bank
-        stages["knn_bf16_product"] += time.perf_counter() - t10
+        factors = {"knn_bf16_product": (lhs, product_bank)}
+        for d in PRODUCT_DIMS:
+            keep = [*range(d), *range(product_bank.shape[0] - 4, product_bank.shape[0])]
+            factors[f"knn_bf16_product_d{d}"] = (
+                lhs[:, keep].contiguous(),
+                product_bank[keep].contiguous(),
+            )
+        for name, (left, right) in factors.items():
+            t10 = time.perf_counter()
+            for lo in range(0, left.shape[0], 1024):
+                left[lo : lo + 1024] @ right
+            stages[name] += time.perf_counter() - t10
         stages["features"] += t6 - t5
         stages["knn"] += t7 - t6
     # The k-NN's arithmetic rate: 2 * queries * memory items * dimensions flops.

@@ -9,15 +9,18 @@ import sys
 
 import pytest
 
-# A child process: the allocator setting (or not), then the default backbone's patch features
-# for one batch, five times over, as scoring runs batch after batch; it prints the setting's
-# answer and the minor page faults of the five passes.
+# A child process: the allocator setting (or not), then (unless told "switch-only") the default
+# backbone's patch features for one batch, five times over, as scoring runs batch after batch;
+# it prints the setting's answer and the minor page faults of the five passes.
 _CHILD = """
-import json, resource
+import json, resource, sys
 import torch
 from feddymem.allocator import keep_freed_memory, keeping_freed_memory
 before_call = keeping_freed_memory()
 applied = keep_freed_memory()
+if sys.argv[1:] == ["switch-only"]:
+    print(json.dumps({"applied": applied}))
+    raise SystemExit
 torch.set_num_threads(2)
 from feddymem.features import PatchFeatureExtractor
 net = PatchFeatureExtractor(backbone="efficientnet_lite0")
@@ -32,11 +35,11 @@ print(json.dumps({"before": before_call, "applied": applied, "again": keep_freed
 """
 
 
-def _child(**env: str) -> dict[str, object]:
+def _child(*args: str, **env: str) -> dict[str, object]:
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MALLOC_", "GLIBC_"))}
     clean.pop("FEDDYMEM_KEEP_FREED_MEMORY", None)
     out = subprocess.run(
-        [sys.executable, "-c", _CHILD],
+        [sys.executable, "-c", _CHILD, *args],
         env={**clean, **env},
         capture_output=True,
         text=True,
@@ -61,5 +64,14 @@ def test_freed_memory_is_reused_without_page_faults() -> None:
 
 
 def test_the_environment_rules_over_it() -> None:
-    assert _child(MALLOC_TRIM_THRESHOLD_="131072")["applied"] is False
-    assert _child(FEDDYMEM_KEEP_FREED_MEMORY="off")["applied"] is False
+    assert _child("switch-only", MALLOC_TRIM_THRESHOLD_="131072")["applied"] is False
+    assert (
+        _child("switch-only", GLIBC_TUNABLES="glibc.malloc.trim_threshold=131072")["applied"]
+        is False
+    )
+    assert _child("switch-only", FEDDYMEM_KEEP_FREED_MEMORY="off")["applied"] is False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator only")
+def test_tunables_of_other_parts_of_glibc_do_not_stop_it() -> None:
+    assert _child("switch-only", GLIBC_TUNABLES="glibc.pthread.rseq=0")["applied"] is True

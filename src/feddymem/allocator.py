@@ -16,14 +16,14 @@ between batches. This is what PyTorch's CPU performance guides get from preloadi
 tcmalloc, done with glibc's own ``mallopt`` so it needs no system library and no
 ``LD_PRELOAD``. The entry points call it: the ``feddymem`` command, the Flower apps (so the
 simulation's worker processes and deployed SuperNodes run with it) and the benchmark scripts.
-``FEDDYMEM_KEEP_FREED_MEMORY=0`` turns it off; ``MALLOC_*`` settings or ``GLIBC_TUNABLES`` in
-the environment are left to rule instead. Elsewhere than glibc (musl, macOS) it does nothing.
+``FEDDYMEM_KEEP_FREED_MEMORY=0`` turns it off; the user's own ``MALLOC_MMAP_THRESHOLD_``,
+``MALLOC_TRIM_THRESHOLD_``, ``MALLOC_TOP_PAD_`` or ``glibc.malloc`` tunables in the environment
+are left to rule instead. Elsewhere than glibc (musl, macOS) it does nothing.
 """
 
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import logging
 import os
 import sys
@@ -45,12 +45,9 @@ _TRIM_THRESHOLD = 1 << 30
 # (address space only: pages are touched, and counted as resident, when used).
 _TOP_PAD = 256 << 20
 _ENV_SWITCH = "FEDDYMEM_KEEP_FREED_MEMORY"
-_USER_SETTINGS = (
-    "GLIBC_TUNABLES",
-    "MALLOC_MMAP_THRESHOLD_",
-    "MALLOC_TRIM_THRESHOLD_",
-    "MALLOC_TOP_PAD_",
-)
+# The user's own settings of the same three, which rule instead (GLIBC_TUNABLES counts when it
+# sets any glibc.malloc tunable).
+_USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_TOP_PAD_")
 
 _applied: bool | None = None
 
@@ -71,11 +68,13 @@ def keep_freed_memory() -> bool:
         return False
     if any(name in os.environ for name in _USER_SETTINGS):
         return False
+    if "glibc.malloc." in os.environ.get("GLIBC_TUNABLES", ""):
+        return False
     if not sys.platform.startswith("linux"):
         return False
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt  # glibc's; musl has none
+        # the C library the process already has loaded (no library search); musl has no mallopt
+        mallopt = ctypes.CDLL(None).mallopt
     except (OSError, AttributeError):
         return False
     mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
@@ -85,8 +84,9 @@ def keep_freed_memory() -> bool:
         (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD),
         (_M_TOP_PAD, _TOP_PAD),
     )
-    # mallopt returns 1 on success, 0 for a value it refuses
-    _applied = all(mallopt(param, value) == 1 for param, value in settings)
+    # mallopt returns 1 on success, 0 for a value it refuses; every setting is tried
+    accepted = [mallopt(param, value) == 1 for param, value in settings]
+    _applied = all(accepted)
     if not _applied:
         log.debug("glibc refused the allocator settings; its defaults stay")
     return _applied

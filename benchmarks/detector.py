@@ -1,10 +1,11 @@
 """Benchmark of the centralised detector: accuracy on real data, throughput, fit cost.
 
-    .venv/bin/python benchmarks/detector.py --out runs/bench_detector [--only elpv,surface,synth,speed,coreset]
+    .venv/bin/python benchmarks/detector.py --out runs/bench_detector [--only elpv,surface,synth,speed,coreset,select]
 
 Prints one JSON row per (data set) with the fixed schema of the project's benchmarks and writes
-them to <out>/detector.jsonl, plus the speed and fit figures to <out>/speed.json and the coreset timings to
-<out>/coreset.json.
+them to <out>/detector.jsonl, plus the speed and fit figures to <out>/speed.json, the coreset
+timings to <out>/coreset.json and the settings compared on synthetic validation sets to
+<out>/select.jsonl.
 Data: ELPV (exported by `feddymem data elpv`), the real pixel-labelled sets in ../shared/data
 (FEDDYMEM_SHARED_DATA), ELPV good cells with `data synth` anomalies.
 """
@@ -27,7 +28,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from feddymem.allocator import keep_freed_memory, keeping_freed_memory
 from feddymem.config import DetectorConfig
 from feddymem.data import Sample, export_elpv, iter_batches, scan
-from feddymem.detector import PatchCoreDetector, patch_scores
+from feddymem.detector import PatchCoreDetector, patch_scores, split_calibration
 from feddymem.features import PatchFeatureExtractor
 from feddymem.knn import NearestNeighbors
 from feddymem.sampling import greedy_coreset
@@ -38,6 +39,13 @@ IVF_SETTINGS = ((32, 1), (32, 4))
 SHARED = Path(os.environ.get("FEDDYMEM_SHARED_DATA", REPO.parent / "shared" / "data"))
 # feature dimensions of the shortened products timed next to the full one (knn_bf16_product_d*)
 PRODUCT_DIMS = (32, 64)
+# the settings `--only select` compares, by the name its rows carry: DetectorConfig changes
+SELECT_SETTINGS: dict[str, dict[str, object]] = {
+    "default": {},
+    "tap_balance": {"tap_balance": True},
+    "topk_fraction=0.05": {"topk_fraction": 0.05},
+    "coreset_ratio=0.02": {"coreset_ratio": 0.02},
+}
 
 
 def peak_rss_mb() -> float:
@@ -339,6 +347,58 @@ def speed(
     return out
 
 
+def select(
+    name: str,
+    root: Path,
+    cfg: DetectorConfig,
+    *,
+    work: Path,
+    settings: dict[str, dict[str, object]] = SELECT_SETTINGS,
+    fraction: float = 0.2,
+) -> list[dict[str, object]]:
+    """Could a site choose its settings without real defects? Each setting is scored two ways.
+
+    Validation, from normal training images only: a seeded `fraction` of train/good is held
+    out, half of it receives `data synth` anomalies, and the detector fitted on the rest of
+    train/good scores them (`val_*`). Test: the same setting fitted on all of train/good and
+    scored on the real test set, as `run_one` does. A row per setting; the setting with the best
+    validation image AUROC is the one a site would pick (`picked`).
+    """
+    from feddymem.data.synth import synthesize_dataset
+
+    fit, held_out = split_calibration(list(scan(root).train), fraction=fraction, seed=cfg.seed)
+    if not held_out:
+        raise ValueError(f"{root}: too few training images to hold some out for validation")
+    # scan() reads the MVTec layout, which needs a train/good folder: one fitting image makes
+    # it (it is not used; the detectors below are fitted on `fit`)
+    synthesize_dataset([s.path for s in held_out], work / name, seed=cfg.seed, train=[fit[0].path])
+    validation = scan(work / name).test
+    rows: list[dict[str, object]] = []
+    for setting, changes in settings.items():
+        setting_cfg = dataclasses.replace(cfg, **changes)  # type: ignore[arg-type]
+        val = PatchCoreDetector(setting_cfg).fit(fit).evaluate(validation)
+        test = run_one(name, root, setting_cfg)
+        rows.append(
+            {
+                "dataset": name,
+                "setting": setting,
+                "seed": cfg.seed,
+                "fit_images": len(fit),
+                "validation_good": sum(1 for s in validation if s.label == 0),
+                "validation_synthetic": sum(1 for s in validation if s.label == 1),
+                "val_image_auroc": val.image_auroc,
+                "val_pixel_auroc": val.pixel_auroc,
+                "val_aupro": val.aupro,
+                **{k: test[k] for k in ("image_auroc", "pixel_auroc", "aupro", "train_images")},
+            }
+        )
+    best = max(rows, key=lambda r: float(r["val_image_auroc"]))  # type: ignore[arg-type]
+    for row in rows:
+        row["picked"] = row is best
+        print(json.dumps(row), flush=True)
+    return rows
+
+
 def coreset(root: Path, cfg: DetectorConfig, *, n_images: int = 400) -> list[dict[str, object]]:
     """The greedy coreset's lazy update against updating every row at every step (the plain
     algorithm), on the patch features of `n_images` ELPV training cells at 224 px: time, and
@@ -388,7 +448,8 @@ def main() -> None:
     parser.add_argument(
         "--only",
         default="elpv,surface,synth,speed",
-        help="comma-separated parts: elpv, surface, synth, speed, coreset",
+        help="comma-separated parts: elpv, surface, synth, speed, coreset, select (settings "
+        "compared on synthetic validation sets and on the real test sets)",
     )
     parser.add_argument("--seed", type=int, default=0, help="the detector's seed")
     parser.add_argument(
@@ -443,7 +504,7 @@ def main() -> None:
     if args.topk_fraction is not None:
         cfg = dataclasses.replace(cfg, topk_fraction=args.topk_fraction)
     rows: list[dict[str, object]] = []
-    if parts & {"elpv", "synth", "speed", "coreset"}:
+    if parts & {"elpv", "synth", "speed", "coreset", "select"}:
         for cell in ("mono", "poly"):
             export_elpv(args.data_dir / f"elpv-{cell}", cell_type=cell, seed=data_seed)
     if "elpv" in parts:
@@ -481,6 +542,21 @@ def main() -> None:
     if "coreset" in parts:
         lazy_rows = coreset(args.data_dir / "elpv-mono", cfg)
         (args.out / "coreset.json").write_text(json.dumps(lazy_rows, indent=2))
+    if "select" in parts:
+        roots = {f"elpv-{cell}": args.data_dir / f"elpv-{cell}" for cell in ("mono", "poly")}
+        for name in args.surface_sets.split(","):
+            if (SHARED / name).is_dir():
+                roots[name] = SHARED / name
+            else:
+                print(json.dumps({"dataset": name, "skipped": f"not found under {SHARED}"}))
+        selected = [
+            row
+            for name, root in roots.items()
+            for row in select(name, root, cfg, work=args.out / "validation")
+        ]
+        with (args.out / "select.jsonl").open("w") as fh:
+            for row in selected:
+                fh.write(json.dumps(row) + "\n")
 
 
 if __name__ == "__main__":

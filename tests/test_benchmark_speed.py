@@ -57,3 +57,28 @@ def test_speed_pairs_its_timings_and_checks_the_search(bench, texture_tree: Path
     # the bfloat16 product timed over fewer feature dimensions too (too quick here to compare)
     for d in bench.PRODUCT_DIMS:
         assert out["stage_share_of_forward"][f"knn_bf16_product_d{d}"] >= 0.0
+
+
+def test_select_scores_each_setting_on_held_out_normals_and_the_test_set(
+    bench, tmp_path: Path
+) -> None:
+    from tests.conftest import make_texture_tree
+
+    root = make_texture_tree(tmp_path / "brick", n_train=20, size=96)
+    cfg = DetectorConfig(keep_aspect=False, image_size=96, coreset_ratio=0.05)
+    settings = {"default": {}, "tap_balance": {"tap_balance": True}}
+    rows = bench.select("brick", root, cfg, work=tmp_path / "validation", settings=settings)
+    assert [r["setting"] for r in rows] == ["default", "tap_balance"]
+    for row in rows:
+        # a fifth of train/good held out (half of it with synthetic anomalies), the rest fitted
+        assert row["fit_images"] == 16
+        assert row["validation_good"] + row["validation_synthetic"] == 4
+        assert row["validation_synthetic"] >= 1 and row["validation_good"] >= 1
+        assert 0.0 <= row["val_image_auroc"] <= 1.0 and row["val_aupro"] is not None
+        # the test figures come from a fit on all of train/good
+        assert row["train_images"] == 20 and 0.0 <= row["image_auroc"] <= 1.0
+    picked = [r for r in rows if r["picked"]]
+    assert len(picked) == 1
+    assert picked[0]["val_image_auroc"] == max(r["val_image_auroc"] for r in rows)
+    # the synthetic validation set lies outside the data set's own folders
+    assert (tmp_path / "validation" / "brick" / "test").is_dir()

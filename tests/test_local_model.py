@@ -62,3 +62,30 @@ def test_without_a_shared_cache_features_live_in_the_state_folder(
     assert (tmp_path / "run" / FEATURES_FILE).is_file()
     assert memory.vectors.shape == (32, client.dim)
     assert metrics["n_images"] == len(client.train_samples)
+
+
+@pytest.mark.parametrize("reduce", ["coreset", "kmeans", "position_average", "none"])
+def test_build_upload_uses_the_configured_reducer_and_the_audit_shares_it(reduce: str) -> None:
+    from feddymem import audit
+    from feddymem.reduce import REDUCERS
+
+    z = torch.randn(6, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    cfg = FedDyMemConfig(memory_reduce=reduce, client_memory_size=20, kmeans_iterations=3, seed=3)
+    upload = local_model.build_upload(z, config=cfg, round_idx=2)
+    seed = 3 * 100_003 + 2
+    if reduce == "position_average":
+        expected = REDUCERS[reduce](z, gamma_c=cfg.gamma_c, seed=seed, iterations=3)
+    elif reduce == "kmeans":
+        expected = REDUCERS[reduce](z, size=20, seed=seed, iterations=3)
+    else:
+        expected = REDUCERS[reduce](z, size=20, seed=seed)
+    assert torch.equal(upload.vectors, expected.vectors)
+    assert torch.equal(upload.weights, expected.weights)
+    if reduce == "coreset":
+        # real patch vectors of the client, each weighted by the vectors nearest to it
+        flat = z.permute(0, 2, 3, 1).reshape(-1, 8)
+        assert upload.vectors.shape == (20, 8)
+        assert bool((upload.vectors[:, None, :] == flat[None]).all(dim=2).any(dim=1).all())
+        assert float(upload.weights.sum()) == flat.shape[0]
+    # the privacy audit builds its twin uploads with the same function, not a copy of it
+    assert audit.build_upload is local_model.build_upload

@@ -102,9 +102,9 @@ from feddymem.aggregate import aggregate_memories
 from feddymem.config import ConfigError, FedDyMemConfig, from_dict, to_dict
 from feddymem.data import DataError, Sample, load_all, scan
 from feddymem.features import PatchFeatureExtractor
-from feddymem.local_model import FedDyMemClient
-from feddymem.privacy import privacy_guarantee, private_memory
-from feddymem.reduce import REDUCERS, ReducedMemory
+from feddymem.local_model import FedDyMemClient, build_upload
+from feddymem.privacy import privacy_guarantee
+from feddymem.reduce import ReducedMemory
 
 log = logging.getLogger(__name__)
 
@@ -645,23 +645,6 @@ def _sample_items(n: int, k: int, *, seed: int) -> torch.Tensor:
         return torch.arange(n)
     gen = torch.Generator().manual_seed(seed)
     return torch.randperm(n, generator=gen)[:k].sort().values
-
-
-def build_upload(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> ReducedMemory:
-    """The upload `config` makes from patch vectors z (n, d, H, W), as
-    `FedDyMemClient._build_memory` does: the DP option when set, else the configured reducer."""
-    if config.dp_clip_norm is not None:
-        return private_memory(z, config=config, round_idx=round_idx)
-    seed = config.seed * 100_003 + round_idx
-    if config.memory_reduce == "position_average":
-        return REDUCERS["position_average"](
-            z, gamma_c=config.gamma_c, seed=seed, iterations=config.kmeans_iterations
-        )
-    if config.memory_reduce == "kmeans":
-        return REDUCERS["kmeans"](
-            z, size=config.client_memory_size, seed=seed, iterations=config.kmeans_iterations
-        )
-    return REDUCERS["none"](z, size=config.client_memory_size, seed=seed)
 
 
 class _Attacker:

@@ -32,6 +32,30 @@ FEATURES_FILE = "features.pt"
 SCORES_FILE = "test_scores.npz"
 
 
+def build_upload(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> ReducedMemory:
+    """The memory M_k a client uploads in round `round_idx`, from its patch vectors z(x)
+    (n, d, H, W): clipped, reduced and noised when the config asks for differential privacy
+    (privacy.py), else reduced by the configured memory-reduce; seeded by the config's seed and
+    the round. The one place that maps `memory_reduce` to a reducer (the privacy audit builds
+    its counterfactual uploads with it too)."""
+    seed = config.seed * 100_003 + round_idx
+    if config.dp_clip_norm is not None:
+        from feddymem.privacy import private_memory
+
+        return private_memory(z, config=config, round_idx=round_idx)
+    if config.memory_reduce == "position_average":
+        return REDUCERS["position_average"](
+            z, gamma_c=config.gamma_c, seed=seed, iterations=config.kmeans_iterations
+        )
+    if config.memory_reduce == "kmeans":
+        return REDUCERS["kmeans"](
+            z, size=config.client_memory_size, seed=seed, iterations=config.kmeans_iterations
+        )
+    if config.memory_reduce == "coreset":
+        return REDUCERS["coreset"](z, size=config.client_memory_size, seed=seed)
+    return REDUCERS["none"](z, size=config.client_memory_size, seed=seed)
+
+
 class FedDyMemClient:
     """Client k of FedDyMem (method.md): trains G_k against M_g and uploads a reduced M_k.
 
@@ -230,23 +254,7 @@ class FedDyMemClient:
         feats = self.features()
         cfg = self.config
         z = torch.cat([self._embed(feats[i : i + 64]) for i in range(0, feats.shape[0], 64)])
-        seed = cfg.seed * 100_003 + round_idx
-        if cfg.dp_clip_norm is not None:
-            # Clip, reduce and add Gaussian noise before upload, seeded per round (privacy.py).
-            from feddymem.privacy import private_memory
-
-            return private_memory(z, config=cfg, round_idx=round_idx)
-        if cfg.memory_reduce == "position_average":
-            return REDUCERS["position_average"](
-                z, gamma_c=cfg.gamma_c, seed=seed, iterations=cfg.kmeans_iterations
-            )
-        if cfg.memory_reduce == "kmeans":
-            return REDUCERS["kmeans"](
-                z, size=cfg.client_memory_size, seed=seed, iterations=cfg.kmeans_iterations
-            )
-        if cfg.memory_reduce == "coreset":
-            return REDUCERS["coreset"](z, size=cfg.client_memory_size, seed=seed)
-        return REDUCERS["none"](z, size=cfg.client_memory_size, seed=seed)
+        return build_upload(z, config=cfg, round_idx=round_idx)
 
     def fit_round(
         self, *, round_idx: int, global_memory: torch.Tensor | None

@@ -68,6 +68,10 @@ def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
         **{k: v for k, v in metrics.as_dict().items()},
         # each test/<defect> folder against every good image
         "per_defect": scores.per_defect(),
+        # what the fitted threshold (held-out normals' 0.99 quantile) flags on the test set
+        "at_threshold": None
+        if det.threshold_ is None
+        else {k: round(v, 4) for k, v in scores.operating_point(det.threshold_).items()},
         "bytes_up": 0,
         "bytes_down": 0,
         "rounds": 0,

@@ -176,6 +176,13 @@ def test_cli_fit_evaluate_predict(
     rows = list(csv.DictReader((out / "scores.csv").open()))
     scored = [r for r in rows if r["score"]]
     assert len(scored) == 6 and all((out / r["overlay"]).is_file() for r in scored)
+    # evaluate's operating point is predict's decisions: on the anomalous folder, the images
+    # predict flags are the recall of the model's threshold
+    point = metrics["at_threshold"]
+    assert point["threshold"] == pytest.approx(float(scored[0]["threshold"]), rel=1e-6)
+    flagged = sum(int(r["anomalous"]) for r in scored)
+    assert point["recall"] == pytest.approx(flagged / len(scored))
+    assert 0.0 <= point["false_alarm_rate"] <= 1.0
     skipped = [r for r in rows if not r["score"]]
     assert len(skipped) == 1 and "broken.png" in skipped[0]["path"]
 

@@ -17,6 +17,7 @@ from feddymem.metrics import (
     evaluate,
     f1_max,
     image_auroc,
+    operating_point,
     per_defect_image_auroc,
     pixel_auroc,
     pro_curve,
@@ -304,3 +305,21 @@ def test_per_defect_image_auroc_scores_each_defect_against_every_normal_image() 
     assert out == {"crack": {"n": 1, "image_auroc": 1.0}, "uneven": {"n": 2, "image_auroc": 0.75}}
     with pytest.raises(ValueError, match="defects has 4 entries for 5 labels"):
         per_defect_image_auroc(labels, scores, defects[:4])
+
+
+def test_operating_point_counts_what_a_threshold_flags() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.5, 0.9, 0.2, 0.95, 0.5, 0.3])
+    # flagged: score > 0.5 strictly (as predict decides): 0.9 (normal) and 0.95 (anomalous)
+    point = operating_point(labels, scores, threshold=0.5)
+    assert point["flagged"] == 2
+    assert point["recall"] == pytest.approx(1 / 3)
+    assert point["false_alarm_rate"] == pytest.approx(1 / 4)
+    assert point["precision"] == pytest.approx(1 / 2)
+    assert point["f1"] == pytest.approx(2 * (1 / 2) * (1 / 3) / (1 / 2 + 1 / 3))
+    nothing = operating_point(labels, scores, threshold=1.0)
+    assert nothing["flagged"] == 0 and nothing["precision"] == 0.0 and nothing["f1"] == 0.0
+    with pytest.raises(ValueError, match="finite"):
+        operating_point(labels, scores, threshold=float("nan"))
+    with pytest.raises(ValueError, match="both normal and anomalous"):
+        operating_point(np.zeros(3, dtype=int), scores[:3], threshold=0.5)

@@ -89,6 +89,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {k: v for k, v in metrics.as_dict().items() if v is not None}
     # each test/<defect> folder against every good image: which kinds of defect it misses
     out["per_defect"] = scores.per_defect()
+    if det.threshold_ is not None:
+        # what the model's own threshold (set on normal images) flags: `predict`'s decisions
+        out["at_threshold"] = scores.operating_point(det.threshold_)
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     if args.json:
         print(json.dumps(out, indent=2))
@@ -98,6 +101,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             for defect, row in value.items():
                 name = f"{defect} ({row['n']})"
                 print(f"{name:>14}: image_auroc {row['image_auroc']:.4f}")
+        elif key == "at_threshold":
+            print(
+                f"{'at threshold':>14}: {value['threshold']:.4f} flags {value['flagged']} "
+                f"image(s): recall {value['recall']:.4f}, false-alarm rate "
+                f"{value['false_alarm_rate']:.4f}, precision {value['precision']:.4f}"
+            )
         else:
             print(f"{key:>14}: {value:.4f}" if isinstance(value, float) else f"{key:>14}: {value}")
     return 0

@@ -27,7 +27,12 @@ from feddymem.config import DetectorConfig, FeatureConfig, FedDyMemConfig, from_
 from feddymem.data import Batch, LoadReport, Sample, iter_batches, resolve_size
 from feddymem.features import PatchFeatureExtractor
 from feddymem.knn import NearestNeighbors
-from feddymem.metrics import DetectionMetrics, evaluate, per_defect_image_auroc
+from feddymem.metrics import (
+    DetectionMetrics,
+    evaluate,
+    operating_point,
+    per_defect_image_auroc,
+)
 from feddymem.sampling import subsample
 
 log = logging.getLogger(__name__)
@@ -79,6 +84,11 @@ class DatasetScores:
         return per_defect_image_auroc(
             self.labels, self.image_scores, [s.defect for s in self.samples]
         )
+
+    def operating_point(self, threshold: float) -> dict[str, float | int]:
+        """Recall, false-alarm rate, precision and F1 of the images flagged by ``threshold``
+        (:func:`feddymem.metrics.operating_point`)."""
+        return operating_point(self.labels, self.image_scores, threshold=threshold)
 
 
 def patch_scores(distances: torch.Tensor, *, scoring: str = "nearest") -> torch.Tensor:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,7 @@ __all__ = [
     "evaluate",
     "f1_max",
     "image_auroc",
+    "operating_point",
     "per_defect_image_auroc",
     "pixel_auroc",
     "pro_curve",
@@ -188,6 +190,47 @@ def f1_max(labels: ArrayLike, scores: ArrayLike) -> float:
     denom = precision + recall
     f1 = np.divide(2.0 * precision * recall, denom, out=np.zeros_like(denom), where=denom > 0)
     return float(f1.max())
+
+
+def operating_point(
+    labels: ArrayLike, scores: ArrayLike, *, threshold: float
+) -> dict[str, float | int]:
+    """What a fixed decision threshold does on a labelled set: an image is flagged anomalous
+    where its score exceeds ``threshold`` (as ``predict`` decides).
+
+    The AUROC says how well scores rank; this says what the detector's own threshold, set on
+    normal images only, catches and how often it raises a false alarm.
+
+    Args:
+        labels: ``(N,)`` 0 = normal, 1 = anomalous; both classes present.
+        scores: ``(N,)`` finite anomaly scores.
+        threshold: finite decision threshold.
+
+    Returns:
+        ``threshold``; ``recall`` (flagged share of the anomalous images, the TPR);
+        ``false_alarm_rate`` (flagged share of the normal images, the FPR); ``precision``
+        (anomalous share of the flagged images, 0 when none is flagged); ``f1``; ``flagged``
+        (images flagged).
+    """
+    y, s = _image_inputs(labels, scores)
+    if not math.isfinite(threshold):
+        raise ValueError(f"threshold must be finite, got {threshold}")
+    if y.all() or not y.any():
+        raise ValueError("an operating point needs both normal and anomalous images")
+    flagged = s > threshold
+    hits = int(np.count_nonzero(flagged & y))
+    n_flagged = int(np.count_nonzero(flagged))
+    recall = hits / int(np.count_nonzero(y))
+    precision = hits / n_flagged if n_flagged else 0.0
+    f1 = 2.0 * precision * recall / (precision + recall) if hits else 0.0
+    return {
+        "threshold": float(threshold),
+        "recall": recall,
+        "false_alarm_rate": int(np.count_nonzero(flagged & ~y)) / int(np.count_nonzero(~y)),
+        "precision": precision,
+        "f1": f1,
+        "flagged": n_flagged,
+    }
 
 
 # --------------------------------------------------------------------------- pixel level

@@ -167,6 +167,7 @@ def test_save_load_round_trip(fitted: AutoencoderDetector, tmp_path: Path) -> No
     again = load_detector(fitted.save(tmp_path / "ae.pt"))
     assert isinstance(again, AutoencoderDetector)
     assert again.config == fitted.config and again.threshold_ == fitted.threshold_
+    assert again.map_floor_ == fitted.map_floor_ is not None
     assert again.train_loss_ == fitted.train_loss_
     again._extractor = fitted.extractor  # same frozen backbone; tracing another costs seconds
     x = torch.rand(2, 3, 64, 64)

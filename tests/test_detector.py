@@ -65,6 +65,12 @@ def test_threshold_comes_from_held_out_normals(fitted: tuple[PatchCoreDetector, 
     normal = scores.image_scores[scores.labels == 0]
     # Most unseen normal images stay under a threshold set on other normal images.
     assert np.mean(normal <= det.threshold_) >= 0.5
+    # the heat maps' floor is the held-out normals' median map value: under the threshold, and
+    # about half of the unseen normal images' map values lie above it
+    assert det.map_floor_ is not None and det.map_floor_ < det.threshold_
+    maps = det.score_samples([s for s in split.test if s.label == 0], keep_maps=True).anomaly_maps
+    assert maps is not None
+    assert 0.2 <= float(np.mean(maps > det.map_floor_)) <= 0.8
 
 
 def test_refit_puts_the_held_out_normals_in_the_bank_after_the_threshold(
@@ -76,6 +82,7 @@ def test_refit_puts_the_held_out_normals_in_the_bank_after_the_threshold(
     # The threshold was set before the refit, on the same held-out images against the same
     # bank; the memory then comes from all 15 images.
     assert refit.threshold_ == pytest.approx(det.threshold_, rel=1e-6)
+    assert refit.map_floor_ == pytest.approx(det.map_floor_, rel=1e-6)
     assert refit.n_patches_ == 15 * 64
     assert refit.memory_ is not None
     assert refit.memory_.shape == (round(0.1 * 15 * 64), refit.extractor.out_channels)
@@ -91,6 +98,17 @@ def test_save_load_round_trip(fitted: tuple[PatchCoreDetector, Path], tmp_path: 
     assert again.config == det.config and again.threshold_ == det.threshold_
     x = torch.rand(2, 3, 64, 64)
     assert torch.allclose(again.score(x).anomaly_maps, det.score(x).anomaly_maps)
+    assert again.map_floor_ == det.map_floor_
+    # a file saved before the map floor existed still loads (its heat maps start at zero); a
+    # broken one is refused with the file's name
+    state = torch.load(path, weights_only=True)
+    del state["map_floor"]
+    torch.save(state, tmp_path / "older.pt")
+    assert load_detector(tmp_path / "older.pt").map_floor_ is None
+    state["map_floor"] = float("nan")
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(ModelFileError, match=r"broken\.pt: map_floor must be a finite number"):
+        load_detector(tmp_path / "broken.pt")
 
 
 def test_bad_model_files_are_refused(tmp_path: Path) -> None:

@@ -153,6 +153,7 @@ def test_channel_subset_and_save_load_round_trip(
     again = load_detector(det.save(tmp_path / "gauss.pt"))
     assert isinstance(again, GaussianDetector)
     assert again.config == det.config and again.threshold_ == det.threshold_
+    assert again.map_floor_ == det.map_floor_ is not None
     assert again.channels_ is not None and torch.equal(again.channels_, det.channels_)
     again._extractor = fitted.extractor
     x = torch.rand(2, 3, 64, 64)

@@ -33,6 +33,7 @@ from feddymem.detector import (
     NotFittedError,
     ScoreResult,
     load_detector,
+    map_floor_from_state,
 )
 
 log = logging.getLogger(__name__)
@@ -405,6 +406,7 @@ class AutoencoderDetector(MemoryBankDetector):
             "train_loss": self.train_loss_,
             "n_train": self.n_train_,
             "threshold": self.threshold_,
+            "map_floor": self.map_floor_,
         }
 
     @classmethod
@@ -426,6 +428,7 @@ class AutoencoderDetector(MemoryBankDetector):
         det.model_ = model.eval()
         det.image_hw_ = image_hw
         det.threshold_ = None if threshold is None else float(threshold)
+        det.map_floor_ = map_floor_from_state(state, where=where)
         det.train_loss_ = None if loss is None else float(loss)
         det.n_train_ = None if n_train is None else int(n_train)
         return det

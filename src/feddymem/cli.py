@@ -112,11 +112,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _overlay(image: np.ndarray, amap: np.ndarray, *, vmax: float) -> np.ndarray:
-    """Heat map (jet) blended over the image, both (H, W, 3) uint8."""
+def _overlay(image: np.ndarray, amap: np.ndarray, *, vmin: float, vmax: float) -> np.ndarray:
+    """Heat map (jet, blue at `vmin`, red at `vmax`) blended over the image, both (H, W, 3)
+    uint8."""
     from matplotlib import colormaps
 
-    norm = np.clip(amap / max(vmax, 1e-12), 0.0, 1.0)
+    norm = np.clip((amap - vmin) / max(vmax - vmin, 1e-12), 0.0, 1.0)
     heat = (colormaps["jet"](norm)[..., :3] * 255).astype(np.float32)
     return (0.55 * image.astype(np.float32) + 0.45 * heat).astype(np.uint8)
 
@@ -149,15 +150,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     report = LoadReport(loaded=0, skipped=[])
     rows = []
-    vmax = det.threshold_ if det.threshold_ else None
+    # Colour scale: blue at the held-out normals' median map value (`map_floor_`; 0 for models
+    # saved without it), red at 1.5x the threshold, so normal texture stays cool and what
+    # scores like an anomalous image stands out; per image without a threshold.
+    vmax = det.threshold_ * 1.5 if det.threshold_ else None
+    vmin = det.map_floor_ if det.map_floor_ is not None and vmax and det.map_floor_ < vmax else 0.0
     with _progress(len(samples), "predicting") as bar:
         for batch in det.batches(samples, report=report):
             pred = det.predict(batch.images)
             imgs = (batch.images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
             for i, sample in enumerate(batch.samples):
                 amap = pred.anomaly_maps[i].numpy()
-                scale = vmax * 1.5 if vmax else float(amap.max())
-                over = _overlay(imgs[i], amap, vmax=scale)
+                over = _overlay(imgs[i], amap, vmin=vmin, vmax=vmax or float(amap.max()))
                 name = f"{sample.path.stem}_overlay.png"
                 Image.fromarray(over).save(args.out / name)
                 rows.append(

@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import json
 import logging
+import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,8 @@ class MemoryBankDetector:
         self.memory_: torch.Tensor | None = None
         self.image_hw_: tuple[int, int] | None = None
         self.threshold_: float | None = None
+        # the median anomaly-map value of the held-out normals: where `predict`'s heat maps start
+        self.map_floor_: float | None = None
         # (D,) per-channel factors applied to p(x) before the memory (PatchCore's tap_balance)
         self.feature_scale_: torch.Tensor | None = None
         self._index: NearestNeighbors | None = None
@@ -387,12 +390,19 @@ class MemoryBankDetector:
         self.calibrate(calib or train, quantile=quantile)
 
     def calibrate(self, normals: Sequence[Sample], *, quantile: float) -> float:
-        """Threshold = `quantile` of the image scores of held-out normal images."""
-        return self._threshold_from(self.score_samples(normals).image_scores, quantile=quantile)
+        """Threshold = `quantile` of the image scores of held-out normal images (and
+        `map_floor_` = the median of their anomaly maps)."""
+        scores = self.score_samples(normals, keep_maps=True)
+        assert scores.anomaly_maps is not None
+        return self._threshold_from(
+            scores.image_scores, maps=scores.anomaly_maps, quantile=quantile
+        )
 
-    def _threshold_from(self, scores: np.ndarray, *, quantile: float) -> float:
-        """Set the threshold to `quantile` of normal images' `scores`."""
+    def _threshold_from(self, scores: np.ndarray, *, maps: np.ndarray, quantile: float) -> float:
+        """Set the threshold to `quantile` of normal images' `scores` (N,) and the map floor to
+        the median of their anomaly maps (N, H_in, W_in)."""
         self.threshold_ = float(np.quantile(scores, quantile))
+        self.map_floor_ = float(np.median(maps))
         return self.threshold_
 
     # --- persistence -----------------------------------------------------------------------
@@ -408,6 +418,7 @@ class MemoryBankDetector:
             "memory": self.memory_,
             "image_hw": list(self.image_hw_),
             "threshold": self.threshold_,
+            "map_floor": self.map_floor_,
         }
         if self.feature_scale_ is not None:
             out["feature_scale"] = self.feature_scale_.clone()
@@ -490,7 +501,19 @@ def load_detector(path: Path, *, weights: Path | None = None) -> MemoryBankDetec
         detector.feature_scale_ = scale.float()
     detector.set_memory(state["memory"], image_hw=tuple(state["image_hw"]))
     detector.threshold_ = state["threshold"]
+    detector.map_floor_ = map_floor_from_state(state, where=str(path))
     return detector
+
+
+def map_floor_from_state(state: dict[str, Any], *, where: str) -> float | None:
+    """The saved map floor: a finite float, or None (also for files written before it was
+    saved, whose heat maps then start at zero)."""
+    floor = state.get("map_floor")
+    if floor is None:
+        return None
+    if isinstance(floor, bool) or not isinstance(floor, int | float) or not math.isfinite(floor):
+        raise ModelFileError(f"{where}: map_floor must be a finite number, got {floor!r}")
+    return float(floor)
 
 
 class PatchCoreDetector(MemoryBankDetector):
@@ -542,11 +565,15 @@ class PatchCoreDetector(MemoryBankDetector):
         held_out = self._patch_bank(calib, image_hw=image_hw, progress=progress)
         h, w = self.extractor.grid_size(image_hw)
         z = held_out.view(-1, h, w, held_out.shape[1]).permute(0, 3, 1, 2)
-        scores = [
-            self.result_from_patch_scores(self.nearest_patch_scores(part)).image_scores
+        results = [
+            self.result_from_patch_scores(self.nearest_patch_scores(part))
             for part in z.split(cfg.batch_size)
         ]
-        self._threshold_from(torch.cat(scores).numpy(), quantile=cfg.threshold_quantile)
+        self._threshold_from(
+            torch.cat([r.image_scores for r in results]).numpy(),
+            maps=torch.cat([r.anomaly_maps for r in results]).numpy(),
+            quantile=cfg.threshold_quantile,
+        )
         self._install_coreset(torch.cat([bank, held_out]), image_hw=image_hw)
         return self
 

@@ -33,6 +33,7 @@ from feddymem.detector import (
     NotFittedError,
     ScoreResult,
     load_detector,
+    map_floor_from_state,
 )
 
 log = logging.getLogger(__name__)
@@ -262,6 +263,7 @@ class GaussianDetector(MemoryBankDetector):
             "image_hw": list(self.image_hw_),
             "n_train": self.n_train_,
             "threshold": self.threshold_,
+            "map_floor": self.map_floor_,
         }
 
     @classmethod
@@ -289,6 +291,7 @@ class GaussianDetector(MemoryBankDetector):
         det.channels_ = None if channels is None else channels.long()
         det.grid_hw_, det.image_hw_ = grid_hw, image_hw
         det.threshold_ = None if threshold is None else float(threshold)
+        det.map_floor_ = map_floor_from_state(state, where=where)
         det.n_train_ = None if n_train is None else int(n_train)
         return det
 

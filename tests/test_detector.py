@@ -176,6 +176,12 @@ def test_cli_fit_evaluate_predict(
     assert all(0.0 <= v["image_auroc"] <= 1.0 for v in metrics["per_defect"].values())
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    # an image of another size than the model's input: its overlay keeps the file's own size
+    from PIL import Image
+
+    spot = sorted((texture_tree / "test" / "spot").iterdir())[0]
+    wide = tmp_path / "wide.png"
+    Image.open(spot).resize((96, 40)).save(wide)
     out = tmp_path / "pred"
     assert (
         main(
@@ -184,6 +190,7 @@ def test_cli_fit_evaluate_predict(
                 "--model",
                 str(model),
                 str(texture_tree / "test" / "spot"),
+                str(wide),
                 str(bad),
                 "--out",
                 str(out),
@@ -193,7 +200,10 @@ def test_cli_fit_evaluate_predict(
     )
     rows = list(csv.DictReader((out / "scores.csv").open()))
     scored = [r for r in rows if r["score"]]
-    assert len(scored) == 6 and all((out / r["overlay"]).is_file() for r in scored)
+    assert len(scored) == 7 and all((out / r["overlay"]).is_file() for r in scored)
+    assert Image.open(out / "wide_overlay.png").size == (96, 40)
+    assert Image.open(out / f"{spot.stem}_overlay.png").size == Image.open(spot).size
+    scored = [r for r in scored if r["path"] != str(wide)]
     # evaluate's operating point is predict's decisions: on the anomalous folder, the images
     # predict flags are the recall of the model's threshold
     point = metrics["at_threshold"]

@@ -123,9 +123,11 @@ def _overlay(image: np.ndarray, amap: np.ndarray, *, vmin: float, vmax: float) -
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    import torch
     from PIL import Image
 
     from feddymem.data import Sample
+    from feddymem.data.images import read_image
     from feddymem.detector import load_detector
 
     det = load_detector(args.model, weights=args.weights)
@@ -158,10 +160,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
     with _progress(len(samples), "predicting") as bar:
         for batch in det.batches(samples, report=report):
             pred = det.predict(batch.images)
-            imgs = (batch.images.permute(0, 2, 3, 1).numpy() * 255).astype(np.uint8)
             for i, sample in enumerate(batch.samples):
-                amap = pred.anomaly_maps[i].numpy()
-                over = _overlay(imgs[i], amap, vmin=vmin, vmax=vmax or float(amap.max()))
+                # the heat map over the image as the file holds it (the loader read it once at
+                # the model's input size; the map is resampled to the file's own size)
+                image = read_image(sample.path)
+                amap = torch.nn.functional.interpolate(
+                    pred.anomaly_maps[i][None, None],
+                    size=image.shape[:2],
+                    mode="bilinear",
+                    align_corners=False,
+                )[0, 0].numpy()
+                over = _overlay(image, amap, vmin=vmin, vmax=vmax or float(amap.max()))
                 name = f"{sample.path.stem}_overlay.png"
                 Image.fromarray(over).save(args.out / name)
                 rows.append(

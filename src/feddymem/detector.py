@@ -39,6 +39,9 @@ from feddymem.sampling import subsample
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
+# The map floor is the median of every _FLOOR_STRIDE-th pixel (each way) of the held-out normals'
+# maps: the maps are smooth (upsampled, blurred), and a sixteenth of them keeps the memory small.
+_FLOOR_STRIDE = 4
 
 
 class NotFittedError(RuntimeError):
@@ -273,9 +276,11 @@ class MemoryBankDetector:
         *,
         with_masks: bool = False,
         keep_maps: bool = False,
+        map_stride: int = 1,
         progress: Callable[[int], None] | None = None,
     ) -> DatasetScores:
-        """Score every sample; maps and masks are kept only when asked for (memory)."""
+        """Score every sample; maps and masks are kept only when asked for (memory), the maps
+        at every `map_stride`-th pixel each way (1: whole)."""
         report = LoadReport(loaded=0, skipped=[])
         kept: list[Sample] = []
         labels, scores, maps, masks, has_mask = [], [], [], [], []
@@ -285,7 +290,8 @@ class MemoryBankDetector:
             labels.append(batch.labels.numpy())
             scores.append(result.image_scores.numpy())
             if keep_maps:
-                maps.append(result.anomaly_maps.numpy().astype(np.float32))
+                strided = result.anomaly_maps[:, ::map_stride, ::map_stride]
+                maps.append(strided.numpy().astype(np.float32))
             if with_masks:
                 masks.append(batch.masks[:, 0].numpy() > 0.5)
                 has_mask.append(batch.has_mask.numpy())
@@ -392,7 +398,7 @@ class MemoryBankDetector:
     def calibrate(self, normals: Sequence[Sample], *, quantile: float) -> float:
         """Threshold = `quantile` of the image scores of held-out normal images (and
         `map_floor_` = the median of their anomaly maps)."""
-        scores = self.score_samples(normals, keep_maps=True)
+        scores = self.score_samples(normals, keep_maps=True, map_stride=_FLOOR_STRIDE)
         assert scores.anomaly_maps is not None
         return self._threshold_from(
             scores.image_scores, maps=scores.anomaly_maps, quantile=quantile
@@ -400,7 +406,7 @@ class MemoryBankDetector:
 
     def _threshold_from(self, scores: np.ndarray, *, maps: np.ndarray, quantile: float) -> float:
         """Set the threshold to `quantile` of normal images' `scores` (N,) and the map floor to
-        the median of their anomaly maps (N, H_in, W_in)."""
+        the median of their anomaly-map values `maps` (any shape)."""
         self.threshold_ = float(np.quantile(scores, quantile))
         self.map_floor_ = float(np.median(maps))
         return self.threshold_
@@ -571,7 +577,9 @@ class PatchCoreDetector(MemoryBankDetector):
         ]
         self._threshold_from(
             torch.cat([r.image_scores for r in results]).numpy(),
-            maps=torch.cat([r.anomaly_maps for r in results]).numpy(),
+            maps=torch.cat(
+                [r.anomaly_maps[:, ::_FLOOR_STRIDE, ::_FLOOR_STRIDE] for r in results]
+            ).numpy(),
             quantile=cfg.threshold_quantile,
         )
         self._install_coreset(torch.cat([bank, held_out]), image_hw=image_hw)

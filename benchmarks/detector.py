@@ -484,6 +484,12 @@ def main() -> None:
         help="rebuild each memory bank with the threshold's held-out normals in it",
     )
     parser.add_argument(
+        "--calibration",
+        choices=["holdout", "crossfit"],
+        default="holdout",
+        help="how the threshold is set (DetectorConfig.calibration)",
+    )
+    parser.add_argument(
         "--tap-balance",
         action="store_true",
         help="scale each tap so its channels have the same mean variance over the training patches",
@@ -503,6 +509,8 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, refit_with_calibration=True)
     if args.tap_balance:
         cfg = dataclasses.replace(cfg, tap_balance=True)
+    if args.calibration != "holdout":
+        cfg = dataclasses.replace(cfg, calibration=args.calibration)
     if args.layers is not None:
         cfg = dataclasses.replace(cfg, layers=tuple(args.layers.split(",")))
     if args.topk_fraction is not None:

@@ -288,3 +288,36 @@ def test_tap_balance_equalises_the_taps_and_travels_with_the_model(tmp_path: Pat
     torch.save(state, tmp_path / "bad.pt")
     with pytest.raises(ModelFileError, match=r"bad\.pt: feature_scale"):
         load_detector(tmp_path / "bad.pt")
+
+
+def test_crossfit_calibration_scores_every_training_image_once_out_of_its_fold(
+    fitted: tuple[PatchCoreDetector, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import feddymem.detector as detector_module
+    from feddymem.config import ConfigError
+
+    _, root = fitted
+    searched: list[int] = []
+
+    class Counting(detector_module.NearestNeighbors):
+        def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            searched.append(int(queries.shape[0]))
+            return super().search(queries, k)
+
+    monkeypatch.setattr(detector_module, "NearestNeighbors", Counting)
+    cfg = DetectorConfig(**{**CFG.__dict__, "calibration": "crossfit", "calibration_folds": 3})
+    det = PatchCoreDetector(cfg).fit(scan(root).train)
+    # no image held out of the bank; each of the 15 images scored once, in 3 folds of 5
+    assert det.n_patches_ == 15 * 64
+    assert det.memory_ is not None and det.memory_.shape[0] == round(0.1 * 15 * 64)
+    assert searched == [5 * 64] * 3
+    assert det.threshold_ is not None and det.map_floor_ is not None
+    # out of fold, the training images score higher than against the bank that holds them
+    in_sample = det.score_samples(scan(root).train).image_scores
+    assert det.threshold_ > float(np.quantile(in_sample, 0.99))
+    again = PatchCoreDetector(cfg).fit(scan(root).train)
+    assert again.threshold_ == det.threshold_  # seeded
+    with pytest.raises(ConfigError, match="refit_with_calibration applies to holdout"):
+        DetectorConfig(calibration="crossfit", refit_with_calibration=True)
+    with pytest.raises(ConfigError, match="calibration_folds"):
+        DetectorConfig(calibration="crossfit", calibration_folds=1)

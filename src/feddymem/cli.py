@@ -44,6 +44,8 @@ def _detector_config(args: argparse.Namespace) -> Any:
         image_score=args.image_score,
         threshold_quantile=args.threshold_quantile,
         refit_with_calibration=args.refit,
+        calibration=args.calibration,
+        calibration_folds=args.calibration_folds,
         tap_balance=args.tap_balance,
         seed=args.seed,
     )
@@ -424,6 +426,21 @@ def _add_detector_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="once the threshold is set on the held-out normals, rebuild the memory bank from "
         "every training image, the held-out ones included (the coreset runs twice)",
+    )
+    g.add_argument(
+        "--calibration",
+        default="holdout",
+        choices=["holdout", "crossfit"],
+        help="holdout: the threshold from a held-out tenth of the normals, kept out of the "
+        "memory bank; crossfit: every training image scored against a bank built without its "
+        "fold, then the bank built from all of them (the coreset runs once more per fold) "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--calibration-folds",
+        type=int,
+        default=5,
+        help="folds of --calibration crossfit (default: %(default)s)",
     )
     g.add_argument(
         "--tap-balance",

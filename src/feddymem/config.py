@@ -81,6 +81,11 @@ class DetectorConfig(FeatureConfig):
     calibration_fraction: float = 0.1  # normal training images held out to set the threshold
     # once the threshold is set, rebuild the memory bank with the held-out images in it
     refit_with_calibration: bool = False
+    # "holdout": the threshold from `calibration_fraction` of the normals, kept out of the bank;
+    # "crossfit": every training image scored against a bank built without its fold
+    # (`calibration_folds` folds), then the bank built from all of them
+    calibration: Literal["holdout", "crossfit"] = "holdout"
+    calibration_folds: int = 5
     # scale each tapped stage so its channels have the same mean variance over the training
     # patches (fitted, saved with the model); off: the taps' raw scales, as PatchCore
     tap_balance: bool = False
@@ -97,6 +102,16 @@ class DetectorConfig(FeatureConfig):
         _check(self.num_neighbors >= 1, "num_neighbors must be >= 1")
         _check(0.0 <= self.calibration_fraction < 0.9, "calibration_fraction must be in [0, 0.9)")
         _check(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be in [0.5, 1]")
+        _check(
+            self.calibration in ("holdout", "crossfit"),
+            f"calibration must be 'holdout' or 'crossfit', got {self.calibration!r}",
+        )
+        _check(self.calibration_folds >= 2, "calibration_folds must be >= 2")
+        _check(
+            not (self.calibration == "crossfit" and self.refit_with_calibration),
+            "refit_with_calibration applies to holdout calibration (crossfit builds the bank "
+            "from every training image already)",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)

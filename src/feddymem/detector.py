@@ -530,7 +530,11 @@ class PatchCoreDetector(MemoryBankDetector):
     With ``refit_with_calibration`` the memory is then built again from every training image,
     the held-out ones included, so that a tenth of the normals is not lost to the bank (new
     normals then tend to score lower than the held-out ones did, so the threshold errs towards
-    fewer false alarms; the fit does the coreset twice). Fitted state also `n_patches_`.
+    fewer false alarms; the fit does the coreset twice). With ``calibration="crossfit"`` no
+    image is held out: the memory comes from every training image, and the threshold from
+    every training image's score against a memory built without its fold (the coreset runs
+    once per fold more), a quantile over all the normals instead of a tenth of them. Fitted
+    state also `n_patches_`.
     """
 
     kind = "patchcore"
@@ -554,8 +558,9 @@ class PatchCoreDetector(MemoryBankDetector):
     ) -> PatchCoreDetector:
         """Fit on normal training samples (labels must all be 0)."""
         cfg = self.config
+        crossfit = cfg.calibration == "crossfit"
         train, calib, image_hw = self._fit_split(
-            samples, fraction=cfg.calibration_fraction, seed=cfg.seed
+            samples, fraction=0.0 if crossfit else cfg.calibration_fraction, seed=cfg.seed
         )
         self.feature_scale_ = None  # the factors (if any) are fitted on the raw features
         bank = self._patch_bank(train, image_hw=image_hw, progress=progress)
@@ -563,6 +568,9 @@ class PatchCoreDetector(MemoryBankDetector):
             self.feature_scale_ = tap_balance_scale(bank, self.extractor.tap_channels)
             bank *= self.feature_scale_
         self._install_coreset(bank, image_hw=image_hw)
+        if crossfit:
+            self._crossfit_threshold(bank)
+            return self
         if not (calib and cfg.refit_with_calibration):
             self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
             return self
@@ -584,6 +592,50 @@ class PatchCoreDetector(MemoryBankDetector):
         )
         self._install_coreset(torch.cat([bank, held_out]), image_hw=image_hw)
         return self
+
+    def _crossfit_threshold(self, bank: torch.Tensor) -> None:
+        """Threshold and map floor from out-of-fold scores: the training images (their patch
+        vectors `bank`, (n * H * W, D), image by image) are split into seeded folds, and each
+        fold is scored against a memory subsampled, as the fitted one is, from the other folds'
+        patches, so every training image counts as a held-out normal once."""
+        cfg = self.config
+        assert self.image_hw_ is not None
+        h, w = self.extractor.grid_size(self.image_hw_)
+        n = bank.shape[0] // (h * w)
+        folds = min(cfg.calibration_folds, n)
+        if folds < 2:
+            log.warning(
+                "%d training image(s): too few to cross-fit, threshold set on training images "
+                "(it will be optimistic)",
+                n,
+            )
+            folds = 1
+        images = bank.view(n, h * w, bank.shape[1])
+        order = np.random.default_rng(cfg.seed).permutation(n)
+        backend: Literal["faiss", "torch"] = "faiss" if cfg.knn_backend == "faiss" else "torch"
+        scores, maps = [], []
+        for fold in range(folds):
+            held = torch.from_numpy(np.sort(order[fold::folds]))
+            others = torch.from_numpy(np.setdiff1d(np.arange(n), held.numpy()))
+            rest = images[others] if folds > 1 else images
+            memory = subsample(
+                rest.reshape(-1, bank.shape[1]),
+                method=cfg.sampler,
+                ratio=cfg.coreset_ratio,
+                seed=cfg.seed + 1 + fold,
+            )
+            distances, _ = NearestNeighbors(memory, backend=backend).search(
+                images[held].reshape(-1, bank.shape[1]), self._k
+            )
+            patch = patch_scores(distances, scoring=self._scoring).view(len(held), h, w)
+            result = self.result_from_patch_scores(patch)
+            scores.append(result.image_scores)
+            maps.append(result.anomaly_maps[:, ::_FLOOR_STRIDE, ::_FLOOR_STRIDE])
+        self._threshold_from(
+            torch.cat(scores).numpy(),
+            maps=torch.cat(maps).numpy(),
+            quantile=cfg.threshold_quantile,
+        )
 
     def _patch_bank(
         self,

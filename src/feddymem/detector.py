@@ -169,10 +169,14 @@ class MemoryBankDetector:
             raise ValueError("memory holds NaN or Inf values")
         self.memory_ = memory.float().contiguous()
         self.image_hw_ = image_hw
+        self._index = self._knn_index(self.memory_)
+
+    def _knn_index(self, memory: torch.Tensor) -> NearestNeighbors:
+        """A k-NN index over `memory` (M, d) with the config's backend (torch when unset)."""
         backend: Literal["faiss", "torch"] = (
             "faiss" if getattr(self.config, "knn_backend", "torch") == "faiss" else "torch"
         )
-        self._index = NearestNeighbors(self.memory_, backend=backend)
+        return NearestNeighbors(memory, backend=backend)
 
     @property
     def index(self) -> NearestNeighbors:
@@ -404,6 +408,16 @@ class MemoryBankDetector:
             scores.image_scores, maps=scores.anomaly_maps, quantile=quantile
         )
 
+    def _threshold_from_results(self, results: Sequence[ScoreResult], *, quantile: float) -> float:
+        """`_threshold_from` over the normal images scored batch by batch in `results`."""
+        return self._threshold_from(
+            torch.cat([r.image_scores for r in results]).numpy(),
+            maps=torch.cat(
+                [r.anomaly_maps[:, ::_FLOOR_STRIDE, ::_FLOOR_STRIDE] for r in results]
+            ).numpy(),
+            quantile=quantile,
+        )
+
     def _threshold_from(self, scores: np.ndarray, *, maps: np.ndarray, quantile: float) -> float:
         """Set the threshold to `quantile` of normal images' `scores` (N,) and the map floor to
         the median of their anomaly-map values `maps` (any shape)."""
@@ -583,13 +597,7 @@ class PatchCoreDetector(MemoryBankDetector):
             self.result_from_patch_scores(self.nearest_patch_scores(part))
             for part in z.split(cfg.batch_size)
         ]
-        self._threshold_from(
-            torch.cat([r.image_scores for r in results]).numpy(),
-            maps=torch.cat(
-                [r.anomaly_maps[:, ::_FLOOR_STRIDE, ::_FLOOR_STRIDE] for r in results]
-            ).numpy(),
-            quantile=cfg.threshold_quantile,
-        )
+        self._threshold_from_results(results, quantile=cfg.threshold_quantile)
         self._install_coreset(torch.cat([bank, held_out]), image_hw=image_hw)
         return self
 
@@ -612,30 +620,25 @@ class PatchCoreDetector(MemoryBankDetector):
             folds = 1
         images = bank.view(n, h * w, bank.shape[1])
         order = np.random.default_rng(cfg.seed).permutation(n)
-        backend: Literal["faiss", "torch"] = "faiss" if cfg.knn_backend == "faiss" else "torch"
-        scores, maps = [], []
+        results = []
         for fold in range(folds):
             held = torch.from_numpy(np.sort(order[fold::folds]))
-            others = torch.from_numpy(np.setdiff1d(np.arange(n), held.numpy()))
-            rest = images[others] if folds > 1 else images
+            # one fold (a single image): scored against a memory of itself, as warned
+            rest = (
+                images[torch.from_numpy(np.setdiff1d(order, held.numpy()))] if folds > 1 else images
+            )
             memory = subsample(
                 rest.reshape(-1, bank.shape[1]),
                 method=cfg.sampler,
                 ratio=cfg.coreset_ratio,
                 seed=cfg.seed + 1 + fold,
             )
-            distances, _ = NearestNeighbors(memory, backend=backend).search(
+            distances, _ = self._knn_index(memory).search(
                 images[held].reshape(-1, bank.shape[1]), self._k
             )
             patch = patch_scores(distances, scoring=self._scoring).view(len(held), h, w)
-            result = self.result_from_patch_scores(patch)
-            scores.append(result.image_scores)
-            maps.append(result.anomaly_maps[:, ::_FLOOR_STRIDE, ::_FLOOR_STRIDE])
-        self._threshold_from(
-            torch.cat(scores).numpy(),
-            maps=torch.cat(maps).numpy(),
-            quantile=cfg.threshold_quantile,
-        )
+            results.append(self.result_from_patch_scores(patch))
+        self._threshold_from_results(results, quantile=cfg.threshold_quantile)
 
     def _patch_bank(
         self,

@@ -28,10 +28,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from feddymem.allocator import keep_freed_memory, keeping_freed_memory
 from feddymem.config import DetectorConfig
 from feddymem.data import Sample, export_elpv, iter_batches, scan
-from feddymem.detector import PatchCoreDetector, patch_scores, split_calibration
-from feddymem.features import PatchFeatureExtractor
-from feddymem.knn import NearestNeighbors
-from feddymem.sampling import greedy_coreset
+from feddymem.detect.detector import PatchCoreDetector, patch_scores, split_calibration
+from feddymem.detect.features import PatchFeatureExtractor
+from feddymem.detect.knn import NearestNeighbors
+from feddymem.detect.sampling import greedy_coreset
 
 REPO = Path(__file__).resolve().parents[1]
 # (k-means cells, cells probed per query) of the approximate searches `--only speed` times
@@ -368,7 +368,7 @@ def select(
     scored on the real test set, as `run_one` does. A row per setting; the setting with the best
     validation image AUROC is the one a site would pick (`picked`).
     """
-    from feddymem.data.synth import synthesize_dataset
+    from feddymem.data.generated.synth import synthesize_dataset
 
     fit, held_out = split_calibration(list(scan(root).train), fraction=fraction, seed=cfg.seed)
     if not held_out:
@@ -529,7 +529,7 @@ def main() -> None:
             else:
                 print(json.dumps({"dataset": name, "skipped": f"not found under {SHARED}"}))
     if "synth" in parts:
-        from feddymem.data.synth import synthesize_dataset
+        from feddymem.data.generated.synth import synthesize_dataset
 
         mono = scan(args.data_dir / "elpv-mono")
         target = args.data_dir / "elpv-mono-synth"

@@ -40,10 +40,10 @@ import torch
 from feddymem.allocator import keep_freed_memory
 from feddymem.config import DetectorConfig, FedDyMemConfig, from_dict
 from feddymem.data import export_elpv, scan
-from feddymem.detector import PatchCoreDetector
-from feddymem.features import PatchFeatureExtractor
+from feddymem.detect.detector import PatchCoreDetector
+from feddymem.detect.features import PatchFeatureExtractor
 from feddymem.federation.simulation import run_federation
-from feddymem.generator import MemoryGenerator
+from feddymem.method.generator import MemoryGenerator
 from feddymem.metrics import f1_max, image_auroc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +175,7 @@ def accuracy(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, 
             model=model,
         )
         pooled = run_federation(pooled_spec, args.out / "pooled-feddymem")
-        from feddymem.detector import load_detector
+        from feddymem.detect.detector import load_detector
 
         det = (
             load_detector(Path(pooled["clients"]["pooled"]["model_file"]))
@@ -232,7 +232,7 @@ def bytes_table(fed: dict[str, Any], rows: list[dict[str, Any]]) -> None:
     gen = MemoryGenerator(in_channels=ext.out_channels, gamma_d=cfg.gamma_d)
     gen_bytes = sum(p.numel() for p in gen.parameters()) * 4
     tapped_bytes = sum(p.numel() for p in ext.net.parameters()) * 4
-    from feddymem.backbones import build_lite_classifier
+    from feddymem.detect.backbones import build_lite_classifier
 
     full_bytes = (
         sum(p.numel() for p in build_lite_classifier("efficientnet-lite0").parameters()) * 4
@@ -298,10 +298,10 @@ def memory_sweep(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
     """Round-0 FedDyMem memories of ELPV mono and poly under several reduce / size settings."""
     import dataclasses
 
-    from feddymem.aggregate import aggregate_memories
     from feddymem.data import iter_batches
-    from feddymem.local_model import FedDyMemClient
-    from feddymem.reduce import REDUCERS, ReducedMemory
+    from feddymem.method.aggregate import aggregate_memories
+    from feddymem.method.client import FedDyMemClient
+    from feddymem.method.reduce import REDUCERS, ReducedMemory
 
     base = FedDyMemConfig(seed=args.seed)
     clients: dict[str, FedDyMemClient] = {}
@@ -396,8 +396,8 @@ def memory_sweep(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
 def loss_step(args: argparse.Namespace, *, repeats: int = 3) -> dict[str, Any]:
     """The metric loss's training step, as it is and over the full distance matrix."""
     from feddymem.data import iter_batches
-    from feddymem.knn import NearestNeighbors
-    from feddymem.losses import MetricLoss
+    from feddymem.detect.knn import NearestNeighbors
+    from feddymem.method.losses import MetricLoss
 
     root = args.data_dir / "elpv-mono"
     export_elpv(root, cell_type="mono", seed=args.seed)

@@ -22,7 +22,7 @@ if sys.argv[1:] == ["switch-only"]:
     print(json.dumps({"applied": applied}))
     raise SystemExit
 torch.set_num_threads(2)
-from feddymem.features import PatchFeatureExtractor
+from feddymem.detect.features import PatchFeatureExtractor
 net = PatchFeatureExtractor(backbone="efficientnet_lite0")
 x = torch.rand(8, 3, 224, 224, generator=torch.Generator().manual_seed(0))
 net(x), net(x)  # warm-up: tracing, first touch of the heap

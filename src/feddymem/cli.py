@@ -53,7 +53,7 @@ def _detector_config(args: argparse.Namespace) -> Any:
 
 def cmd_fit(args: argparse.Namespace) -> int:
     from feddymem.data import scan
-    from feddymem.detector import PatchCoreDetector
+    from feddymem.detect.detector import PatchCoreDetector
 
     split = scan(args.data)
     cfg = _detector_config(args)
@@ -79,7 +79,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from feddymem.data import scan
-    from feddymem.detector import load_detector
+    from feddymem.detect.detector import load_detector
 
     det = load_detector(args.model, weights=args.weights)
     split = scan(args.data)
@@ -130,7 +130,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     from feddymem.data import Sample
     from feddymem.data.images import read_image
-    from feddymem.detector import load_detector
+    from feddymem.detect.detector import load_detector
 
     det = load_detector(args.model, weights=args.weights)
     paths = [Path(p) for p in args.images]
@@ -227,7 +227,7 @@ def cmd_data_elpv(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from feddymem.data import scan
-    from feddymem.data.synth import synthesize_dataset
+    from feddymem.data.generated.synth import synthesize_dataset
 
     normals_dir: Path = args.normals
     train: list[Path] = []
@@ -339,7 +339,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_audit(args: argparse.Namespace) -> int:
     """Privacy audit: inversion attack on what a client sends, and the cost of noise."""
-    from feddymem.audit import run_audit
+    from feddymem.privacy.audit import run_audit
 
     summary = run_audit(args.config, args.out)
     print(
@@ -349,7 +349,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _add_detector_options(p: argparse.ArgumentParser) -> None:
-    from feddymem.backbones import available_backbones
+    from feddymem.detect.backbones import available_backbones
 
     g = p.add_argument_group("detector")
     g.add_argument(
@@ -559,7 +559,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="normal images kept unaltered in test/good (default: half)",
     )
     q.set_defaults(func=cmd_data_synth)
-    from feddymem.data.mixtures import register_cli as register_mixture_cli
+    from feddymem.data.generated.mixtures import register_cli as register_mixture_cli
 
     register_mixture_cli(dsub)
 
@@ -680,10 +680,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from feddymem.allocator import keep_freed_memory
 
     keep_freed_memory()  # every command's tensors come and go by the batch
-    from feddymem.backbones import BackboneError
     from feddymem.config import ConfigError
     from feddymem.data import DataError
-    from feddymem.detector import ModelFileError
+    from feddymem.detect.backbones import BackboneError
+    from feddymem.detect.detector import ModelFileError
 
     try:
         return int(args.func(args))

@@ -153,7 +153,7 @@ class FedDyMemConfig(FeatureConfig):
     scoring: Literal["nearest", "softmin"] = "nearest"
     score_k: int = 3
     seed: int = 0
-    # --- differential privacy of the upload (feddymem.privacy, docs/privacy.md) ---
+    # --- differential privacy of the upload (feddymem.privacy.dp, docs/privacy.md) ---
     dp_clip_norm: float | None = None  # C: clip every patch vector z_ij to L2 norm C; None: off
     dp_noise_multiplier: float = 0.0  # sigma: Gaussian noise std = sigma * sensitivity
 

@@ -26,7 +26,7 @@ from feddymem.config import FedDyMemConfig
 from feddymem.federation.client_app import build_client_app
 from feddymem.federation.runconfig import ServerSettings
 from feddymem.federation.server_app import serve
-from feddymem.reduce import ReducedMemory
+from feddymem.method.reduce import ReducedMemory
 
 DIM = 6
 ITEMS = 5

@@ -19,7 +19,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from feddymem.config import ConfigError, FedDyMemConfig
 from feddymem.federation import wire
-from feddymem.reduce import ReducedMemory
+from feddymem.method.reduce import ReducedMemory
 
 
 def _memory(items: int = 7, dim: int = 5, n: int = 3) -> ReducedMemory:

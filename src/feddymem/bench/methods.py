@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from feddymem.config import DetectorConfig, FeatureConfig, FedDyMemConfig, from_dict
-from feddymem.detector import DatasetScores, PatchCoreDetector
+from feddymem.detect.detector import DatasetScores, PatchCoreDetector
 from feddymem.federation.spec import ClientData, load_client_data, load_spec
 from feddymem.metrics import DetectionMetrics
 
@@ -156,7 +156,7 @@ def run_central_patchcore(task: Task) -> Outcome:
 
 
 def _cfa_client(task: Task, name: str, train: list[Any], test: list[Any]) -> Any:
-    from feddymem.local_model import FedDyMemClient
+    from feddymem.method.client import FedDyMemClient
 
     return FedDyMemClient(
         train=train,
@@ -196,7 +196,7 @@ def run_central_cfa(task: Task) -> Outcome:
 
 
 def run_local_padim(task: Task) -> Outcome:
-    from feddymem.gaussian import GaussianConfig, GaussianDetector
+    from feddymem.detect.gaussian import GaussianConfig, GaussianDetector
 
     shared = {f.name for f in dataclasses.fields(FeatureConfig)}
     values = {k: v for k, v in task.model.items() if k in shared}
@@ -268,7 +268,7 @@ def _feddymem(**overrides: Any) -> Callable[[Task], Outcome]:
 
 def _param_sharing(method: str) -> Callable[[Task], Outcome]:
     def run(task: Task) -> Outcome:
-        from feddymem.federation.param_sharing import run_param_sharing
+        from feddymem.federation.baselines.methods import run_param_sharing
 
         spec = _derived_spec(task, f"{task.dataset}-{method}", task.model)
         results = run_param_sharing(

@@ -227,7 +227,7 @@ def resolve_datasets(
                 raise BenchError(f"data set {name}: spec file {spec} does not exist")
             datasets.append(Dataset(name, spec))
             continue
-        from feddymem.data.mixtures import MIXTURES, build_mixture
+        from feddymem.data.generated.mixtures import MIXTURES, build_mixture
 
         if name not in MIXTURES:
             raise BenchError(

@@ -30,7 +30,7 @@ from feddymem.federation.runconfig import SiteSettings, Value, site_settings
 from feddymem.federation.spec import ClientData, load_client_data, load_site_data, load_spec
 
 if TYPE_CHECKING:
-    from feddymem.local_model import FedDyMemClient
+    from feddymem.method.client import FedDyMemClient
 
 __all__ = ["CLIENT_ERROR_CODE", "MODEL_FILE", "ClientStateError", "app", "build_client_app"]
 
@@ -72,7 +72,7 @@ def state_dir(site: SiteSettings, *, name: str, instructions: wire.Instructions)
 def client_class() -> type[FedDyMemClient]:
     """The FedDyMem client class, imported on first use: a deployed site starts a fresh process
     per message, and the ``query`` handler should not pay for the model's imports."""
-    from feddymem.local_model import FedDyMemClient
+    from feddymem.method.client import FedDyMemClient
 
     return FedDyMemClient
 

@@ -34,7 +34,6 @@ from flwr.app import Context, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
 import feddymem
-from feddymem.aggregate import aggregate_memories
 from feddymem.allocator import keep_freed_memory
 from feddymem.federation import wire
 from feddymem.federation.applog import ensure_app_logging
@@ -49,7 +48,8 @@ from feddymem.federation.checkpoint import (
 from feddymem.federation.participants import FederationError, Participants, write_json
 from feddymem.federation.runconfig import ServerSettings, Value, server_settings
 from feddymem.federation.spec import FederationSpec, load_spec
-from feddymem.reduce import ReducedMemory
+from feddymem.method.aggregate import aggregate_memories
+from feddymem.method.reduce import ReducedMemory
 
 __all__ = [
     "GLOBAL_MEMORY_FILE",

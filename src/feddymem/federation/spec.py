@@ -25,7 +25,7 @@ alpha = 0.5                  # dirichlet only
 by = "source"                # dirichlet only: "source" or "label"
 ```
 
-A partition splits the sources' *training normals* across clients (`feddymem.partition`). Each
+A partition splits the sources' *training normals* across clients (`feddymem.data.partition`). Each
 client is then evaluated on the full test split of every source it holds training images from:
 test sets are not partitioned, because a client's share of a test split could hold no anomaly
 (AUROC undefined) and would make small, noisy scores; sharing test images across clients leaks
@@ -47,7 +47,7 @@ from typing import Any
 
 from feddymem.config import ConfigError, FedDyMemConfig, from_dict, to_dict
 from feddymem.data import Sample, scan
-from feddymem.partition import dirichlet, iid
+from feddymem.data.partition import dirichlet, iid
 
 __all__ = [
     "ClientData",

@@ -41,7 +41,7 @@ from flwr.app import (
 from flwr.common.serde import message_to_proto, recorddict_to_proto
 
 from feddymem.config import FedDyMemConfig, from_dict, to_dict
-from feddymem.reduce import ReducedMemory
+from feddymem.method.reduce import ReducedMemory
 
 __all__ = [
     "ARRAY_KEYS",

@@ -1,0 +1,189 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from feddymem.config import ConfigError
+from feddymem.data import scan
+from feddymem.detect.detector import ModelFileError, NotFittedError, load_detector
+from feddymem.detect.gaussian import (
+    GaussianConfig,
+    GaussianDetector,
+    PatchMoments,
+    estimate_gaussian,
+    mahalanobis,
+    regularised_precision,
+    select_channels,
+)
+
+CFG = GaussianConfig(image_size=64, batch_size=8, calibration_fraction=0.2)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from tests.conftest import make_texture_tree
+
+    return make_texture_tree(tmp_path_factory.mktemp("tex") / "brick", n_train=15)
+
+
+@pytest.fixture(scope="module")
+def fitted(tree: Path) -> GaussianDetector:
+    return GaussianDetector(CFG).fit(scan(tree).train)
+
+
+def _random_covariances(p: int, d: int, *, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(p, 3 * d, d, generator=gen) @ torch.randn(d, d, generator=gen)
+    x = x - x.mean(dim=1, keepdim=True)
+    return x.mT @ x / (3 * d - 1)  # (p, d, d), correlated channels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_precision_inverts_a_batch(dtype: torch.dtype) -> None:
+    # A small batched call first: after one, batched LU inverses go wrong on this build.
+    regularised_precision(_random_covariances(2, 3, seed=1).to(dtype), eps=0.01)
+    cov = _random_covariances(256, 48, seed=0).to(dtype)
+    precision = regularised_precision(cov, eps=0.01)
+    assert precision.shape == cov.shape and precision.dtype == dtype
+    a = cov.double() + 0.01 * torch.eye(48, dtype=torch.float64)
+    err = (a @ precision.double() - torch.eye(48, dtype=torch.float64)).abs().amax()
+    assert float(err) < (1e-3 if dtype == torch.float32 else 1e-9)
+    assert torch.equal(precision, precision.mT)
+
+
+def test_precision_refuses_an_indefinite_covariance() -> None:
+    cov = torch.eye(4).repeat(3, 1, 1)
+    cov[1] = -cov[1]
+    with pytest.raises(ValueError, match="1 of 3 covariance"):
+        regularised_precision(cov, eps=0.01)
+
+
+def test_mahalanobis_matches_single_matrix_brute_force() -> None:
+    gen = torch.Generator().manual_seed(0)
+    mix = torch.randn(5, 5, generator=gen)
+    train = torch.einsum("nehw,de->ndhw", torch.randn(40, 5, 2, 3, generator=gen), mix) + 1.0
+    query = torch.randn(3, 5, 2, 3, generator=gen) * 2.0
+    eps = 0.01
+    mean, precision = estimate_gaussian(train, eps=eps)
+    got = mahalanobis(query, mean, precision)
+    assert got.shape == (3, 2, 3)
+
+    x, q = train.double().numpy(), query.double().numpy()
+    want = np.zeros((3, 2, 3))
+    for i in range(2):
+        for j in range(3):
+            feats = x[:, :, i, j]  # (N, D) at this position
+            inv = np.linalg.inv(np.cov(feats, rowvar=False) + eps * np.eye(5))
+            delta = q[:, :, i, j] - feats.mean(axis=0)
+            want[:, i, j] = np.sqrt(np.einsum("bd,de,be->b", delta, inv, delta))
+    np.testing.assert_allclose(got.numpy(), want, rtol=1e-4)
+    # Position j of the grid is row j of mean / precision: a shuffled model scores differently.
+    assert not torch.allclose(mahalanobis(query, mean.roll(1, 0), precision.roll(1, 0)), got)
+
+
+def test_moments_stream_like_one_batch() -> None:
+    feats = torch.randn(10, 4, 3, 3, generator=torch.Generator().manual_seed(0))
+    whole, parts = PatchMoments(), PatchMoments()
+    whole.update(feats)
+    for chunk in feats.split(3):
+        parts.update(chunk)
+    assert parts.count == 10 and parts.grid_hw == (3, 3)
+    for a, b in zip(whole.mean_covariance(), parts.mean_covariance(), strict=True):
+        assert torch.allclose(a, b)
+    with pytest.raises(ValueError, match="do not match"):
+        parts.update(torch.randn(2, 4, 2, 3))
+    single = PatchMoments()
+    single.update(feats[:1])
+    with pytest.raises(ValueError, match="at least 2"):
+        single.mean_covariance()
+
+
+def test_select_channels_is_seeded() -> None:
+    assert select_channels(152, None, seed=0) is None
+    assert select_channels(152, 152, seed=0) is None
+    a = select_channels(152, 50, seed=0)
+    assert a is not None and a.shape == (50,)
+    assert torch.equal(a, a.sort().values) and a.unique().numel() == 50 and int(a.max()) < 152
+    same, other = select_channels(152, 50, seed=0), select_channels(152, 50, seed=1)
+    assert same is not None and torch.equal(a, same)
+    assert other is not None and not torch.equal(a, other)
+    with pytest.raises(ValueError, match="n_features"):
+        select_channels(152, 200, seed=0)
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(ConfigError, match="eps"):
+        GaussianConfig(eps=0.0)
+    with pytest.raises(ConfigError, match="n_features"):
+        GaussianConfig(n_features=0)
+
+
+def test_detector_separates_generated_anomalies(fitted: GaussianDetector, tree: Path) -> None:
+    metrics = fitted.evaluate(scan(tree).test)
+    assert metrics.image_auroc >= 0.9
+    assert metrics.pixel_auroc is not None and metrics.pixel_auroc >= 0.9
+
+
+def test_fitted_state_and_shapes(fitted: GaussianDetector) -> None:
+    d = fitted.extractor.out_channels
+    assert fitted.image_hw_ == (64, 64) and fitted.grid_hw_ == (8, 8)
+    assert fitted.n_train_ == 12  # 15 normals, 20% held out for the threshold
+    assert fitted.mean_ is not None and fitted.mean_.shape == (64, d)
+    assert fitted.precision_ is not None and fitted.precision_.shape == (64, d, d)
+    assert fitted.channels_ is None and fitted.threshold_ is not None
+    out = fitted.score(torch.rand(3, 3, 64, 64))
+    assert out.image_scores.shape == (3,) and out.anomaly_maps.shape == (3, 64, 64)
+    assert torch.all(torch.isfinite(out.image_scores)) and torch.all(out.image_scores > 0)
+    with pytest.raises(ValueError, match="fitted at"):
+        fitted.score(torch.rand(1, 3, 32, 64))
+
+
+def test_channel_subset_and_save_load_round_trip(
+    fitted: GaussianDetector, tree: Path, tmp_path: Path
+) -> None:
+    det = GaussianDetector(GaussianConfig(**{**CFG.__dict__, "n_features": 32}))
+    det._extractor = fitted.extractor  # same frozen backbone; tracing another costs seconds
+    det.fit(scan(tree).train)
+    assert det.channels_ is not None and det.channels_.shape == (32,)
+    assert det.mean_ is not None and det.mean_.shape == (64, 32)
+
+    again = load_detector(det.save(tmp_path / "gauss.pt"))
+    assert isinstance(again, GaussianDetector)
+    assert again.config == det.config and again.threshold_ == det.threshold_
+    assert again.map_floor_ == det.map_floor_ is not None
+    assert again.channels_ is not None and torch.equal(again.channels_, det.channels_)
+    again._extractor = fitted.extractor
+    x = torch.rand(2, 3, 64, 64)
+    a, b = det.score(x), again.score(x)
+    assert torch.equal(a.image_scores, b.image_scores)
+    assert torch.equal(a.anomaly_maps, b.anomaly_maps)
+    assert GaussianDetector.load(tmp_path / "gauss.pt").n_train_ == det.n_train_
+
+
+def test_unfitted_and_bad_use_raise(fitted: GaussianDetector, tree: Path, tmp_path: Path) -> None:
+    det = GaussianDetector(CFG)
+    with pytest.raises(NotFittedError, match="not fitted"):
+        det.score(torch.rand(1, 3, 64, 64))
+    with pytest.raises(NotFittedError):
+        det.save(tmp_path / "x.pt")
+    with pytest.raises(NotFittedError):
+        det.evaluate(scan(tree).test)
+    with pytest.raises(ValueError, match="normal images only"):
+        det.fit(scan(tree).test)
+    with pytest.raises(TypeError, match="no memory bank"):
+        det.set_memory(torch.zeros(3, 4), image_hw=(64, 64))
+
+    state = fitted.state()
+    del state["precision"]
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(ModelFileError, match="not a valid gaussian"):
+        load_detector(tmp_path / "broken.pt")
+
+    from feddymem.detect.autoencoder import AutoencoderDetector
+
+    path = fitted.save(tmp_path / "gauss.pt")
+    with pytest.raises(ModelFileError, match="not an autoencoder"):
+        AutoencoderDetector.load(path)

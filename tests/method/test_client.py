@@ -1,0 +1,91 @@
+"""The real FedDyMem client on a tiny texture tree: rounds, state on disk, the feature cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from feddymem.config import FedDyMemConfig
+from feddymem.data import scan
+from feddymem.method import client as local_model
+from feddymem.method.client import FEATURES_FILE, FedDyMemClient
+
+CONFIG = FedDyMemConfig(
+    image_size=64, batch_size=4, client_memory_size=32, kmeans_iterations=3, train_batch_size=4
+)
+
+
+def _no_loading(*args: object, **kwargs: object) -> None:
+    raise AssertionError("features were extracted again")
+
+
+def _client(root: Path, state: Path, cache: Path | None) -> FedDyMemClient:
+    split = scan(root)
+    return FedDyMemClient(
+        train=split.train, test=split.test, config=CONFIG, state_dir=state, feature_cache=cache
+    )
+
+
+def test_shared_feature_cache_is_reused_across_runs_and_follows_the_files(
+    texture_tree: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cache = tmp_path / "cache"
+    first = _client(texture_tree, tmp_path / "run1", cache)
+    feats = first.features()
+    files = list(cache.glob("*.pt"))
+    assert len(files) == 1 and not (tmp_path / "run1" / FEATURES_FILE).exists()
+
+    # A second run (fresh state folder) loads the same tensor instead of extracting again.
+    second = _client(texture_tree, tmp_path / "run2", cache)
+    with monkeypatch.context() as patch:
+        patch.setattr(local_model, "iter_batches", _no_loading)
+        assert torch.equal(second.features(), feats)
+    assert list(cache.glob("*.pt")) == files
+
+    # Touching a training file changes the key: the cache never serves stale features.
+    path = second.train_samples[0].path
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    third = _client(texture_tree, tmp_path / "run3", cache)
+    third.features()
+    assert len(list(cache.glob("*.pt"))) == 2
+
+
+def test_without_a_shared_cache_features_live_in_the_state_folder(
+    texture_tree: Path, tmp_path: Path
+) -> None:
+    client = _client(texture_tree, tmp_path / "run", None)
+    memory, metrics = client.fit_round(round_idx=0, global_memory=None)
+    assert (tmp_path / "run" / FEATURES_FILE).is_file()
+    assert memory.vectors.shape == (32, client.dim)
+    assert metrics["n_images"] == len(client.train_samples)
+
+
+@pytest.mark.parametrize("reduce", ["coreset", "kmeans", "position_average", "none"])
+def test_build_upload_uses_the_configured_reducer_and_the_audit_shares_it(reduce: str) -> None:
+    from feddymem.method.reduce import REDUCERS
+    from feddymem.privacy import audit
+
+    z = torch.randn(6, 8, 4, 4, generator=torch.Generator().manual_seed(0))
+    cfg = FedDyMemConfig(memory_reduce=reduce, client_memory_size=20, kmeans_iterations=3, seed=3)
+    upload = local_model.build_upload(z, config=cfg, round_idx=2)
+    seed = 3 * 100_003 + 2
+    if reduce == "position_average":
+        expected = REDUCERS[reduce](z, gamma_c=cfg.gamma_c, seed=seed, iterations=3)
+    elif reduce == "kmeans":
+        expected = REDUCERS[reduce](z, size=20, seed=seed, iterations=3)
+    else:
+        expected = REDUCERS[reduce](z, size=20, seed=seed)
+    assert torch.equal(upload.vectors, expected.vectors)
+    assert torch.equal(upload.weights, expected.weights)
+    if reduce == "coreset":
+        # real patch vectors of the client, each weighted by the vectors nearest to it
+        flat = z.permute(0, 2, 3, 1).reshape(-1, 8)
+        assert upload.vectors.shape == (20, 8)
+        assert bool((upload.vectors[:, None, :] == flat[None]).all(dim=2).any(dim=1).all())
+        assert float(upload.weights.sum()) == flat.shape[0]
+    # the privacy audit builds its twin uploads with the same function, not a copy of it
+    assert audit.build_upload is local_model.build_upload

@@ -136,6 +136,10 @@ class Batch:
             mask, or loaded with ``with_masks=False`` count for image-level metrics only.
         labels: ``(B,)`` int64, 0 normal, 1 anomalous.
         samples: The ``B`` samples, in order.
+        originals: With ``keep_originals``: each image as decoded, ``(h, w, 3)`` uint8, before
+            the resize (a large JPEG may be decoded at a reduced scale, never below the batch
+            size), so a caller drawing over the image need not decode the file again.
+        full_hw: With ``keep_originals``: each file's own ``(H, W)``.
     """
 
     images: torch.Tensor
@@ -143,6 +147,8 @@ class Batch:
     has_mask: torch.Tensor
     labels: torch.Tensor
     samples: list[Sample]
+    originals: list[np.ndarray] | None = None
+    full_hw: list[tuple[int, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -166,6 +172,8 @@ class _Loaded:
     image: np.ndarray  # (H, W, 3) uint8, already at the batch size
     mask: np.ndarray | None  # (H, W) bool at the batch size; None when not read
     has_mask: bool
+    original: np.ndarray | None = None  # (h, w, 3) uint8 as decoded, with keep_originals
+    full_hw: tuple[int, int] | None = None
 
 
 def _resize_image(pixels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -191,8 +199,20 @@ def _resize_mask(mask: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(values.resize((width, height), Image.Resampling.NEAREST)) != 0
 
 
-def _load_sample(sample: Sample, size: tuple[int, int], with_masks: bool) -> _Loaded:
+def _load_sample(
+    sample: Sample, size: tuple[int, int], with_masks: bool, keep_original: bool = False
+) -> _Loaded:
     """Decode, check and resize one sample; raises :class:`DataError` for a bad file."""
+    if keep_original:
+        # Decoded once, resized here: the same pixels as resizing before the RGB expansion.
+        decoded = decode_image(sample.path, size_hint=size)
+        return _Loaded(
+            image=_resize_image(decoded.pixels, size),
+            mask=None,
+            has_mask=sample.label == 0,
+            original=decoded.pixels,
+            full_hw=decoded.full_hw,
+        )
     decoded = decode_image(sample.path, size_hint=size, resize_to=size)
     image = _resize_image(decoded.pixels, size)
     if with_masks and sample.mask_path is not None:
@@ -222,6 +242,8 @@ def _collate(loaded: list[_Loaded], samples: list[Sample], size: tuple[int, int]
         has_mask=torch.tensor([item.has_mask for item in loaded], dtype=torch.bool),
         labels=torch.tensor([s.label for s in samples], dtype=torch.long),
         samples=samples,
+        originals=[item.original for item in loaded if item.original is not None] or None,
+        full_hw=[item.full_hw for item in loaded if item.full_hw is not None] or None,
     )
 
 
@@ -255,6 +277,7 @@ def iter_batches(
     num_threads: int = 2,
     on_error: OnError = "skip",
     report: LoadReport | None = None,
+    keep_originals: bool = False,
 ) -> Iterator[Batch]:
     """Decode samples in a thread pool and yield them as batches, in order.
 
@@ -273,6 +296,8 @@ def iter_batches(
         on_error: ``"skip"``: log a warning naming the file and the reason, record it in
             ``report`` and go on; ``"raise"``: raise the error.
         report: Filled in while iterating (counts and skipped files).
+        keep_originals: Also hand back each image as decoded and its file's size
+            (``Batch.originals``, ``Batch.full_hw``); masks are then not read.
 
     Returns:
         An iterator of batches with ``images`` ``(B, 3, H, W)``, ``masks`` ``(B, 1, H, W)``,
@@ -293,6 +318,7 @@ def iter_batches(
         num_threads=num_threads,
         on_error=on_error,
         report=report if report is not None else LoadReport(),
+        keep_originals=keep_originals,
     )
 
 
@@ -305,6 +331,7 @@ def _generate_batches(
     num_threads: int,
     on_error: OnError,
     report: LoadReport,
+    keep_originals: bool = False,
 ) -> Iterator[Batch]:
     """The generator behind :func:`iter_batches` (options already checked)."""
     target = size
@@ -322,7 +349,8 @@ def _generate_batches(
                 sample = next(queue, None)
                 if sample is None:
                     return
-                pending.append((sample, pool.submit(_load_sample, sample, target, with_masks)))
+                future = pool.submit(_load_sample, sample, target, with_masks, keep_originals)
+                pending.append((sample, future))
 
         fill()
         chunk: list[_Loaded] = []

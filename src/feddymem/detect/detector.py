@@ -261,8 +261,10 @@ class MemoryBankDetector:
         with_masks: bool = False,
         report: LoadReport | None = None,
         on_error: str = "skip",
+        keep_originals: bool = False,
     ) -> Iterator[Batch]:
-        """Load `samples` at the detector's input size, in batches (corrupt files skipped)."""
+        """Load `samples` at the detector's input size, in batches (corrupt files skipped);
+        `keep_originals` also hands back each image as decoded (`Batch.originals`)."""
         self._check_fitted()
         assert self.image_hw_ is not None
         return iter_batches(
@@ -272,6 +274,7 @@ class MemoryBankDetector:
             with_masks=with_masks,
             report=report,
             on_error=on_error,  # type: ignore[arg-type]
+            keep_originals=keep_originals,
         )
 
     def score_samples(

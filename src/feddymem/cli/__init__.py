@@ -1,0 +1,50 @@
+"""The `feddymem` command: it parses arguments and calls the library, one module per
+subcommand group (`detector`: fit / evaluate / predict, `data`, `federate`: federate / demo,
+`bench`, `audit`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from feddymem.cli import audit, bench, data, detector, federate
+
+__all__ = ["build_parser", "main"]
+
+_GROUPS = (detector, data, federate, bench, audit)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="feddymem",
+        description="Federated, unsupervised image anomaly detection (FedDyMem on Flower).",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for group in _GROUPS:
+        group.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    level = logging.WARNING - 10 * min(args.verbose + 1, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    from feddymem.allocator import keep_freed_memory
+
+    keep_freed_memory()  # every command's tensors come and go by the batch
+    from feddymem.config import ConfigError
+    from feddymem.data import DataError
+    from feddymem.detect.backbones import BackboneError
+    from feddymem.detect.detector import ModelFileError
+
+    try:
+        return int(args.func(args))
+    except (DataError, BackboneError, ConfigError, ModelFileError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

@@ -28,10 +28,11 @@ from torch.utils.flop_counter import FlopCounterMode
 from feddymem.allocator import keep_freed_memory, keeping_freed_memory
 from feddymem.config import DetectorConfig
 from feddymem.data import Sample, export_elpv, iter_batches, scan
-from feddymem.detect.detector import PatchCoreDetector, patch_scores, split_calibration
+from feddymem.detect.detector import PatchCoreDetector, patch_scores
 from feddymem.detect.features import PatchFeatureExtractor
 from feddymem.detect.knn import NearestNeighbors
 from feddymem.detect.sampling import greedy_coreset
+from feddymem.detect.threshold import split_calibration
 
 REPO = Path(__file__).resolve().parents[1]
 # (k-means cells, cells probed per query) of the approximate searches `--only speed` times

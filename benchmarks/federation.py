@@ -175,7 +175,7 @@ def accuracy(args: argparse.Namespace, rows: list[dict[str, Any]]) -> dict[str, 
             model=model,
         )
         pooled = run_federation(pooled_spec, args.out / "pooled-feddymem")
-        from feddymem.detect.detector import load_detector
+        from feddymem.detect.registry import load_detector
 
         det = (
             load_detector(Path(pooled["clients"]["pooled"]["model_file"]))

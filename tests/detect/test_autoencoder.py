@@ -17,7 +17,8 @@ from feddymem.detect.autoencoder import (
     mean_reconstruction_error,
     train_autoencoder,
 )
-from feddymem.detect.detector import NotFittedError, load_detector
+from feddymem.detect.base import NotFittedError
+from feddymem.detect.registry import load_detector
 
 CFG = AutoencoderConfig(image_size=64, batch_size=8, calibration_fraction=0.2, epochs=20)
 

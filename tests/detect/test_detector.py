@@ -10,14 +10,10 @@ import torch
 
 from feddymem.config import DetectorConfig
 from feddymem.data import scan
-from feddymem.detect.detector import (
-    ModelFileError,
-    NotFittedError,
-    PatchCoreDetector,
-    load_detector,
-    patch_scores,
-    tap_balance_scale,
-)
+from feddymem.detect.base import NotFittedError
+from feddymem.detect.detector import PatchCoreDetector, patch_scores, tap_balance_scale
+from feddymem.detect.modelfile import ModelFileError
+from feddymem.detect.registry import load_detector
 
 CFG = DetectorConfig(image_size=64, batch_size=8, coreset_ratio=0.1, calibration_fraction=0.2)
 

@@ -30,7 +30,8 @@ from typing import Any
 import numpy as np
 
 from feddymem.config import DetectorConfig, FeatureConfig, FedDyMemConfig, from_dict
-from feddymem.detect.detector import DatasetScores, PatchCoreDetector
+from feddymem.detect.base import DatasetScores
+from feddymem.detect.detector import PatchCoreDetector
 from feddymem.federation.spec import ClientData, load_client_data, load_spec
 from feddymem.metrics import DetectionMetrics
 

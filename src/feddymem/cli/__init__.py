@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from feddymem.config import ConfigError
     from feddymem.data import DataError
     from feddymem.detect.backbones import BackboneError
-    from feddymem.detect.detector import ModelFileError
+    from feddymem.detect.modelfile import ModelFileError
 
     try:
         return int(args.func(args))

@@ -39,7 +39,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from feddymem.data import scan
-    from feddymem.detect.detector import load_detector
+    from feddymem.detect.registry import load_detector
 
     det = load_detector(args.model, weights=args.weights)
     split = scan(args.data)
@@ -75,8 +75,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from feddymem.detect.detector import load_detector
     from feddymem.detect.predict import image_files, predict_files
+    from feddymem.detect.registry import load_detector
 
     det = load_detector(args.model, weights=args.weights)
     files = image_files([Path(p) for p in args.images])

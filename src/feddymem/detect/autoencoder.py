@@ -23,18 +23,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from feddymem.config import ConfigError, FeatureConfig, from_dict, to_dict
+from feddymem.config import ConfigError, FeatureConfig, from_dict
 from feddymem.data import Sample
-from feddymem.detect.anomaly_map import to_anomaly_maps
-from feddymem.detect.detector import (
-    FORMAT_VERSION,
-    MemoryBankDetector,
-    ModelFileError,
-    NotFittedError,
-    ScoreResult,
-    load_detector,
-    map_floor_from_state,
-)
+from feddymem.detect.base import Detector
+from feddymem.detect.modelfile import ModelFileError, map_floor_from_state
 
 log = logging.getLogger(__name__)
 
@@ -274,7 +266,7 @@ def train_autoencoder(
 # --- detector ----------------------------------------------------------------------------------
 
 
-class AutoencoderDetector(MemoryBankDetector):
+class AutoencoderDetector(Detector):
     """Reconstruction-error detector: anomaly map = upsampled, blurred per-patch error.
 
     Fitted state: `model_` (a `FeatureAutoencoder` in eval mode), `image_hw_` (H_in, W_in),
@@ -333,14 +325,8 @@ class AutoencoderDetector(MemoryBankDetector):
         det.threshold_ = threshold
         return det
 
-    def set_memory(self, memory: torch.Tensor, *, image_hw: tuple[int, int]) -> None:
-        raise TypeError("an AutoencoderDetector has no memory bank: fit it, load it or from_model")
-
-    def _check_fitted(self) -> None:
-        if self.model_ is None or self.image_hw_ is None:
-            raise NotFittedError(
-                f"{type(self).__name__} is not fitted: call fit(), load() or from_model() first"
-            )
+    def _is_fitted(self) -> bool:
+        return self.model_ is not None
 
     def fit(
         self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
@@ -375,38 +361,22 @@ class AutoencoderDetector(MemoryBankDetector):
         self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
         return self
 
-    def score(self, images: torch.Tensor) -> ScoreResult:
-        """(B, 3, H_in, W_in) in [0, 1] -> image scores (B,) and anomaly maps (B, H_in, W_in)."""
-        self._check_fitted()
-        assert self.model_ is not None and self.image_hw_ is not None
-        if tuple(images.shape[-2:]) != self.image_hw_:
-            raise ValueError(
-                f"images are {tuple(images.shape[-2:])} px but the detector was fitted at "
-                f"{self.image_hw_}; load them with its image size"
-            )
+    def score_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in), already checked -> patch scores (B, H, W)."""
+        assert self.model_ is not None
         feats = self.extractor(images)
         with torch.inference_mode():
             scores = self.model_.reconstruction_error(feats)
-        maps = to_anomaly_maps(scores, image_hw=self.image_hw_, sigma=self.config.blur_sigma)
-        return ScoreResult(image_scores=self._image_scores(scores, maps), anomaly_maps=maps)
+        return scores
 
     # --- persistence -----------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        self._check_fitted()
+    def _state(self) -> dict[str, Any]:
         assert self.model_ is not None and self.image_hw_ is not None
         return {
-            "format": "feddymem-detector",
-            "version": FORMAT_VERSION,
-            "kind": self.kind,
-            "config_class": type(self.config).__name__,
-            "config": json.dumps(to_dict(self.config)),
             "in_channels": self.model_.in_channels,
             "model": {k: v.detach().clone() for k, v in self.model_.state_dict().items()},
-            "image_hw": list(self.image_hw_),
             "train_loss": self.train_loss_,
             "n_train": self.n_train_,
-            "threshold": self.threshold_,
-            "map_floor": self.map_floor_,
         }
 
     @classmethod
@@ -431,12 +401,4 @@ class AutoencoderDetector(MemoryBankDetector):
         det.map_floor_ = map_floor_from_state(state, where=where)
         det.train_loss_ = None if loss is None else float(loss)
         det.n_train_ = None if n_train is None else int(n_train)
-        return det
-
-    @classmethod
-    def load(cls, path: Path, *, weights: Path | None = None) -> AutoencoderDetector:
-        """`load_detector`, checked to give an `AutoencoderDetector`."""
-        det = load_detector(path, weights=weights)
-        if not isinstance(det, cls):
-            raise ModelFileError(f"{path} holds a {det.kind!r} detector, not an autoencoder")
         return det

@@ -3,7 +3,7 @@
 For every position j of the feature grid (P = H * W positions) the patch features p(x)_j of the
 normal training images give a mean mu_j (D,) and a covariance Sigma_j + eps * I (D, D). A test
 patch scores its Mahalanobis distance sqrt((p - mu_j)^T Sigma_j^-1 (p - mu_j)). Anomaly maps,
-image scores, thresholds, evaluation and the model file follow `MemoryBankDetector`.
+image scores, thresholds, evaluation and the model file are the family's (`feddymem.detect.base`).
 
 The statistics are streamed (`PatchMoments`: n, sum x, sum x x^T per position), so fitting never
 holds all training features at once; the sums also add up exactly across clients.
@@ -23,18 +23,10 @@ from typing import Any
 
 import torch
 
-from feddymem.config import ConfigError, FeatureConfig, from_dict, to_dict
+from feddymem.config import ConfigError, FeatureConfig, from_dict
 from feddymem.data import Sample
-from feddymem.detect.anomaly_map import to_anomaly_maps
-from feddymem.detect.detector import (
-    FORMAT_VERSION,
-    MemoryBankDetector,
-    ModelFileError,
-    NotFittedError,
-    ScoreResult,
-    load_detector,
-    map_floor_from_state,
-)
+from feddymem.detect.base import Detector
+from feddymem.detect.modelfile import ModelFileError, map_floor_from_state
 
 log = logging.getLogger(__name__)
 
@@ -175,7 +167,7 @@ def mahalanobis(
 # --- detector ----------------------------------------------------------------------------------
 
 
-class GaussianDetector(MemoryBankDetector):
+class GaussianDetector(Detector):
     """PaDiM-style detector fitted on normal images (see the module docstring).
 
     Fitted state: `mean_` (P, d), `precision_` (P, d, d), `channels_` (d,) long or None (all
@@ -193,12 +185,8 @@ class GaussianDetector(MemoryBankDetector):
         self.grid_hw_: tuple[int, int] | None = None
         self.n_train_: int | None = None
 
-    def set_memory(self, memory: torch.Tensor, *, image_hw: tuple[int, int]) -> None:
-        raise TypeError("a GaussianDetector has no memory bank: fit it or load it")
-
-    def _check_fitted(self) -> None:
-        if self.mean_ is None or self.precision_ is None or self.image_hw_ is None:
-            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")
+    def _is_fitted(self) -> bool:
+        return self.mean_ is not None and self.precision_ is not None
 
     def fit(
         self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
@@ -229,41 +217,24 @@ class GaussianDetector(MemoryBankDetector):
         self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
         return self
 
-    def score(self, images: torch.Tensor) -> ScoreResult:
-        """(B, 3, H_in, W_in) in [0, 1] -> image scores (B,) and anomaly maps (B, H_in, W_in)."""
-        self._check_fitted()
+    def score_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in), already checked -> patch scores (B, H, W)."""
         assert self.mean_ is not None and self.precision_ is not None
-        assert self.image_hw_ is not None
-        if tuple(images.shape[-2:]) != self.image_hw_:
-            raise ValueError(
-                f"images are {tuple(images.shape[-2:])} px but the detector was fitted at "
-                f"{self.image_hw_}; load them with its image size"
-            )
         feats = self.extractor(images)
         if self.channels_ is not None:
             feats = feats[:, self.channels_]
         scores = mahalanobis(feats, self.mean_, self.precision_)
-        maps = to_anomaly_maps(scores, image_hw=self.image_hw_, sigma=self.config.blur_sigma)
-        return ScoreResult(image_scores=self._image_scores(scores, maps), anomaly_maps=maps)
+        return scores
 
     # --- persistence -----------------------------------------------------------------------
-    def state(self) -> dict[str, Any]:
-        self._check_fitted()
+    def _state(self) -> dict[str, Any]:
         assert self.image_hw_ is not None and self.grid_hw_ is not None
         return {
-            "format": "feddymem-detector",
-            "version": FORMAT_VERSION,
-            "kind": self.kind,
-            "config_class": type(self.config).__name__,
-            "config": json.dumps(to_dict(self.config)),
             "mean": self.mean_,
             "precision": self.precision_,
             "channels": self.channels_,
             "grid_hw": list(self.grid_hw_),
-            "image_hw": list(self.image_hw_),
             "n_train": self.n_train_,
-            "threshold": self.threshold_,
-            "map_floor": self.map_floor_,
         }
 
     @classmethod
@@ -293,12 +264,4 @@ class GaussianDetector(MemoryBankDetector):
         det.threshold_ = None if threshold is None else float(threshold)
         det.map_floor_ = map_floor_from_state(state, where=where)
         det.n_train_ = None if n_train is None else int(n_train)
-        return det
-
-    @classmethod
-    def load(cls, path: Path, *, weights: Path | None = None) -> GaussianDetector:
-        """`load_detector`, checked to give a `GaussianDetector`."""
-        det = load_detector(path, weights=weights)
-        if not isinstance(det, cls):
-            raise ModelFileError(f"{path} holds a {det.kind!r} detector, not a gaussian one")
         return det

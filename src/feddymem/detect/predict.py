@@ -18,7 +18,7 @@ from PIL import Image
 
 from feddymem.data import LoadReport, Sample
 from feddymem.data.layouts import IMAGE_EXTENSIONS
-from feddymem.detect.detector import MemoryBankDetector
+from feddymem.detect.base import Detector
 from feddymem.detect.overlay import color_scale, overlay, resample_map
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def _full_size(original: np.ndarray, full_hw: tuple[int, int]) -> np.ndarray:
 
 
 def predict_files(
-    detector: MemoryBankDetector,
+    detector: Detector,
     files: Sequence[Path],
     out: Path,
     *,

@@ -18,8 +18,9 @@ import torch
 
 from feddymem.config import FedDyMemConfig
 from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
-from feddymem.detect.detector import MemoryBankDetector, split_calibration
+from feddymem.detect.detector import MemoryBankDetector
 from feddymem.detect.features import PatchFeatureExtractor
+from feddymem.detect.threshold import split_calibration
 from feddymem.method.generator import MemoryGenerator, train_generator
 from feddymem.method.losses import MetricLoss
 from feddymem.method.reduce import REDUCERS, ReducedMemory

@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from feddymem.detect.knn import NearestNeighbors
-from feddymem.method.aggregate import aggregate_memories, weighted_kmeans
+from feddymem.method.aggregate import aggregate_memories
 from feddymem.method.generator import MemoryGenerator
+from feddymem.method.kmeans import weighted_kmeans
 from feddymem.method.losses import MetricLoss
 from feddymem.method.reduce import (
     ReducedMemory,

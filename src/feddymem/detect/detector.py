@@ -21,7 +21,7 @@ from torch import nn
 from feddymem.config import DetectorConfig, FeatureConfig, FedDyMemConfig, from_dict
 from feddymem.data import Sample
 from feddymem.detect.base import Detector
-from feddymem.detect.features import PatchFeatureExtractor
+from feddymem.detect.features import PatchFeatureExtractor, patch_vectors
 from feddymem.detect.knn import NearestNeighbors
 from feddymem.detect.modelfile import ModelFileError, map_floor_from_state
 from feddymem.detect.sampling import subsample
@@ -128,8 +128,8 @@ class MemoryBankDetector(Detector):
         the memory bank (the step `score` runs after `embed`)."""
         self._check_fitted()
         assert self._index is not None
-        b, d, h, w = z.shape
-        distances, _ = self._index.search(z.permute(0, 2, 3, 1).reshape(-1, d), self._k)
+        b, _, h, w = z.shape
+        distances, _ = self._index.search(patch_vectors(z), self._k)
         return patch_scores(distances, scoring=self._scoring).view(b, h, w)
 
     # --- persistence -----------------------------------------------------------------------
@@ -311,7 +311,7 @@ class PatchCoreDetector(MemoryBankDetector):
         """Every patch vector of `samples`, (N * H * W, D)."""
         return torch.cat(
             [
-                z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+                patch_vectors(z)
                 for z in self._train_features(samples, image_hw=image_hw, progress=progress)
             ]
         )

@@ -116,3 +116,9 @@ class PatchFeatureExtractor(nn.Module):
                 feat = F.interpolate(feat, size=grid, mode="bilinear", align_corners=False)
             maps.append(feat)
         return torch.cat(maps, dim=1)
+
+
+def patch_vectors(z: torch.Tensor) -> torch.Tensor:
+    """Feature maps (B, D, H, W) -> one row per patch, (B * H * W, D), image by image and row
+    by row (the order every memory and k-NN search here assumes)."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])

@@ -50,6 +50,7 @@ from feddymem.federation.runconfig import ServerSettings, Value, server_settings
 from feddymem.federation.spec import FederationSpec, load_spec
 from feddymem.method.aggregate import aggregate_memories
 from feddymem.method.reduce import ReducedMemory
+from feddymem.method.seeds import round_seed
 
 __all__ = [
     "GLOBAL_MEMORY_FILE",
@@ -197,7 +198,7 @@ class _Run:
                 [accepted[name] for name in sorted(accepted)],
                 num_centers=cfg.global_memory_size,
                 method=cfg.server_aggregation,
-                seed=self.fed.seed * 100_003 + round_idx,
+                seed=round_seed(self.fed.seed, round_idx),
                 iterations=cfg.kmeans_iterations,
             )
         except (ValueError, RuntimeError) as err:

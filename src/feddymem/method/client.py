@@ -23,7 +23,8 @@ from feddymem.detect.features import PatchFeatureExtractor
 from feddymem.detect.threshold import split_calibration
 from feddymem.method.generator import MemoryGenerator, train_generator
 from feddymem.method.losses import MetricLoss
-from feddymem.method.reduce import REDUCERS, ReducedMemory
+from feddymem.method.reduce import ReducedMemory, reduce_memory
+from feddymem.method.seeds import round_seed
 from feddymem.metrics import DetectionMetrics
 
 log = logging.getLogger(__name__)
@@ -39,22 +40,12 @@ def build_upload(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> 
     (privacy.py), else reduced by the configured memory-reduce; seeded by the config's seed and
     the round. The one place that maps `memory_reduce` to a reducer (the privacy audit builds
     its counterfactual uploads with it too)."""
-    seed = config.seed * 100_003 + round_idx
+    seed = round_seed(config.seed, round_idx)
     if config.dp_clip_norm is not None:
         from feddymem.privacy.dp import private_memory
 
         return private_memory(z, config=config, round_idx=round_idx)
-    if config.memory_reduce == "position_average":
-        return REDUCERS["position_average"](
-            z, gamma_c=config.gamma_c, seed=seed, iterations=config.kmeans_iterations
-        )
-    if config.memory_reduce == "kmeans":
-        return REDUCERS["kmeans"](
-            z, size=config.client_memory_size, seed=seed, iterations=config.kmeans_iterations
-        )
-    if config.memory_reduce == "coreset":
-        return REDUCERS["coreset"](z, size=config.client_memory_size, seed=seed)
-    return REDUCERS["none"](z, size=config.client_memory_size, seed=seed)
+    return reduce_memory(z, config=config, seed=seed)
 
 
 class FedDyMemClient:
@@ -246,7 +237,7 @@ class FedDyMemClient:
             self.optimizer,
             epochs=cfg.local_epochs,
             batch_size=cfg.train_batch_size,
-            seed=cfg.seed * 100_003 + round_idx,
+            seed=round_seed(cfg.seed, round_idx),
         )
 
     @torch.no_grad()

@@ -7,6 +7,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from feddymem.detect.features import patch_vectors
 from feddymem.detect.knn import NearestNeighbors
 from feddymem.method.losses import MetricLoss
 
@@ -91,7 +92,7 @@ def train_generator(
         order = torch.randperm(features.shape[0], generator=order_gen)
         for start in range(0, features.shape[0], batch_size):
             z = generator(features[order[start : start + batch_size]].float())
-            z = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+            z = patch_vectors(z)
             total, parts = loss(z, memory, index=index)
             if extra is not None:
                 term = extra()

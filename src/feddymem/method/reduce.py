@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
+from feddymem.detect.features import patch_vectors
 from feddymem.detect.knn import NearestNeighbors
 from feddymem.detect.sampling import greedy_coreset
-from feddymem.method.aggregate import weighted_kmeans
+from feddymem.method.kmeans import weighted_kmeans
+
+if TYPE_CHECKING:
+    from feddymem.config import FedDyMemConfig
 
 
 @dataclass(frozen=True)
@@ -49,8 +55,8 @@ def kmeans_reduce(
     z: torch.Tensor, *, size: int, seed: int = 0, iterations: int = 20
 ) -> ReducedMemory:
     """k-means over all patch vectors, (N, d, H, W) -> `size` centres weighted by cluster size."""
-    n, d = z.shape[0], z.shape[1]
-    flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)
+    n = z.shape[0]
+    flat = patch_vectors(z.float())
     if flat.shape[0] <= size:
         return ReducedMemory(
             vectors=flat.contiguous(), weights=torch.ones(flat.shape[0]), n_images=n
@@ -70,8 +76,8 @@ def coreset_reduce(
     real patch vector from every region of the feature space instead, so the memory covers the
     rare patterns too; each item is still backed by many images' vectors through its weight.
     """
-    n, d = z.shape[0], z.shape[1]
-    flat = z.float().permute(0, 2, 3, 1).reshape(-1, d).contiguous()
+    n = z.shape[0]
+    flat = patch_vectors(z.float()).contiguous()
     if flat.shape[0] <= size:
         return ReducedMemory(vectors=flat, weights=torch.ones(flat.shape[0]), n_images=n)
     idx = greedy_coreset(flat, size=size, seed=seed, projection_dim=projection_dim)
@@ -83,8 +89,8 @@ def coreset_reduce(
 
 def no_reduce(z: torch.Tensor, *, size: int, seed: int = 0) -> ReducedMemory:
     """No reduction (ablation): a seeded random sample of `size` raw patch vectors, weight 1."""
-    n, d = z.shape[0], z.shape[1]
-    flat = z.float().permute(0, 2, 3, 1).reshape(-1, d)
+    n = z.shape[0]
+    flat = patch_vectors(z.float())
     if flat.shape[0] > size:
         gen = torch.Generator().manual_seed(seed)
         flat = flat[torch.randperm(flat.shape[0], generator=gen)[:size]]
@@ -98,3 +104,17 @@ REDUCERS: dict[str, Reducer] = {
     "coreset": coreset_reduce,
     "none": no_reduce,
 }
+
+
+def reduce_memory(z: torch.Tensor, *, config: FedDyMemConfig, seed: int) -> ReducedMemory:
+    """M_k from patch vectors z(x) (n, d, H, W) by the configured memory-reduce
+    (`REDUCERS[config.memory_reduce]`), given the config's sizes that reducer takes
+    (`client_memory_size` as `size`, `gamma_c`, `kmeans_iterations` as `iterations`)."""
+    reducer = REDUCERS[config.memory_reduce]
+    settings = {
+        "size": config.client_memory_size,
+        "gamma_c": config.gamma_c,
+        "iterations": config.kmeans_iterations,
+    }
+    takes = inspect.signature(reducer).parameters
+    return reducer(z, seed=seed, **{k: v for k, v in settings.items() if k in takes})

@@ -100,7 +100,7 @@ from torch import nn
 
 from feddymem.config import ConfigError, FedDyMemConfig, from_dict, to_dict
 from feddymem.data import DataError, Sample, load_all, scan
-from feddymem.detect.features import PatchFeatureExtractor
+from feddymem.detect.features import PatchFeatureExtractor, patch_vectors
 from feddymem.method.aggregate import aggregate_memories
 from feddymem.method.client import FedDyMemClient, build_upload
 from feddymem.method.reduce import ReducedMemory
@@ -420,7 +420,7 @@ class PatchSet:
     def flat_features(self) -> torch.Tensor:
         """(N*H*W, D), row-major over images then cells (matches `flat_patches`)."""
         f = self.features
-        return f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])
+        return patch_vectors(f)
 
     @property
     def flat_patches(self) -> torch.Tensor:
@@ -718,7 +718,7 @@ def _embed(generator: nn.Module | None, features: torch.Tensor) -> torch.Tensor:
 
 def _embed_flat(generator: nn.Module | None, features: torch.Tensor) -> torch.Tensor:
     z = _embed(generator, features)
-    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+    return patch_vectors(z)
 
 
 def _generator_moved(client: FedDyMemClient) -> bool:

@@ -44,8 +44,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from feddymem.method.aggregate import weighted_kmeans
+from feddymem.method.kmeans import weighted_kmeans
 from feddymem.method.reduce import REDUCERS, ReducedMemory
+from feddymem.method.seeds import round_seed
 
 if TYPE_CHECKING:
     from feddymem.config import FedDyMemConfig
@@ -179,7 +180,7 @@ def private_memory(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -
     if clip is None:
         raise ValueError("private_memory needs config.dp_clip_norm")
     sigma = config.dp_noise_multiplier
-    base_seed = config.seed * 100_003 + round_idx  # the reducers' seed in local_model
+    base_seed = round_seed(config.seed, round_idx)  # the reducers' seed in build_upload
     seed = noise_seed(config.seed, round_idx)
     if config.memory_reduce == "position_average":
         return gaussian_position_average(

@@ -52,6 +52,7 @@ from feddymem.federation.runconfig import SiteSettings, Value, site_settings
 from feddymem.federation.spec import ClientData
 from feddymem.method.client import SCORES_FILE, FedDyMemClient
 from feddymem.method.generator import MemoryGenerator, train_generator
+from feddymem.method.seeds import round_seed
 from feddymem.metrics import DetectionMetrics
 
 __all__ = [
@@ -173,7 +174,7 @@ class GeneratorSharingClient(FedDyMemClient):
             optimizer,
             epochs=cfg.local_epochs,
             batch_size=cfg.train_batch_size,
-            seed=cfg.seed * 100_003 + round_idx,
+            seed=round_seed(cfg.seed, round_idx),
             extra=(lambda: proximal_term(self.gen, reference)) if proximal_mu > 0 else None,
             extra_weight=0.5 * proximal_mu / self.loss.nu,
         )
@@ -306,7 +307,7 @@ class AutoencoderSharingClient:
             epochs=cfg.epochs,
             batch_size=cfg.train_batch_size,
             lr=cfg.lr,
-            seed=cfg.seed * 100_003 + round_idx,
+            seed=round_seed(cfg.seed, round_idx),
             proximal_mu=proximal_mu,
             reference=dict(global_state) if proximal_mu > 0 else None,
         )

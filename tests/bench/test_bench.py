@@ -116,3 +116,18 @@ def test_summarise_gives_mean_std_and_count() -> None:
     mean, std, n = stats[("m", "d")]
     assert mean == pytest.approx(0.85) and std == pytest.approx(0.0707, abs=1e-3) and n == 2
     assert ("m", "e") not in stats
+
+
+def test_protocol_columns_build_their_mixtures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from feddymem.bench.runner import resolve_datasets
+    from feddymem.data.generated.mixtures import SCALES, ScaleSizes
+
+    monkeypatch.setitem(SCALES, "quick", ScaleSizes(train=8, good=2, anomalous=2))
+    names = ["textures.few-4", "textures.new-variant"]
+    found = resolve_datasets(TINY, tmp_path, names=names, specs={}, shared_data=None)
+    assert [d.name for d in found] == names
+    assert [d.spec_path.parent.name for d in found] == names
+    with pytest.raises(BenchError, match="unknown protocol"):
+        resolve_datasets(TINY, tmp_path, names=["textures.few"], specs={}, shared_data=None)

@@ -228,20 +228,33 @@ def resolve_datasets(
             datasets.append(Dataset(name, spec))
             continue
         from feddymem.data.generated.mixtures import MIXTURES, build_mixture
+        from feddymem.data.generated.protocols import Protocol, ProtocolError
 
-        if name not in MIXTURES:
+        base, _, tag = name.partition(".")
+        if base not in MIXTURES:
             raise BenchError(
-                f"unknown data set {name!r}: known mixtures {sorted(MIXTURES)}, or give "
-                "NAME=SPEC.toml for your own"
+                f"unknown data set {name!r}: known mixtures {sorted(MIXTURES)} (optionally "
+                "MIXTURE.few-K or MIXTURE.new-variant), or give NAME=SPEC.toml for your own"
             )
-        if MIXTURES[name].needs_shared_data and (shared_data is None or not shared_data.is_dir()):
+        try:
+            protocol = Protocol.parse(tag or "standard")
+        except ProtocolError as err:
+            raise BenchError(f"data set {name!r}: {err}") from None
+        if MIXTURES[base].needs_shared_data and (shared_data is None or not shared_data.is_dir()):
             log.warning(
                 "data set %s skipped: it needs the real surface sets (--shared-data DIR, tried %s)",
                 name,
                 shared_data or DEFAULT_SHARED_DATA,
             )
             continue
-        spec = build_mixture(name, out_data, scale=preset.scale, seed=0, shared_data=shared_data)
+        spec = build_mixture(
+            base,
+            out_data,
+            scale=preset.scale,
+            seed=0,
+            shared_data=shared_data,
+            protocol=protocol,
+        )
         datasets.append(Dataset(name, spec))
     return datasets
 

@@ -20,6 +20,11 @@ apart if the files are ever pooled).  Images are PNG (grey sources stay one-chan
 the long side is at most 256 px (KolektorSDD: 640 px, keeping its 1:2.5 aspect); masks are
 uint8 0 / 255 of the image's size.
 
+A *protocol* (:mod:`feddymem.data.generated.protocols`) changes the deal: ``few-K`` keeps K
+training normals per client (test splits unchanged), ``new-variant`` trains each client on one
+source and tests it also on a source only other clients trained on; such builds go to
+``<out>/<name>.<tag>`` (CLI: ``--protocol few-normals --k 8`` / ``--protocol new-variant``).
+
 Guarantees (tested): no image is used twice in a mixture; training images never come from
 the source's test pool (real sets keep their own train / test split; generated sources draw
 test crops or renders from separate regions or seeds); test normals are held out; every
@@ -52,6 +57,8 @@ from PIL import Image
 
 from feddymem.data.generated.products import DEFECT_KINDS as PRODUCT_DEFECTS
 from feddymem.data.generated.products import FACTORIES, render_product
+from feddymem.data.generated.protocols import Protocol, ProtocolError
+from feddymem.data.generated.protocols import split_count as _split_count
 from feddymem.data.generated.synth import DEFAULT_KINDS as SYNTH_KINDS
 from feddymem.data.generated.synth import SynthesisError, insert_anomaly
 from feddymem.data.images import DataError, read_image, read_image_size, read_mask
@@ -573,21 +580,6 @@ def _recipe(name: str) -> MixtureRecipe:
 # --------------------------------------------------------------------------------------------
 
 
-def _split_count(total: int, shares: Sequence[float]) -> list[int]:
-    """Integer counts summing to ``total`` in proportion to ``shares`` (largest remainder),
-    each at least 1 when ``total`` allows."""
-    raw = np.asarray(shares, dtype=np.float64) * total / float(sum(shares))
-    counts = np.floor(raw).astype(int)
-    order = np.argsort(-(raw - counts), kind="stable")
-    counts[order[: total - int(counts.sum())]] += 1
-    for i in range(len(counts)):
-        if counts[i] == 0 and total >= len(counts):
-            donor = int(np.argmax(counts))
-            counts[donor] -= 1
-            counts[i] += 1
-    return [int(c) for c in counts]
-
-
 @dataclass(frozen=True)
 class _Assignment:
     """Items of one (client, source, role): positions in the pool's dealing order."""
@@ -602,17 +594,36 @@ def _stable_key(text: str) -> int:
     return zlib.crc32(text.encode("utf-8"))
 
 
-def _plan(
-    recipe: MixtureRecipe, sizes: ScaleSizes, sources: Mapping[str, _Source], seed: int
-) -> list[_Assignment]:
-    """Deal every pool's items to the clients, in order (role, client), without reuse."""
+def _wanted(
+    recipe: MixtureRecipe, sizes: ScaleSizes, protocol: Protocol
+) -> dict[tuple[str, str, Role], int]:
+    """(client, source, role) -> images dealt (before few-normals keeps a prefix of train)."""
     wanted: dict[tuple[str, str, Role], int] = {}
-    for client in recipe.clients:
-        names = [s for s, _ in client.shares]
+    for index, client in enumerate(recipe.clients):
         for role in ROLES:
-            split = _split_count(sizes.of(role), [x for _, x in client.shares])
-            for source_name, n in zip(names, split, strict=True):
+            shares = (protocol.train_shares if role == "train" else protocol.test_shares)(
+                index, client.shares, recipe.sources
+            )
+            split = _split_count(sizes.of(role), [x for _, x in shares])
+            for (source_name, _), n in zip(shares, split, strict=True):
                 wanted[(client.name, source_name, role)] = n
+    return wanted
+
+
+def _plan(
+    recipe: MixtureRecipe,
+    sizes: ScaleSizes,
+    sources: Mapping[str, _Source],
+    seed: int,
+    protocol: Protocol | None = None,
+) -> list[_Assignment]:
+    """Deal every pool's items to the clients, in order (role, client), without reuse.
+
+    few-normals deals as the standard protocol (so test splits are identical) and keeps the
+    first k training normals of each client."""
+    protocol = protocol or Protocol()
+    wanted = _wanted(recipe, sizes, protocol)
+    kept = {c.name: protocol.kept_train(c.shares) for c in recipe.clients}
 
     assignments: list[_Assignment] = []
     for source_name in recipe.sources:
@@ -647,6 +658,11 @@ def _plan(
                 start = cursors[pool]
                 picked = tuple(int(i) for i in orders[pool][start : start + n])
                 cursors[pool] = start + n
+                keep = kept[client.name]
+                if role == "train" and keep is not None:
+                    picked = picked[: keep.get(source_name, 0)]
+                    if not picked:
+                        continue
                 assignments.append(_Assignment(client.name, source_name, role, picked))
     return assignments
 
@@ -679,14 +695,16 @@ def _write_item(root: Path, source: str, role: Role, item: _Item) -> str:
     return folder
 
 
-def _spec_text(recipe: MixtureRecipe, seed: int, roots: Mapping[str, list[str]]) -> str:
+def _spec_text(
+    recipe: MixtureRecipe, seed: int, roots: Mapping[str, list[str]], *, name: str
+) -> str:
     """The federation spec TOML (rounds and timeouts are defaults a harness overrides)."""
     lines = [
         f"# Mixture {recipe.name!r}: {recipe.description}.",
         "# Written by feddymem.data.generated.mixtures; data paths are relative to this file's folder.",
         "",
         "[federation]",
-        f'name = "{recipe.name}"',
+        f'name = "{name}"',
         "rounds = 3",
         f"min_clients = {len(recipe.clients)}",
         f"seed = {seed}",
@@ -703,8 +721,33 @@ def _count_files(folder: Path) -> int:
     return sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _settings(recipe: MixtureRecipe, scale: str, seed: int) -> dict[str, Any]:
-    return {"name": recipe.name, "scale": scale, "seed": seed, "version": _VERSION}
+def _settings(recipe: MixtureRecipe, scale: str, seed: int, protocol: Protocol) -> dict[str, Any]:
+    settings: dict[str, Any] = {
+        "name": recipe.name,
+        "scale": scale,
+        "seed": seed,
+        "version": _VERSION,
+    }
+    if protocol.kind != "standard":  # standard builds keep their old settings (and files)
+        settings["protocol"] = protocol.tag
+    return settings
+
+
+def folder_name(name: str, protocol: Protocol) -> str:
+    """``NAME`` for the standard protocol, else ``NAME.few-8`` / ``NAME.new-variant``."""
+    return name if protocol.kind == "standard" else f"{name}.{protocol.tag}"
+
+
+def _home_sources(recipe: MixtureRecipe, protocol: Protocol) -> dict[str, str] | None:
+    """new-variant: client -> the one source it trains on; its novel-source test images are
+    written under that root too (file names keep their source prefix), since an MVTec root
+    needs training normals."""
+    if protocol.kind != "new-variant":
+        return None
+    return {
+        c.name: protocol.train_shares(i, c.shares, recipe.sources)[0][0]
+        for i, c in enumerate(recipe.clients)
+    }
 
 
 def _read_summary(target: Path) -> dict[str, Any] | None:
@@ -760,8 +803,10 @@ def build_mixture(
     seed: int = 0,
     shared_data: Path | None = None,
     elpv_cache: Path | None = None,
+    protocol: Protocol | str = "standard",
 ) -> Path:
-    """Write mixture ``name`` to ``<out>/<name>`` (layout in the module docstring).
+    """Write mixture ``name`` to ``<out>/<name>`` (layout in the module docstring); other
+    protocols than ``standard`` go to ``<out>/<name>.<tag>`` (`protocols.Protocol`).
 
     Args:
         name: A key of :data:`MIXTURES`.
@@ -772,6 +817,7 @@ def build_mixture(
             default :func:`default_shared_data`.
         elpv_cache: Folder for the ELPV exports the ELPV recipes read (``elpv-mono``,
             ``elpv-poly``, made once with seed 0 and reused); default ``<out>/_sources``.
+        protocol: ``standard``, ``few-K`` or ``new-variant`` (or a Protocol).
 
     Returns:
         Path of the written ``federation.toml``.
@@ -786,10 +832,16 @@ def build_mixture(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise MixtureError(f"seed must be a non-negative integer, got {seed!r}")
     sizes = SCALES[scale]
+    try:
+        proto = protocol if isinstance(protocol, Protocol) else Protocol.parse(protocol)
+        proto.check(len(recipe.clients), recipe.sources, sizes.train)
+    except ProtocolError as err:
+        raise MixtureError(f"mixture {recipe.name!r}: {err}") from None
     base = Path(out).absolute()
-    target = base / recipe.name
+    folder = folder_name(recipe.name, proto)
+    target = base / folder
     spec_path = target / SPEC_NAME
-    settings = _settings(recipe, scale, seed)
+    settings = _settings(recipe, scale, seed, proto)
     if _check_target(target, settings):
         logger.info("%s: complete mixture with the same settings found; reusing it", target)
         return spec_path
@@ -802,9 +854,10 @@ def build_mixture(
         elpv_cache=Path(elpv_cache) if elpv_cache is not None else base / "_sources",
     )
     sources = recipe.open_sources(ctx)
-    plan = _plan(recipe, sizes, sources, seed)
+    plan = _plan(recipe, sizes, sources, seed, proto)
+    homes = _home_sources(recipe, proto)
 
-    partial = base / f".{recipe.name}.partial"
+    partial = base / f".{folder}.partial"
     if partial.exists():
         if not (partial / _PARTIAL_MARKER).is_file():
             raise MixtureError(f"{partial}: exists and is not an unfinished mixture; remove it")
@@ -816,7 +869,7 @@ def build_mixture(
     for job in plan:
         source = sources[job.source]
         pool = source.pool_of(job.role)
-        root = partial / job.client / job.source
+        root = partial / job.client / (job.source if homes is None else homes[job.client])
         bucket = counts.setdefault(job.client, {}).setdefault(job.source, {})
         for index in job.indices:
             seq = np.random.SeedSequence(
@@ -825,14 +878,15 @@ def build_mixture(
             item = source.item(job.role, index, np.random.default_rng(seq))
             if recipe.pixel_masks and job.role == "anomalous" and item.mask is None:
                 raise MixtureError(f"{job.source} {item.stem}: anomalous image without a mask")
-            folder = _write_item(root, job.source, job.role, item)
-            bucket[folder] = bucket.get(folder, 0) + 1
+            kind = _write_item(root, job.source, job.role, item)
+            bucket[kind] = bucket.get(kind, 0) + 1
 
     roots = {
-        c.name: [f"{c.name}/{s}" for s in recipe.sources if s in counts.get(c.name, {})]
+        c.name: [f"{c.name}/{s}" for s in recipe.sources if (partial / c.name / s).is_dir()]
         for c in recipe.clients
     }
-    (partial / SPEC_NAME).write_text(_spec_text(recipe, seed, roots), encoding="utf-8")
+    spec_text = _spec_text(recipe, seed, roots, name=folder)
+    (partial / SPEC_NAME).write_text(spec_text, encoding="utf-8")
     n_files = _count_files(partial)
     summary = {
         "format": _FORMAT,
@@ -841,6 +895,7 @@ def build_mixture(
         "pixel_masks": recipe.pixel_masks,
         "sizes_per_client": {r: sizes.of(r) for r in ROLES},
         "sources": list(recipe.sources),
+        "protocol": proto.tag,
         "clients": {
             c.name: {
                 "shares": dict(c.shares),
@@ -933,6 +988,17 @@ def register_cli(
         default=None,
         help="folder for the ELPV exports (default: <out>/_sources)",
     )
+    parser.add_argument(
+        "--protocol",
+        choices=["standard", "few-normals", "new-variant"],
+        default="standard",
+        help="standard; few-normals: each client keeps only --k training normals (test sets "
+        "unchanged); new-variant: each client trains on one source, its test split also holds "
+        "a source only other clients trained on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--k", type=int, default=None, help="training normals per client for few-normals"
+    )
     parser.set_defaults(func=cmd_data_mixture)
     return parser
 
@@ -958,6 +1024,10 @@ def cmd_data_mixture(args: argparse.Namespace) -> int:
             "give a mixture name and --out DIR, or --list; known mixtures: "
             + ", ".join(sorted(MIXTURES))
         )
+    try:
+        protocol = Protocol(args.protocol, args.k)
+    except ProtocolError as err:
+        raise MixtureError(f"--protocol/--k: {err}") from None
     spec = build_mixture(
         args.name,
         args.out,
@@ -965,6 +1035,7 @@ def cmd_data_mixture(args: argparse.Namespace) -> int:
         seed=args.seed,
         shared_data=args.shared_data,
         elpv_cache=args.elpv_cache,
+        protocol=protocol,
     )
     summary = json.loads((spec.parent / SUMMARY_NAME).read_text(encoding="utf-8"))
     sys.stdout.write(

@@ -24,11 +24,13 @@ from PIL import Image
 
 from feddymem.config import FedDyMemConfig
 from feddymem.federation.client_app import build_client_app
+from feddymem.federation.limits import expected_dim
 from feddymem.federation.runconfig import ServerSettings
 from feddymem.federation.server_app import serve
 from feddymem.method.reduce import ReducedMemory
 
-DIM = 6
+# d as the server expects it from the spec's model (write_spec's default: Lite0's default taps)
+DIM = expected_dim(FedDyMemConfig(image_size=64, client_memory_size=5))
 ITEMS = 5
 
 
@@ -50,7 +52,8 @@ class FakeMetrics:
 
 class Faults:
     """Misbehaviour to inject: client name -> (round, kind). Kinds: nan, inf, shape, dim,
-    float64, zero_weight, weight_count, no_images, too_many, raise, silent."""
+    short (d = 1), float64, zero_weight, weight_count, no_images, too_many, huge (items near
+    1e30), poison (items near 1e20), heavy (one 1e19 vector with weight 3e38), raise, silent."""
 
     plan: dict[str, tuple[int, str]] = {}  # noqa: RUF012 (reset by the fixture)
     calls: list[tuple[str, str, int]] = []  # noqa: RUF012 (name, kind of call, round)
@@ -165,6 +168,15 @@ def _corrupt(memory: ReducedMemory, kind: str | None) -> ReducedMemory:
         v = v.reshape(1, -1, DIM)
     elif kind == "dim":
         v = torch.cat([v, v[:, :1]], dim=1)
+    elif kind == "short":
+        v = v[:, :1].contiguous()
+    elif kind == "huge":
+        v = v * 1e30
+    elif kind == "poison":
+        v = v + 1e20
+    elif kind == "heavy":
+        v[0] = 1e19
+        w[0] = 3e38
     elif kind == "float64":
         v = v.double()
     elif kind == "zero_weight":

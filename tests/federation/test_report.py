@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fakes import Faults, Federation
+from fakes import DIM, Faults, Federation
 
 from feddymem.federation.report import format_results
 
@@ -18,5 +18,5 @@ def test_summary_lists_clients_mean_bytes_and_drops(federation: Federation, tmp_
     assert any(line.startswith("alpha ") for line in lines)
     mean = next(line for line in lines if line.startswith("mean "))
     assert f"{results['mean']['image_auroc']:.3f}" in mean
-    assert "KiB up" in text and "global memory M_g: 5 x 6" in text
+    assert "KiB up" in text and f"global memory M_g: 5 x {DIM}" in text
     assert "dropped gamma (round 1): vectors hold NaN or Inf" in text

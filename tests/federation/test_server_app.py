@@ -114,13 +114,18 @@ def test_messages_carry_only_memory_weights_counts_metrics_and_config(
         ("nan", 1, "NaN or Inf"),
         ("inf", 0, "NaN or Inf"),
         ("shape", 1, "2-D"),
-        ("dim", 1, "expected 6"),
-        ("dim", 0, "differs from the federation's d = 6"),
+        ("dim", 1, f"expected {DIM}"),
+        ("dim", 0, f"vector length d = {DIM + 1}, expected {DIM}"),
+        ("short", 0, f"vector length d = 1, expected {DIM}"),
+        ("huge", 1, "L2 norm above the bound"),
+        ("huge", 0, "L2 norm above the bound"),
+        ("poison", 2, "L2 norm above the bound"),
+        ("heavy", 1, "L2 norm above the bound"),
         ("float64", 2, "float32"),
         ("zero_weight", 1, "> 0"),
         ("weight_count", 1, "weight count"),
         ("no_images", 1, "n_images"),
-        ("too_many", 1, "too many items"),
+        ("too_many", 1, "exceeds the cap"),
         ("raise", 1, "client error: RuntimeError: injected failure in round 1"),
         ("silent", 1, "no reply within round_timeout_s"),
     ],
@@ -245,7 +250,8 @@ def test_resume_with_other_settings_is_refused(
     out = tmp_path / "out"
     Federation(tmp_path, trees).run(out)
     changed = Federation(tmp_path, trees, model="image_size = 96\nclient_memory_size = 5")
-    with pytest.raises(CheckpointError, match=r"differing: \['model'\]"):
+    # the image size also moves the weight bound derived from it
+    with pytest.raises(CheckpointError, match=r"differing: \['model', 'upload_limits'\]"):
         changed.run(out, resume=True)
     reseeded = Federation(tmp_path, trees)
     reseeded.spec.write_text(reseeded.spec.read_text().replace("seed = 3", "seed = 4"))
@@ -330,3 +336,65 @@ def test_global_memory_is_sent_from_round_one(federation: Federation, tmp_path: 
         assert (wire.GLOBAL_MEMORY in message.content) == (t > 0)
         assert wire.config_from_content(message.content).image_size == 64
         assert message.metadata.group_id == f"round-{t}"
+
+
+def test_a_short_upload_cannot_win_round_zero_by_vote(
+    tmp_path: Path, trees: dict[str, Path], fake_client: type[FakeClient]
+) -> None:
+    """Two sites, one uploads d = 1 in round 0: the spec's d decides, the honest site stays."""
+    two = {name: trees[name] for name in ("alpha", "beta")}
+    fed = Federation(tmp_path, two, min_clients=1)
+    Faults.plan = {"alpha": (0, "short")}
+    results, _ = fed.run(tmp_path / "out")
+    assert results["status"] == "completed"
+    assert [r["client"] for r in results["rejected"]] == ["alpha"]
+    assert results["evaluated_clients"] == ["beta"]
+    assert results["global_memory"]["shape"][1] == DIM
+
+
+def test_limits_are_in_the_resolved_settings(federation: Federation, tmp_path: Path) -> None:
+    results, _ = federation.run(tmp_path / "out")
+    limits = results["settings"]["upload_limits"]
+    assert limits["dim"] == DIM and limits["max_norm"] > 0 and limits["max_bytes"] > 0
+
+
+def test_hostile_uploads_leave_m_g_as_the_honest_run_makes_it(
+    tmp_path: Path, trees: dict[str, Path], fake_client: type[FakeClient]
+) -> None:
+    """A client that uploads items near 1e20 (passes every old check) is dropped; M_g equals
+    the run without that client."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    fed = Federation(tmp_path / "a", trees)
+    Faults.plan = {"gamma": (0, "poison")}
+    attacked, _ = fed.run(tmp_path / "a" / "out")
+    honest = Federation(tmp_path / "b", {n: trees[n] for n in ("alpha", "beta")})
+    Faults.plan = {}
+    clean, _ = honest.run(tmp_path / "b" / "out")
+    m_attacked = torch.load(tmp_path / "a" / "out" / "global_memory.pt")["global_memory"]
+    m_clean = torch.load(tmp_path / "b" / "out" / "global_memory.pt")["global_memory"]
+    assert torch.equal(m_attacked, m_clean)
+    assert attacked["mean"]["image_auroc"] == clean["mean"]["image_auroc"]
+
+
+def test_an_aggregation_failure_drops_the_offending_upload(
+    federation: Federation, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Should the merge still raise on one upload, that upload is dropped and the round goes on."""
+    from feddymem.federation import server_app
+
+    real = server_app.aggregate_memories
+
+    def fragile(memories: list[Any], **kwargs: Any) -> torch.Tensor:
+        if any(int(m.n_images) == 5 for m in memories):  # beta has 5 training images
+            raise RuntimeError("invalid cluster assignment")
+        return real(memories, **kwargs)
+
+    monkeypatch.setattr(server_app, "aggregate_memories", fragile)
+    results, _ = federation.run(tmp_path / "out")
+    assert results["status"] == "completed"
+    [rejected] = results["rejected"]
+    assert rejected["client"] == "beta" and rejected["round"] == 0
+    assert "aggregation failed with this upload" in rejected["reason"]
+    assert "invalid cluster assignment" in rejected["reason"]
+    assert results["evaluated_clients"] == ["alpha", "gamma"]

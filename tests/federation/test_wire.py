@@ -19,7 +19,12 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from feddymem.config import ConfigError, FedDyMemConfig
 from feddymem.federation import wire
+from feddymem.federation.limits import UploadLimits, expected_dim, upload_limits
 from feddymem.method.reduce import ReducedMemory
+
+LIMITS = UploadLimits(
+    dim=5, max_items=20, max_norm=100.0, max_weight=1e6, max_images=1000, max_bytes=10_000
+)
 
 
 def _memory(items: int = 7, dim: int = 5, n: int = 3) -> ReducedMemory:
@@ -44,7 +49,7 @@ def test_memory_round_trip_is_exact() -> None:
     assert torch.equal(back.weights, memory.weights)
     assert back.n_images == 3
     assert back.vectors.dtype == torch.float32
-    wire.validate_memory(back, dim=5, max_items=100)
+    wire.validate_memory(back, LIMITS)
 
 
 def test_config_round_trip_keeps_every_field_including_none() -> None:
@@ -144,7 +149,7 @@ def test_validate_memory_rejects_with_a_reason(
     mutate: Callable[[ReducedMemory], ReducedMemory], match: str
 ) -> None:
     with pytest.raises(wire.MemoryRejected, match=match):
-        wire.validate_memory(mutate(_memory()), dim=5, max_items=20)
+        wire.validate_memory(mutate(_memory()), LIMITS)
 
 
 def _set(t: torch.Tensor, index: tuple[int, ...], value: float) -> torch.Tensor:
@@ -153,8 +158,102 @@ def _set(t: torch.Tensor, index: tuple[int, ...], value: float) -> torch.Tensor:
     return out
 
 
-def test_validate_memory_without_a_known_dim_accepts_any_width() -> None:
-    wire.validate_memory(_memory(dim=9), dim=None, max_items=20)
+def test_the_vector_length_comes_from_the_limits_never_from_the_uploads() -> None:
+    """A short vector is refused in round 0 too: no vote among uploads decides d."""
+    for width in (1, 4, 6):
+        with pytest.raises(wire.MemoryRejected, match="vector length"):
+            wire.validate_memory(_memory(dim=width), LIMITS)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "match"),
+    [
+        (lambda m: ReducedMemory(torch.full_like(m.vectors, 1e30), m.weights, 3), "L2 norm"),
+        (lambda m: ReducedMemory(_set(m.vectors, (0, 0), 1e19), m.weights, 3), "L2 norm"),
+        (
+            lambda m: ReducedMemory(_set(m.vectors, (0, 0), 1e19), _set(m.weights, (0,), 3e38), 3),
+            "L2 norm",
+        ),
+        (lambda m: ReducedMemory(m.vectors, _set(m.weights, (0,), 3e38), 3), "weight of"),
+        (lambda m: ReducedMemory(m.vectors, m.weights, 10**9), "n_images"),
+        (lambda m: ReducedMemory(torch.full_like(m.vectors, 3e38), m.weights, 3), "L2 norm"),
+    ],
+)
+def test_extreme_magnitudes_are_rejected_whole(
+    mutate: Callable[[ReducedMemory], ReducedMemory], match: str
+) -> None:
+    with pytest.raises(wire.MemoryRejected, match=match):
+        wire.validate_memory(mutate(_memory()), LIMITS)
+
+
+def test_the_limits_follow_the_spec_and_the_backbone() -> None:
+    config = FedDyMemConfig(image_size=64)
+    limits = upload_limits(config, max_items=50)
+    assert limits.dim == expected_dim(config) == 40 + 112  # Lite0 stage2 + stage4 channels
+    assert limits.max_items == 50
+    assert limits.max_bytes >= 50 * (limits.dim + 1) * 4
+    halved = upload_limits(FedDyMemConfig(image_size=64, gamma_d=2), max_items=50)
+    assert halved.dim == 76
+    assert halved.max_norm == limits.max_norm  # bound from p(x), the generator's input
+    private = upload_limits(
+        FedDyMemConfig(image_size=64, dp_clip_norm=1e5, dp_noise_multiplier=1.0), max_items=50
+    )
+    assert private.max_norm > 1e5 * math.sqrt(limits.dim)
+
+
+def test_real_features_stay_inside_the_norm_bound() -> None:
+    """The bound is derived from the backbone's feature range: Lite0 patch features of noise,
+    flat and saturated images stay well inside it (and inside feature_abs_max)."""
+    from feddymem.detect.backbones import get_backbone
+    from feddymem.detect.features import PatchFeatureExtractor
+
+    config = FedDyMemConfig(image_size=64)
+    limits = upload_limits(config, max_items=10)
+    extractor = PatchFeatureExtractor(backbone=config.backbone, optimize=False)
+    images = torch.cat(
+        [
+            torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)),
+            torch.zeros(1, 3, 64, 64),
+            torch.ones(1, 3, 64, 64),
+        ]
+    )
+    with torch.no_grad():
+        feats = extractor(images)
+    assert float(feats.abs().max()) < get_backbone(config.backbone).feature_abs_max
+    norms = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).norm(dim=1)
+    assert float(norms.max()) * 10 < limits.max_norm
+
+
+def test_the_byte_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    memory = _memory(items=500, dim=5)
+    arrays, info = wire.memory_to_records(memory)
+    content = _through_protobuf(RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}))
+    decoded: list[int] = []
+    original = Array.numpy
+    monkeypatch.setattr(Array, "numpy", lambda self: decoded.append(1) or original(self))
+    with pytest.raises(wire.MemoryRejected, match="exceeds the cap"):
+        wire.memory_from_content(content, max_bytes=LIMITS.max_bytes)
+    assert decoded == []
+
+
+def test_a_header_claiming_a_huge_shape_is_refused_without_allocating() -> None:
+    good = wire.to_array(np.ones((3, 5), dtype=np.float32))
+    header_end = good.data.index(b"\n") + 1
+    forged = good.data[:header_end].replace(b"(3, 5)", b"(99999999999, 5)")
+    arrays = ArrayRecord(
+        {
+            "vectors": Array(
+                dtype="float32",
+                shape=(3, 5),
+                stype="numpy.ndarray",
+                data=forged + good.data[header_end:],
+            ),
+            "weights": wire.to_array(np.ones(3, dtype=np.float32)),
+        }
+    )
+    content = RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: ConfigRecord({"n-images": 1})})
+    with pytest.raises(wire.MemoryRejected, match="cannot be decoded"):
+        wire.memory_from_content(content, max_bytes=LIMITS.max_bytes)
 
 
 def test_bad_dtype_survives_the_wire_and_is_rejected() -> None:
@@ -163,11 +262,10 @@ def test_bad_dtype_survives_the_wire_and_is_rejected() -> None:
         vectors=torch.randn(3, 5, dtype=torch.float64), weights=torch.ones(3), n_images=1
     )
     arrays, info = wire.memory_to_records(memory)
-    back = wire.memory_from_content(
-        _through_protobuf(RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}))
-    )
     with pytest.raises(wire.MemoryRejected, match="float32"):
-        wire.validate_memory(back, dim=5, max_items=10)
+        wire.memory_from_content(
+            _through_protobuf(RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}))
+        )
 
 
 def test_message_size_counts_the_payload_as_serialised() -> None:

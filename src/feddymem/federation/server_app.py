@@ -4,10 +4,12 @@
    its client name (``query``).
 2. Rounds t = 0..R: send (t, config, M_g) to every client still in the federation, receive with
    ``round_timeout_s``; drop a client whose reply is an error, missing (it died or is too slow)
-   or whose memory fails `wire.validate_memory`, with a logged reason naming node and client.
-   Dropped clients stay out. Fewer than ``min_clients`` left fails the run. Aggregate the
-   accepted memories (sorted by client name, so arrival order never matters) into M_g, write
-   ``checkpoints/round_XXX.pt``.
+   or whose memory fails the spec's upload limits (`limits.upload_limits`: byte cap before
+   decoding, then `wire.validate_memory`: d from the backbone, item norms, weights), with a
+   logged reason naming node and client. Dropped clients stay out. Fewer than ``min_clients``
+   left fails the run. Aggregate the accepted memories (sorted by client name, so arrival order
+   never matters) into M_g (`merge.merge_uploads`: an upload that makes the merge fail is
+   dropped and the round goes on), check M_g, write ``checkpoints/round_XXX.pt``.
 3. Evaluate: send the final M_g, collect each client's metrics (it also exports its model file).
 4. Write ``results.json`` (also when the run fails, with ``status = "failed"`` and the error) and
    ``global_memory.pt``.
@@ -23,7 +25,6 @@ import json
 import logging
 import time
 import uuid
-from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,8 @@ from feddymem.federation.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from feddymem.federation.limits import upload_limits
+from feddymem.federation.merge import merge_uploads
 from feddymem.federation.participants import FederationError, Participants, write_json
 from feddymem.federation.runconfig import ServerSettings, Value, server_settings
 from feddymem.federation.spec import FederationSpec, load_spec
@@ -91,6 +94,7 @@ class _Run:
         self.evaluation: dict[str, dict[str, Any]] = {}
         self.eval_bytes: dict[str, dict[str, int]] = {}
         self.eval_wall_s = 0.0
+        self.limits = upload_limits(spec.model, max_items=spec.federation.max_memory_items)
         self.state = self._initial_state()
         # the checkpoint's own lists: who is still in, who was dropped and why
         self.participants = Participants(
@@ -99,7 +103,7 @@ class _Run:
 
     # --- setup ------------------------------------------------------------------------------
     def _initial_state(self) -> RunState:
-        resolved = self.spec.to_dict()
+        resolved = {**self.spec.to_dict(), "upload_limits": self.limits.to_dict()}
         latest = latest_checkpoint(self.out)
         if not self.settings.resume:
             if latest is not None:
@@ -144,6 +148,7 @@ class _Run:
             }
         )
         if with_memory and self.state.global_memory is not None:
+            wire.validate_global_memory(self.state.global_memory, self.limits)
             content[wire.GLOBAL_MEMORY] = wire.global_memory_to_record(self.state.global_memory)
         return content
 
@@ -158,7 +163,6 @@ class _Run:
             for node in roster
         }
         replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
-        dim = None if self.state.global_memory is None else int(self.state.global_memory.shape[1])
         accepted: dict[str, ReducedMemory] = {}
         rows: dict[str, dict[str, Any]] = {}
         nodes_of: dict[str, int] = {}
@@ -176,8 +180,8 @@ class _Run:
                 reported = wire.identity_from_content(reply.content).name
                 if reported != name:
                     raise wire.MemoryRejected(f"reply names client {reported!r}, expected {name!r}")
-                memory = wire.memory_from_content(reply.content)
-                wire.validate_memory(memory, dim=dim, max_items=self.fed.max_memory_items)
+                memory = wire.memory_from_content(reply.content, max_bytes=self.limits.max_bytes)
+                wire.validate_memory(memory, self.limits)
             except (wire.MemoryRejected, wire.WireError) as err:
                 self.participants.reject(
                     phase="train", round_idx=round_idx, node=node, name=name, reason=str(err)
@@ -189,21 +193,26 @@ class _Run:
                 memory_items=int(memory.vectors.shape[0]),
                 metrics=wire.metrics_from_content(reply.content),
             )
-        if dim is None and accepted:
-            self._keep_common_dim(accepted, round_idx, nodes_of)
         self.participants.require(len(accepted), when=f"round {round_idx}")
         cfg = self.spec.model
-        try:
-            global_memory = aggregate_memories(
-                [accepted[name] for name in sorted(accepted)],
+        global_memory, dropped = merge_uploads(
+            accepted,
+            lambda memories: aggregate_memories(
+                memories,
                 num_centers=cfg.global_memory_size,
                 method=cfg.server_aggregation,
                 seed=round_seed(self.fed.seed, round_idx),
                 iterations=cfg.kmeans_iterations,
+            ),
+            self.limits,
+        )
+        for name, reason in sorted(dropped.items()):
+            del accepted[name]
+            self.participants.reject(
+                phase="train", round_idx=round_idx, node=nodes_of[name], name=name, reason=reason
             )
-        except (ValueError, RuntimeError) as err:
-            raise FederationError(f"round {round_idx}: aggregation failed: {err}") from err
-        self.state.global_memory = global_memory.detach().to("cpu", torch.float32).contiguous()
+        self.participants.require(len(accepted), when=f"round {round_idx}")
+        self.state.global_memory = global_memory
         self.state.round_idx = round_idx
         self.participants.keep(accepted)
         wall = time.perf_counter() - t0
@@ -225,24 +234,6 @@ class _Run:
             wall,
         )
         return {node: name for node, name in roster.items() if name in accepted}
-
-    def _keep_common_dim(
-        self, accepted: dict[str, ReducedMemory], round_idx: int, nodes_of: Mapping[str, int]
-    ) -> None:
-        """Round 0 has no M_g to check d against: the most common d wins (ties: smallest)."""
-        counts = Counter(int(m.vectors.shape[1]) for m in accepted.values())
-        dim = min(counts, key=lambda d: (-counts[d], d))
-        for name in sorted(accepted):
-            width = int(accepted[name].vectors.shape[1])
-            if width != dim:
-                del accepted[name]
-                self.participants.reject(
-                    phase="train",
-                    round_idx=round_idx,
-                    node=nodes_of[name],
-                    name=name,
-                    reason=f"vector length d = {width} differs from the federation's d = {dim}",
-                )
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, roster: dict[int, str]) -> None:

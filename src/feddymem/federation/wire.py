@@ -22,10 +22,12 @@ No image, no feature map and no generator weight has a key here, so none can tra
 
 from __future__ import annotations
 
+import io
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +44,9 @@ from flwr.common.serde import message_to_proto, recorddict_to_proto
 
 from feddymem.config import FedDyMemConfig, from_dict, to_dict
 from feddymem.method.reduce import ReducedMemory
+
+if TYPE_CHECKING:
+    from feddymem.federation.limits import UploadLimits
 
 __all__ = [
     "ARRAY_KEYS",
@@ -72,6 +77,7 @@ __all__ = [
     "metrics_to_record",
     "recorddict_size",
     "to_array",
+    "validate_global_memory",
     "validate_memory",
 ]
 
@@ -261,21 +267,31 @@ def memory_to_records(memory: ReducedMemory) -> tuple[ArrayRecord, ConfigRecord]
     return arrays, info
 
 
-def memory_from_content(content: RecordDict) -> ReducedMemory:
+def memory_from_content(content: RecordDict, *, max_bytes: int | None = None) -> ReducedMemory:
     """Decode an uploaded memory exactly as sent (no dtype or shape coercion).
 
-    Anything malformed raises MemoryRejected: the server drops the client with the reason.
-    Call `validate_memory` afterwards for the numeric checks.
+    `max_bytes` caps the raw bytes of the memory's arrays, checked before numpy parses them
+    (the header and shape a sender claims are not trusted). Anything malformed or too large
+    raises MemoryRejected: the server drops the client with the reason. Call `validate_memory`
+    afterwards for the numeric checks.
     """
     try:
         record = _record(content, MEMORY, ArrayRecord)
         _only_keys(record, MEMORY)
+        if max_bytes is not None:
+            size = sum(len(record[key].data) for key in record.keys())
+            if size > max_bytes:
+                raise MemoryRejected(f"upload of {size} bytes exceeds the cap of {max_bytes} bytes")
         vectors = _decode(record, _VECTORS, MEMORY)
         weights = _decode(record, _WEIGHTS, MEMORY)
         info = _record(content, MEMORY_INFO, ConfigRecord)
         n_images = _value(info, _N_IMAGES, int, MEMORY_INFO)
     except WireError as err:
         raise MemoryRejected(f"malformed memory upload: {err}") from None
+    if vectors.dtype != np.float32 or weights.dtype != np.float32:
+        raise MemoryRejected(
+            f"memory arrays must be float32, got vectors {vectors.dtype}, weights {weights.dtype}"
+        )
     return ReducedMemory(
         vectors=torch.from_numpy(vectors), weights=torch.from_numpy(weights), n_images=n_images
     )
@@ -312,11 +328,27 @@ def _only_keys(record: ArrayRecord, where: str) -> None:
 
 
 def _decode(record: ArrayRecord, key: str, where: str) -> np.ndarray:
+    """The array `where.key`, parsed only once its .npy header agrees with its byte count (a
+    header claiming a huge shape over a few bytes would otherwise allocate it)."""
     if key not in record:
         raise WireError(f"record '{where}' has no array '{key}'")
+    item = record[key]
     try:
-        array = record[key].numpy()
-    except (TypeError, ValueError) as err:
+        buffer = io.BytesIO(item.data)
+        version = np.lib.format.read_magic(buffer)
+        if version == (1, 0):
+            shape, _, dtype = np.lib.format.read_array_header_1_0(buffer)
+        elif version == (2, 0):
+            shape, _, dtype = np.lib.format.read_array_header_2_0(buffer)
+        else:
+            raise ValueError(f".npy version {version} is not accepted")
+        if dtype.hasobject:
+            raise ValueError("object arrays are not accepted")
+        payload = len(item.data) - buffer.tell()
+        if math.prod(shape) * dtype.itemsize != payload:
+            raise ValueError(f"header says {shape} {dtype}, payload is {payload} bytes")
+        array = item.numpy()
+    except (TypeError, ValueError, EOFError, OSError, SyntaxError, MemoryError) as err:
         raise WireError(f"array '{where}.{key}' cannot be decoded: {err}") from None
     return array
 
@@ -325,13 +357,42 @@ def _decode(record: ArrayRecord, key: str, where: str) -> np.ndarray:
 # validation
 
 
-def validate_memory(memory: ReducedMemory, *, dim: int | None, max_items: int) -> None:
-    """Check an uploaded memory before it may enter the server's k-means.
+def validate_memory(memory: ReducedMemory, limits: UploadLimits) -> None:
+    """Check an uploaded memory against the spec's `limits` before it may enter the k-means.
 
-    M_k must be (C_k, d) float32 with 1 <= C_k <= max_items and d == dim (unless dim is None,
-    as in round 0 before M_g exists), all finite; its weights (C_k,) float32, finite and > 0;
-    n_k >= 1. Raises MemoryRejected naming the first failed check.
+    M_k must be (C_k, d) float32 with 1 <= C_k <= max_items and d == limits.dim, every item
+    finite with L2 norm <= max_norm; its weights (C_k,) float32, finite, in (0, max_weight];
+    1 <= n_k <= max_images. Raises MemoryRejected naming the first failed check: the upload is
+    refused whole.
     """
+    _check_shapes(memory, limits)
+    vectors, weights = memory.vectors, memory.weights
+    items = int(vectors.shape[0])
+    if not bool(torch.isfinite(vectors).all()):
+        bad = int((~torch.isfinite(vectors)).any(dim=1).sum())
+        raise MemoryRejected(f"vectors hold NaN or Inf ({bad} of {items} items)")
+    norms = torch.linalg.vector_norm(vectors.double(), dim=1)
+    if bool((norms > limits.max_norm).any()):
+        raise MemoryRejected(
+            f"{int((norms > limits.max_norm).sum())} of {items} items have L2 norm above the "
+            f"bound {limits.max_norm:.4g} (largest {float(norms.max()):.4g})"
+        )
+    if not bool(torch.isfinite(weights).all()):
+        raise MemoryRejected("weights hold NaN or Inf")
+    if not bool((weights > 0).all()):
+        raise MemoryRejected("weights must be > 0")
+    if bool((weights > limits.max_weight).any()):
+        raise MemoryRejected(
+            f"a weight of {float(weights.max()):.4g} exceeds the bound {limits.max_weight:.4g}"
+        )
+    n_images = memory.n_images
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise MemoryRejected(f"n_images must be an integer >= 1, got {n_images!r}")
+    if n_images > limits.max_images:
+        raise MemoryRejected(f"n_images {n_images} exceeds the bound {limits.max_images}")
+
+
+def _check_shapes(memory: ReducedMemory, limits: UploadLimits) -> None:
     vectors, weights = memory.vectors, memory.weights
     if not isinstance(vectors, torch.Tensor) or not isinstance(weights, torch.Tensor):
         raise MemoryRejected("vectors and weights must be tensors")
@@ -342,26 +403,33 @@ def validate_memory(memory: ReducedMemory, *, dim: int | None, max_items: int) -
         raise MemoryRejected(f"vectors dtype must be float32, got {vectors.dtype}")
     if items < 1:
         raise MemoryRejected("memory is empty (0 items)")
-    if items > max_items:
-        raise MemoryRejected(f"too many items: {items} > max_memory_items {max_items}")
-    if width < 1 or (dim is not None and width != dim):
-        raise MemoryRejected(f"vector length d = {width}, expected {dim}")
-    if not bool(torch.isfinite(vectors).all()):
-        bad = int((~torch.isfinite(vectors)).any(dim=1).sum())
-        raise MemoryRejected(f"vectors hold NaN or Inf ({bad} of {items} items)")
+    if items > limits.max_items:
+        raise MemoryRejected(f"too many items: {items} > max_memory_items {limits.max_items}")
+    if width != limits.dim:
+        raise MemoryRejected(f"vector length d = {width}, expected {limits.dim}")
     if weights.ndim != 1:
         raise MemoryRejected(f"weights must be 1-D (C,), got shape {tuple(weights.shape)}")
     if weights.dtype != torch.float32:
         raise MemoryRejected(f"weights dtype must be float32, got {weights.dtype}")
     if weights.shape[0] != items:
         raise MemoryRejected(f"weight count {weights.shape[0]} != item count {items}")
-    if not bool(torch.isfinite(weights).all()):
-        raise MemoryRejected("weights hold NaN or Inf")
-    if not bool((weights > 0).all()):
-        raise MemoryRejected("weights must be > 0")
-    n_images = memory.n_images
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-        raise MemoryRejected(f"n_images must be an integer >= 1, got {n_images!r}")
+
+
+def validate_global_memory(global_memory: torch.Tensor, limits: UploadLimits) -> None:
+    """Check M_g before it is checkpointed or sent: (C, d) float32, 1 <= C, every centre finite
+    and within the upload norm bound (a centre is a weighted mean of accepted items, so an
+    honest aggregation always passes). Raises MemoryRejected."""
+    if global_memory.ndim != 2 or global_memory.dtype != torch.float32:
+        raise MemoryRejected(
+            f"M_g must be 2-D float32, got {global_memory.dtype} {tuple(global_memory.shape)}"
+        )
+    if global_memory.shape[0] < 1 or global_memory.shape[1] != limits.dim:
+        raise MemoryRejected(f"M_g has shape {tuple(global_memory.shape)}, d must be {limits.dim}")
+    if not bool(torch.isfinite(global_memory).all()):
+        raise MemoryRejected("M_g holds NaN or Inf")
+    largest = float(torch.linalg.vector_norm(global_memory.double(), dim=1).max())
+    if largest > limits.max_norm:
+        raise MemoryRejected(f"M_g has a centre of norm {largest:.4g} > {limits.max_norm:.4g}")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ would.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,7 @@ import torch
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.common.serde import message_from_proto, message_to_proto
+from flwr.server.superlink.linkstate.utils import create_message_error_unavailable_res_message
 from PIL import Image
 
 from feddymem.config import FedDyMemConfig
@@ -52,7 +54,7 @@ class FakeMetrics:
 
 class Faults:
     """Misbehaviour to inject: client name -> (round, kind). Kinds: nan, inf, shape, dim,
-    short (d = 1), float64, zero_weight, weight_count, no_images, too_many, huge (items near
+    short (d = 1), unavailable (the SuperLink answers that the node is gone), float64, zero_weight, weight_count, no_images, too_many, huge (items near
     1e30), poison (items near 1e20), heavy (one 1e19 vector with weight 3e38), raise, silent."""
 
     plan: dict[str, tuple[int, str]] = {}  # noqa: RUF012 (reset by the fixture)
@@ -242,6 +244,7 @@ class InProcessGrid:
             raise InterruptedRun(f"server crashed before round {round_idx}")
         replies = []
         for message in batch:
+            message.metadata.__dict__["_message_id"] = uuid.uuid4().hex  # as Flower's grids do
             wired = message_from_proto(message_to_proto(message))
             self.sent.append(wired)
             node = wired.metadata.dst_node_id
@@ -251,6 +254,12 @@ class InProcessGrid:
                 wired.metadata.message_type == "train"
                 and Faults.kind(name, round_idx or 0) == "silent"
             ):
+                continue
+            if Faults.kind(name, round_idx or 0) == "unavailable":
+                # the SuperLink's own reply for a node whose heartbeat stopped
+                reply = create_message_error_unavailable_res_message(wired.metadata, "node")
+                self.received.append(reply)
+                replies.append(reply)
                 continue
             reply = self.app(wired, context)
             reply = message_from_proto(message_to_proto(reply))

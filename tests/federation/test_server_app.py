@@ -127,7 +127,8 @@ def test_messages_carry_only_memory_weights_counts_metrics_and_config(
         ("no_images", 1, "n_images"),
         ("too_many", 1, "exceeds the cap"),
         ("raise", 1, "client error: RuntimeError: injected failure in round 1"),
-        ("silent", 1, "no reply within round_timeout_s"),
+        ("silent", 1, "timed out: no reply within round_timeout_s"),
+        ("unavailable", 1, "node unavailable"),
     ],
 )
 def test_a_faulty_client_is_dropped_and_the_run_goes_on(
@@ -398,3 +399,28 @@ def test_an_aggregation_failure_drops_the_offending_upload(
     assert "aggregation failed with this upload" in rejected["reason"]
     assert "invalid cluster assignment" in rejected["reason"]
     assert results["evaluated_clients"] == ["alpha", "gamma"]
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind"),
+    [
+        ("unavailable", "unavailable"),
+        ("silent", "timeout"),
+        ("raise", "client_error"),
+        ("nan", "invalid"),
+        ("heavy", "invalid"),
+    ],
+)
+def test_a_drop_says_what_happened(
+    tmp_path: Path, trees: dict[str, Path], fake_client: type[FakeClient], fault: str, kind: str
+) -> None:
+    """The SuperLink's "node unavailable" reply (sent from its own node id) is matched to the
+    node it speaks for, not discarded and reported as a time-out."""
+    fed = Federation(tmp_path, trees)
+    Faults.plan = {"beta": (1, fault)}
+    results, _ = fed.run(tmp_path / "out")
+    [rejected] = results["rejected"]
+    assert rejected["client"] == "beta" and rejected["kind"] == kind
+    if fault == "unavailable":
+        assert "Node Unavailable" in rejected["reason"]
+        assert "round_timeout_s" not in rejected["reason"]

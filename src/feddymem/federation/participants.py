@@ -17,16 +17,40 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from feddymem.federation import wire
 from feddymem.federation.spec import FederationSpec
 
-__all__ = ["EVAL_METRICS", "FederationError", "Participants", "node_label", "write_json"]
+__all__ = [
+    "DROP_KINDS",
+    "EVAL_METRICS",
+    "FederationError",
+    "Participants",
+    "error_kind",
+    "node_label",
+    "write_json",
+]
 
 log = logging.getLogger(__name__)
 
 _POLL_S = 0.5
+# What a drop record's ``kind`` says happened, by the error code of the reply (Flower 1.41):
+# the SuperLink answers for a node that stopped sending heartbeats (its reply comes from the
+# SuperLink's node id, not the client's); a SuperNode that cannot or will not load the app
+# (an unsigned or foreign app under --trusted-entities, a broken FAB) refuses it.
+_KIND_OF_CODE = {
+    ErrorCode.NODE_UNAVAILABLE: "unavailable",
+    ErrorCode.MESSAGE_UNAVAILABLE: "unavailable",
+    ErrorCode.REPLY_MESSAGE_UNAVAILABLE: "timeout",
+    ErrorCode.LOAD_CLIENT_APP_EXCEPTION: "refused",
+    ErrorCode.INVALID_FAB: "refused",
+    ErrorCode.MOD_FAILED_PRECONDITION: "refused",
+    ErrorCode.CLIENT_APP_RAISED_EXCEPTION: "client_error",
+    ErrorCode.CLIENT_APP_CRASHED: "client_error",
+}
+DROP_KINDS = ("unavailable", "timeout", "refused", "client_error", "invalid", "identity")
 # the evaluation metrics every client reports (None where it has no masks) and results.json means
 EVAL_METRICS = ("image_auroc", "f1_max", "pixel_auroc", "aupro")
 
@@ -40,6 +64,23 @@ def node_label(node: int | None, name: str | None) -> str:
     if node is None:
         return f"client {name}"
     return f"client {name} (node {node})" if name else f"node {node}"
+
+
+def error_kind(code: int) -> str:
+    """The drop kind of an error reply's code (`_KIND_OF_CODE`; other codes: client_error)."""
+    return _KIND_OF_CODE.get(int(code), "client_error")
+
+
+def _error_reason(reply: Message) -> tuple[str, str]:
+    """(kind, reason) of an error reply, the reason saying what happened in words."""
+    kind = error_kind(reply.error.code)
+    lead = {
+        "unavailable": "node unavailable (the SuperLink lost its heartbeat: stopped or cut off)",
+        "timeout": "reply expired before it was collected",
+        "refused": "the node refused the app",
+        "client_error": "client error",
+    }[kind]
+    return kind, f"{lead}: {reply.error.reason}"
 
 
 def write_json(path: Path, document: Mapping[str, Any]) -> Path:
@@ -79,13 +120,32 @@ class Participants:
         self.identify_bytes: dict[str, dict[str, int]] = {}
 
     def reject(
-        self, *, phase: str, round_idx: int | None, node: int | None, name: str | None, reason: str
+        self,
+        *,
+        phase: str,
+        round_idx: int | None,
+        node: int | None,
+        name: str | None,
+        reason: str,
+        kind: str = "invalid",
     ) -> None:
-        """Drop a node or client from the run: log why and keep the record for results.json."""
+        """Drop a node or client from the run: log why and keep the record for results.json.
+
+        `kind` (one of DROP_KINDS) says what happened: unavailable (the node is gone), timeout
+        (no reply in time), refused (the node would not run the app), client_error (the app
+        raised), invalid (the reply broke the wire format or the upload limits), identity (an
+        unknown, duplicate or missing client name)."""
         where = phase if round_idx is None else f"round {round_idx}"
-        log.warning("%s: dropping %s: %s", where, node_label(node, name), reason)
+        log.warning("%s: dropping %s: %s: %s", where, node_label(node, name), kind, reason)
         self.rejected.append(
-            {"phase": phase, "round": round_idx, "client": name, "node_id": node, "reason": reason}
+            {
+                "phase": phase,
+                "round": round_idx,
+                "client": name,
+                "node_id": node,
+                "kind": kind,
+                "reason": reason,
+            }
         )
 
     def require(self, count: int, *, when: str) -> None:
@@ -105,11 +165,24 @@ class Participants:
         self.active[:] = sorted(names)
 
     def exchange(self, messages: Mapping[int, Message], *, timeout: float) -> dict[int, Message]:
-        """Send every message, wait up to `timeout` s: the replies by sending node id."""
+        """Send every message, wait up to `timeout` s: the replies by the node each answers for.
+
+        A reply is matched to the message it answers (``reply_to_message_id``; the grid sets
+        each sent message's id), so the SuperLink's own error reply for a node it lost (sent
+        from the SuperLink's node id) counts for that node; the sender's node id is the
+        fallback for a grid that does not set message ids."""
         if not messages:
             return {}
-        replies = self.grid.send_and_receive(list(messages.values()), timeout=timeout)
-        return {reply.metadata.src_node_id: reply for reply in replies}
+        replies = list(self.grid.send_and_receive(list(messages.values()), timeout=timeout))
+        by_id = {
+            m.metadata.message_id: node for node, m in messages.items() if m.metadata.message_id
+        }
+        out: dict[int, Message] = {}
+        for reply in replies:
+            node = by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if node in messages and node not in out:
+                out[node] = reply
+        return out
 
     def usable_reply(
         self,
@@ -123,15 +196,18 @@ class Participants:
         """The node's reply, or None (and the client dropped, with why) if it has none or erred."""
         reply = replies.get(node)
         if reply is None:
+            kind = "timeout"
             reason = (
-                f"no reply within round_timeout_s = {self.fed.round_timeout_s:g} s "
-                "(client died or too slow)"
+                f"timed out: no reply within round_timeout_s = {self.fed.round_timeout_s:g} s "
+                "(the client is too slow, or died and the SuperLink has not noticed yet)"
             )
         elif reply.has_error():
-            reason = f"client error: {reply.error.reason}"
+            kind, reason = _error_reason(reply)
         else:
             return reply
-        self.reject(phase=phase, round_idx=round_idx, node=node, name=name, reason=reason)
+        self.reject(
+            phase=phase, round_idx=round_idx, node=node, name=name, reason=reason, kind=kind
+        )
         return None
 
     def connect(self) -> dict[int, str]:
@@ -168,16 +244,17 @@ class Participants:
         for node in sorted(messages):
             reply = replies.get(node)
             name: str | None = None
+            kind = "identity"
             if reply is None:
-                reason: str | None = "no reply to the identify query"
+                kind, reason = "timeout", "timed out: no reply to the identify query"
             elif reply.has_error():
-                reason = f"client error: {reply.error.reason}"
+                kind, reason = _error_reason(reply)
             else:
                 try:
                     name = wire.identity_from_content(reply.content).name
                     reason = None
                 except wire.WireError as err:
-                    reason = str(err)
+                    kind, reason = "invalid", str(err)
             if reply is not None and name is not None:
                 self.identify_bytes[name] = {
                     "down": wire.message_size(messages[node]),
@@ -194,7 +271,9 @@ class Participants:
                     )
                     continue
             if reason is not None:
-                self.reject(phase="identify", round_idx=None, node=node, name=name, reason=reason)
+                self.reject(
+                    phase="identify", round_idx=None, node=node, name=name, reason=reason, kind=kind
+                )
                 continue
             assert name is not None
             roster[node] = name
@@ -202,7 +281,12 @@ class Participants:
         for name in self.active:
             if name not in present:
                 self.reject(
-                    phase="identify", round_idx=None, node=None, name=name, reason="did not connect"
+                    phase="identify",
+                    round_idx=None,
+                    node=None,
+                    name=name,
+                    reason="did not connect",
+                    kind="unavailable",
                 )
         self.keep(present)
         self.require(len(roster), when="after connecting")

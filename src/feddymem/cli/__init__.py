@@ -1,6 +1,6 @@
 """The `feddymem` command: it parses arguments and calls the library, one module per
 subcommand group (`detector`: fit / evaluate / predict, `data`, `federate`: federate / demo,
-`bench`, `audit`)."""
+`bench`, `audit`, `serve`: serve / watch)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from feddymem.cli import audit, bench, data, detector, federate
+from feddymem.cli import audit, bench, data, detector, federate, serve
 
 __all__ = ["build_parser", "main"]
 
-_GROUPS = (detector, data, federate, bench, audit)
+_GROUPS = (detector, data, federate, bench, audit, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:

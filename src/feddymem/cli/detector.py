@@ -21,7 +21,10 @@ def cmd_fit(args: argparse.Namespace) -> int:
     with progress_bar(len(split.train), "features") as bar:
         det = PatchCoreDetector(cfg, weights=args.weights).fit(split.train, progress=bar.update)
     fit_s = time.perf_counter() - t0
-    det.save(args.out)
+    det.save(
+        args.out,
+        provenance={"source": "fit", "data": str(args.data), "written_at": time.time()},
+    )
     assert det.memory_ is not None
     summary = {
         "model": str(args.out),

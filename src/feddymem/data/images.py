@@ -24,6 +24,7 @@ __all__ = [
     "read_image",
     "read_image_size",
     "read_mask",
+    "to_rgb_array",
 ]
 
 logger = logging.getLogger(__name__)
@@ -101,8 +102,8 @@ def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
 _RESIZE_FIRST_MODES = frozenset({"L", "RGB"})
 
 
-def _to_rgb_array(img: Image.Image, path: Path) -> np.ndarray:
-    """Convert a loaded Pillow image to ``(H, W, 3)`` uint8 RGB."""
+def to_rgb_array(img: Image.Image, path: Path | str) -> np.ndarray:
+    """Convert a loaded Pillow image to ``(H, W, 3)`` uint8 RGB (`path` names it in errors)."""
     mode = img.mode
     if mode in _WIDE_MODES:
         gray = _stretch_to_uint8(np.asarray(img))
@@ -153,7 +154,7 @@ def decode_image(
                 height, width = resize_to
                 if (img.height, img.width) != (height, width):
                     ready = img.resize((width, height), Image.Resampling.BILINEAR)
-            pixels = _to_rgb_array(ready, file)
+            pixels = to_rgb_array(ready, file)
     except ImageReadError:
         raise
     except UnidentifiedImageError:

@@ -373,6 +373,11 @@ class Detector:
             **self._state(),
         }
 
-    def save(self, path: Path) -> Path:
-        """Write the fitted detector and its settings to one file, atomically."""
-        return write_state(self.state(), path)
+    def save(self, path: Path, *, provenance: dict[str, Any] | None = None) -> Path:
+        """Write the fitted detector and its settings to one file, atomically; `provenance`
+        (plain values: what wrote it, e.g. `fit` or a federation run and round) goes into the
+        header, for the scoring service to report."""
+        state = self.state()
+        if provenance is not None:
+            state["provenance"] = dict(provenance)
+        return write_state(state, path)

@@ -9,6 +9,7 @@ reader never sees half a file and two writers never share a temporary file.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import tempfile
@@ -50,6 +51,20 @@ def read_state(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
         raise ModelFileError(f"{path} is not a readable model file: {err}") from err
+    return _checked(state, path)
+
+
+def state_from_bytes(data: bytes, *, where: str | Path) -> dict[str, Any]:
+    """`read_state` of a model file already read into memory (so that what is loaded is
+    exactly what was hashed, even if the file is replaced meanwhile)."""
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for a corrupt file
+        raise ModelFileError(f"{where} is not a readable model file: {err}") from err
+    return _checked(state, where)
+
+
+def _checked(state: Any, path: str | Path) -> dict[str, Any]:
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ModelFileError(f"{path} is not a feddymem model file")
     if state.get("version") != FORMAT_VERSION:

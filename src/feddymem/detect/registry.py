@@ -28,11 +28,15 @@ def load_detector(
 ) -> Any:
     """Load any detector written by `save`; with `kind`, a file holding another kind of
     detector is a `ModelFileError`."""
-    state = read_state(path)
-    loader = KINDS.get(state.get("kind", "memory_bank"))
-    if loader is None:
-        raise ModelFileError(f"{path}: unknown detector kind {state.get('kind')!r}")
-    detector = loader(state, weights=weights, where=str(path))
+    detector = detector_from_state(read_state(path), weights=weights, where=str(path))
     if kind is not None and not isinstance(detector, kind):
         raise ModelFileError(f"{path} holds a {detector.kind!r} detector, not a {kind.kind!r} one")
     return detector
+
+
+def detector_from_state(state: dict[str, Any], *, weights: Path | None, where: str) -> Detector:
+    """The detector a checked model-file dict holds (`where` names the file in errors)."""
+    loader = KINDS.get(state.get("kind", "memory_bank"))
+    if loader is None:
+        raise ModelFileError(f"{where}: unknown detector kind {state.get('kind')!r}")
+    return loader(state, weights=weights, where=where)

@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -92,6 +92,18 @@ def _open_client(
     return data, client, folder
 
 
+def _provenance(instructions: wire.Instructions, *, site: str, stage: str) -> dict[str, Any]:
+    """Where a model file written by the ClientApp comes from (its header says it)."""
+    return {
+        "source": "federation",
+        "run": f"{instructions.run_name}-{instructions.run_id}",
+        "round": int(instructions.round_idx),
+        "site": site,
+        "stage": stage,
+        "written_at": time.time(),
+    }
+
+
 Handler = Callable[[Message, Context], Message]
 
 
@@ -139,7 +151,9 @@ def build_client_app(*, defaults: Mapping[str, Value] | None = None) -> ClientAp
         instructions = wire.instructions_from_content(message.content)
         config = wire.config_from_content(message.content)
         global_memory = wire.global_memory_from_content(message.content)
-        data, client, _ = _open_client(settings(context), config=config, instructions=instructions)
+        data, client, folder = _open_client(
+            settings(context), config=config, instructions=instructions
+        )
         if client.rounds_done > instructions.round_idx:
             raise ClientStateError(
                 f"client {data.name} has done round {client.rounds_done} of this run, the server "
@@ -148,6 +162,20 @@ def build_client_app(*, defaults: Mapping[str, Value] | None = None) -> ClientAp
         memory, metrics = client.fit_round(
             round_idx=instructions.round_idx, global_memory=global_memory
         )
+        if global_memory is not None:
+            # the site's best model so far (this round's G_k, the M_g it trained against),
+            # written atomically where a scoring service (`feddymem serve`) watches it; a
+            # failed write is logged and leaves the round's reply alone
+            try:
+                client.export(
+                    global_memory,
+                    folder / MODEL_FILE,
+                    provenance=_provenance(instructions, site=data.name, stage="round"),
+                )
+            except Exception:
+                log.exception(
+                    "round %d: the site's model file was not written", instructions.round_idx
+                )
         arrays, info = wire.memory_to_records(memory)
         metrics = {**metrics, "client_s": time.perf_counter() - t0}
         content = RecordDict(
@@ -175,7 +203,11 @@ def build_client_app(*, defaults: Mapping[str, Value] | None = None) -> ClientAp
         )
         metrics = client.evaluate(global_memory).as_dict()
         model_file = folder / MODEL_FILE
-        client.export(global_memory, model_file)
+        client.export(
+            global_memory,
+            model_file,
+            provenance=_provenance(instructions, site=data.name, stage="final"),
+        )
         values = {**metrics, "n_test": len(data.test), "client_s": time.perf_counter() - t0}
         identity = wire.ClientIdentity(name=data.name, model_file=str(model_file))
         content = RecordDict(

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -322,6 +323,9 @@ class FedDyMemClient:
         )
         return metrics
 
-    def export(self, global_memory: torch.Tensor, path: Path) -> Path:
-        """Write the client's detector (G_k, M_g, threshold) as a `feddymem predict` model file."""
-        return self.detector_with(global_memory).save(path)
+    def export(
+        self, global_memory: torch.Tensor, path: Path, *, provenance: dict[str, Any] | None = None
+    ) -> Path:
+        """Write the client's detector (G_k, M_g, threshold) as a `feddymem predict` model file,
+        atomically (a scoring service watching `path` swaps to it)."""
+        return self.detector_with(global_memory).save(path, provenance=provenance)

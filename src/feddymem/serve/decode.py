@@ -61,6 +61,8 @@ def decode_bytes(
         raise
     except ImageReadError as err:  # a mode with no RGB conversion
         raise BadImage(415, str(err)) from None
+    except Image.DecompressionBombError as err:  # Pillow's own cap, met at open
+        raise BadImage(413, f"image over the pixel cap: {err}") from None
     except UnidentifiedImageError:
         raise BadImage(415, "not an image: no image format recognised in the body") from None
     except _DECODE_ERRORS as err:

@@ -152,9 +152,15 @@ class FakeClient:
             aupro=score - 0.2 if has_masks else None,
         )
 
-    def export(self, global_memory: torch.Tensor, path: Path) -> Path:
+    def export(
+        self, global_memory: torch.Tensor, path: Path, *, provenance: dict[str, Any] | None = None
+    ) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save({"global_memory": global_memory, "offset": self.offset}, path)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(
+            {"global_memory": global_memory, "offset": self.offset, "provenance": provenance}, tmp
+        )
+        tmp.replace(path)
         return path
 
 

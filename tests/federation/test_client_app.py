@@ -74,9 +74,15 @@ def test_train_round_zero_then_one(site: Context, tmp_path: Path) -> None:
     metrics = wire.metrics_from_content(reply.content)
     assert "client_s" in metrics and "loss" in metrics
 
+    model_file = tmp_path / "work" / "site-a" / "fed-r1" / MODEL_FILE
+    assert not model_file.exists()  # round 0 has no global memory yet: no model
     reply = app(_message("train", 1, memory=torch.ones(ITEMS, DIM)), site)
     assert not reply.has_error()
     assert Faults.calls == [("site-a", "train", 0), ("site-a", "train", 1)]
+    # after a round with M_g, the site's model file is there for a scoring service to swap in
+    written = torch.load(model_file, weights_only=True)
+    assert written["provenance"]["round"] == 1 and written["provenance"]["stage"] == "round"
+    assert written["provenance"]["source"] == "federation"
 
 
 def test_evaluate_replies_metrics_only_and_exports(site: Context, tmp_path: Path) -> None:
@@ -91,6 +97,7 @@ def test_evaluate_replies_metrics_only_and_exports(site: Context, tmp_path: Path
     identity = wire.identity_from_content(reply.content)
     assert identity.model_file == str(tmp_path / "work" / "site-a" / "fed-r1" / MODEL_FILE)
     assert Path(identity.model_file).is_file()
+    assert torch.load(identity.model_file, weights_only=True)["provenance"]["stage"] == "final"
 
 
 def test_evaluate_without_global_memory_is_an_error(site: Context) -> None:

@@ -1,0 +1,47 @@
+"""A tiny end-to-end audit run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tests.conftest import make_texture_tree
+from tests.privacy.audit.conftest import CONFIG
+
+from feddymem.privacy.audit import (
+    format_table,
+    run_audit,
+)
+
+
+def test_run_audit_writes_the_summary_grid_and_plot(
+    tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    make_texture_tree(tmp_path / "tree", n_train=24, n_good=4, n_bad=4, size=64)
+    out = tmp_path / "out"
+    report = run_audit(write_config(CONFIG), out)
+    for name in ("audit.json", "grid.png", "auroc_vs_psnr.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    saved = json.loads((out / "audit.json").read_text())
+    assert [s["name"] for s in saved["settings"]] == ["a_full", "b_pa", "c_noise"]
+    a, b, c = report["settings"]
+    assert a["memory_items"] == 8 * 64  # the full bank, in (image, position) order
+    assert a["whole_image"]["images"] == 8  # so whole images are tiled back and scored
+    assert b["whole_image"]["images"] == 1  # a position-indexed memory is one image
+    for s in (a, b, c):
+        att = s["attack"]
+        assert att["delta_psnr"] == pytest.approx(att["psnr"] - att["twin_psnr"])
+    assert b["memory_items"] == 64 and b["attack_items"] == 24  # 8 x 8 grid positions
+    assert "oracle_decoder" in b["attacks"]  # G_k trained one round: the oracle attacker runs
+    assert not b["guarantee"]["formal"]
+    assert c["guarantee"]["formal"] and c["guarantee"]["releases"] == 1
+    assert c["guarantee"]["epsilon"] > 0 and c["dp_clip_norm"] > 0
+    for s in report["settings"]:
+        assert 0.0 <= s["image_auroc"] <= 1.0
+        assert np.isfinite([s["attack"]["psnr"], s["attack"]["ssim"]]).all()
+    assert saved["data"]["victim_images_in_memory"] == 8
+    assert saved["baselines"]["mean_public_patch"]["psnr"] > 0
+    assert "| (c) c_noise |" in format_table(report)

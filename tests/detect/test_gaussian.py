@@ -188,3 +188,27 @@ def test_unfitted_and_bad_use_raise(fitted: GaussianDetector, tree: Path, tmp_pa
     path = fitted.save(tmp_path / "gauss.pt")
     with pytest.raises(ModelFileError, match="not a 'autoencoder' one"):
         load_detector(path, kind=AutoencoderDetector)
+
+
+def test_pooled_site_moments_equal_padim_on_pooled_images(tree: Path) -> None:
+    """fed-padim's server sum: three sites' moments added = PaDiM fitted on all their images."""
+    cfg = GaussianConfig(image_size=64, batch_size=8, calibration_fraction=0.0, n_features=24)
+    train = list(scan(tree).train)
+    sites = [train[0:4], train[4:9], train[9:]]
+    pooled_det = GaussianDetector(cfg).fit(train)
+    parts = [GaussianDetector(cfg).local_moments(site) for site in sites]
+    assert [p.moments.count for p in parts] == [4, 5, len(train) - 9]
+    merged = PatchMoments.pooled([p.moments for p in parts])
+    fed_det = GaussianDetector(cfg).fit_moments(parts[0], pooled=merged)
+    assert fed_det.n_train_ == len(train)
+    assert pooled_det.mean_ is not None and fed_det.mean_ is not None
+    torch.testing.assert_close(fed_det.mean_, pooled_det.mean_, rtol=1e-5, atol=1e-6)
+    assert pooled_det.precision_ is not None and fed_det.precision_ is not None
+    torch.testing.assert_close(fed_det.precision_, pooled_det.precision_, rtol=1e-4, atol=1e-4)
+    # A site's own moments alone give another model.
+    own = GaussianDetector(cfg).fit_moments(parts[0])
+    assert own.mean_ is not None and not torch.allclose(own.mean_, pooled_det.mean_, atol=1e-3)
+    with pytest.raises(ValueError, match="cannot be pooled"):
+        small = PatchMoments()
+        small.update(torch.randn(2, 24, 3, 3))
+        PatchMoments.pooled([parts[0].moments, small])

@@ -35,7 +35,7 @@ class Preset:
     """A benchmark's scope.
 
     Attributes:
-        name: ``quick`` or ``full``.
+        name: ``quick``, ``protocols`` or ``full``.
         datasets: Mixture names (`feddymem.data.generated.mixtures.MIXTURES`), built at `scale`.
         methods: Method names (`feddymem.bench.methods.METHODS`).
         seeds: Method seeds; the table reports mean ± std over them.
@@ -68,6 +68,17 @@ PRESETS: dict[str, Preset] = {
         ),
         seeds=(0,),
         scale="quick",
+        rounds=2,
+        model={"image_size": 160, "client_memory_size": 1024, "local_epochs": 1},
+    ),
+    "protocols": Preset(
+        name="protocols",
+        # Where sites need each other (feddymem.data.generated.protocols): few training normals
+        # per site, and a test split holding a source only other sites trained on.
+        datasets=("elpv-cells.few-8", "elpv-cells.few-16", "elpv-cells.new-variant"),
+        methods=("local-patchcore", "local-padim", "fedavg", "feddymem"),
+        seeds=(0, 1, 2),
+        scale="full",
         rounds=2,
         model={"image_size": 160, "client_memory_size": 1024, "local_epochs": 1},
     ),

@@ -65,7 +65,7 @@ def register(sub: Any) -> None:
     )
     p.add_argument(
         "--preset",
-        choices=("quick", "full"),
+        choices=("quick", "protocols", "full"),
         default="quick",
         help="quick: a small smoke run (< 20 min on 2 cores); full: the README's table "
         "(default: %(default)s)",

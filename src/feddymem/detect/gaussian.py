@@ -100,6 +100,41 @@ class PatchMoments:
         self.outer.baddbmm_(x.mT, x)
         self.count += b
 
+    @classmethod
+    def from_sums(
+        cls, count: int, total: torch.Tensor, outer: torch.Tensor, grid_hw: tuple[int, int]
+    ) -> PatchMoments:
+        """Moments from their three sums (what a fed-padim site sends), checked for shape."""
+        p, d = total.shape
+        if grid_hw[0] * grid_hw[1] != p or outer.shape != (p, d, d) or count < 1:
+            raise ValueError(
+                f"moments do not fit: count {count}, total {tuple(total.shape)}, outer "
+                f"{tuple(outer.shape)}, grid {grid_hw}"
+            )
+        moments = cls()
+        moments.count, moments.grid_hw = int(count), grid_hw
+        moments.total, moments.outer = total.to(torch.float64), outer.to(torch.float64)
+        return moments
+
+    @classmethod
+    def pooled(cls, parts: Sequence[PatchMoments]) -> PatchMoments:
+        """The moments of the union of the parts' images: counts and sums added (exact)."""
+        filled = [m for m in parts if m.total is not None and m.outer is not None]
+        if not filled:
+            raise ValueError("no moments to pool")
+        first = filled[0]
+        assert first.grid_hw is not None and first.total is not None and first.outer is not None
+        total, outer = first.total.clone(), first.outer.clone()
+        for m in filled[1:]:
+            if m.grid_hw != first.grid_hw or m.total.shape != total.shape:  # type: ignore[union-attr]
+                raise ValueError(
+                    f"moments of grid {m.grid_hw} and {first.grid_hw} (or of other channel "
+                    "counts) cannot be pooled: every site needs the same input size"
+                )
+            total += m.total  # type: ignore[operator]
+            outer += m.outer  # type: ignore[operator]
+        return cls.from_sums(sum(m.count for m in filled), total, outer, first.grid_hw)
+
     def mean_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Means (P, D) and unbiased covariances (P, D, D), float64; needs two images or more."""
         if self.total is None or self.outer is None or self.count < 2:
@@ -167,6 +202,16 @@ def mahalanobis(
 # --- detector ----------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LocalMoments:
+    """A site's training moments, with the split they came from and the input size."""
+
+    moments: PatchMoments
+    train: tuple[Sample, ...]
+    calib: tuple[Sample, ...]
+    image_hw: tuple[int, int]
+
+
 class GaussianDetector(Detector):
     """PaDiM-style detector fitted on normal images (see the module docstring).
 
@@ -192,14 +237,38 @@ class GaussianDetector(Detector):
         self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
     ) -> GaussianDetector:
         """Fit the per-position Gaussians on normal samples (labels must all be 0)."""
+        split = self.local_moments(samples, progress=progress)
+        return self.fit_moments(split)
+
+    def local_moments(
+        self,
+        samples: Sequence[Sample],
+        *,
+        progress: Callable[[int], None] | None = None,
+        image_hw: tuple[int, int] | None = None,
+    ) -> LocalMoments:
+        """The moments of this site's training normals (after holding out its calibration
+        share), at `image_hw` (default: resolved from the images as `fit` does)."""
         cfg = self.config
-        train, calib, image_hw = self._fit_split(
-            samples, fraction=cfg.calibration_fraction, seed=cfg.seed, min_images=2
+        train, calib, resolved = self._fit_split(
+            samples, fraction=cfg.calibration_fraction, seed=cfg.seed, min_images=1
         )
+        image_hw = image_hw or resolved
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
         moments = PatchMoments()
         for feats in self._train_features(train, image_hw=image_hw, progress=progress):
             moments.update(feats if channels is None else feats[:, channels])
+        return LocalMoments(moments, tuple(train), tuple(calib), image_hw)
+
+    def fit_moments(
+        self, split: LocalMoments, pooled: PatchMoments | None = None
+    ) -> GaussianDetector:
+        """Fit from moments: this site's own (`split.moments`) or `pooled` ones (fed-padim: the
+        sum over the sites); the threshold from this site's held-out normals."""
+        cfg = self.config
+        moments = pooled or split.moments
+        train, calib, image_hw = list(split.train), list(split.calib), split.image_hw
+        channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
         mean, cov = moments.mean_covariance()
         assert moments.grid_hw is not None
         self.mean_ = mean.float()

@@ -10,6 +10,8 @@ centralised   ``central-patchcore``, ``central-cfa``: one model on the pooled tr
               (what a site would get if every site shipped its images to one place)
 parameters    ``fedavg`` / ``fedprox`` over the generator's weights with a local memory, and
               ``fedae`` (a feature autoencoder trained with FedAvg): Flower simulations
+statistics    ``fed-padim``: per-position count, sum and sum of outer products of the patch
+              features, summed by the server (= PaDiM on the pooled images): a Flower simulation
 FedDyMem      ``feddymem`` and its ablations ``feddymem-no-generator``, ``-no-metric-loss``,
               ``-no-dynamic-memory``, ``-no-reduce``, ``-kmeans-reduce``, ``-mean-server``:
               Flower simulations
@@ -267,6 +269,14 @@ def _feddymem(**overrides: Any) -> Callable[[Task], Outcome]:
     return run
 
 
+def run_fed_padim(task: Task) -> Outcome:
+    from feddymem.federation.fedpadim import run_fed_padim as simulate_fed_padim
+
+    spec = _derived_spec(task, f"{task.dataset}-fed-padim", task.model)
+    results = simulate_fed_padim(spec, task.work, feature_cache=task.feature_cache)
+    return _from_results(results)
+
+
 def _param_sharing(method: str) -> Callable[[Task], Outcome]:
     def run(task: Task) -> Outcome:
         from feddymem.federation.baselines.methods import run_param_sharing
@@ -297,6 +307,13 @@ _ALL = [
         "fedprox", "parameter sharing", True, _param_sharing("fedprox"), "FedProx of G, local M"
     ),
     Method("fedae", "parameter sharing", True, _param_sharing("fedae"), "feature AE, FedAvg"),
+    Method(
+        "fed-padim",
+        "statistics sharing",
+        True,
+        run_fed_padim,
+        "PaDiM of the summed per-position moments (= pooled PaDiM)",
+    ),
     Method("feddymem", "FedDyMem", True, _feddymem(), "FedDyMem, all parts on"),
     Method(
         "feddymem-no-generator",

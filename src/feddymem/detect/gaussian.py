@@ -260,6 +260,17 @@ class GaussianDetector(Detector):
             moments.update(feats if channels is None else feats[:, channels])
         return LocalMoments(moments, tuple(train), tuple(calib), image_hw)
 
+    def fit_pooled(
+        self, samples: Sequence[Sample], pooled: PatchMoments, *, image_hw: tuple[int, int]
+    ) -> GaussianDetector:
+        """fed-padim's site model: the Gaussians of the `pooled` moments at the federation's
+        `image_hw`, the threshold from this site's own held-out share of `samples`."""
+        cfg = self.config
+        train, calib, _ = self._fit_split(
+            samples, fraction=cfg.calibration_fraction, seed=cfg.seed, min_images=1
+        )
+        return self.fit_moments(LocalMoments(pooled, tuple(train), tuple(calib), image_hw), pooled)
+
     def fit_moments(
         self, split: LocalMoments, pooled: PatchMoments | None = None
     ) -> GaussianDetector:

@@ -19,6 +19,7 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from feddymem.federation.client_app import build_client_app
+from feddymem.federation.localray import LOOPBACK_INIT_ARGS, contained_ray
 from feddymem.federation.runconfig import FEATURE_CACHE, OUT, RESUME, SPEC, WORK_DIR, Value
 from feddymem.federation.server_app import RESULTS_FILE, FederationError, build_server_app
 from feddymem.federation.spec import FederationSpec, describe_clients, load_spec
@@ -140,7 +141,9 @@ def simulate(
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Run a ServerApp and ClientApp on Flower's simulation engine (Ray, started and stopped
-    here unless already running) and return the ``results.json`` the ServerApp wrote.
+    here unless already running; its services on loopback only and every process it starts
+    ended on return, SIGTERM or SIGINT: `localray.contained_ray`) and return the
+    ``results.json`` the ServerApp wrote.
 
     Raises:
         FederationError: no results file, a status other than ``completed``, or an engine error.
@@ -151,7 +154,7 @@ def simulate(
             "num_cpus": num_cpus,
             "num_gpus": 0,
             "object_store_memory": object_store_mb * 1024 * 1024,
-            "include_dashboard": False,
+            **LOOPBACK_INIT_ARGS,
             "log_to_driver": verbose,
             "logging_level": "DEBUG" if verbose else "ERROR",
         },
@@ -162,13 +165,14 @@ def simulate(
     try:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="Tip: In future versions of Ray")
-            run_simulation(
-                server_app=server_app,
-                client_app=client_app,
-                num_supernodes=num_supernodes,
-                backend_config=backend_config,
-                verbose_logging=verbose,
-            )
+            with contained_ray(backend_config["init_args"]):
+                run_simulation(
+                    server_app=server_app,
+                    client_app=client_app,
+                    num_supernodes=num_supernodes,
+                    backend_config=backend_config,
+                    verbose_logging=verbose,
+                )
     except Exception as err:  # Flower re-raises the ServerApp's exception here
         error = err
     finally:

@@ -46,7 +46,7 @@ from feddymem.federation.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from feddymem.federation.limits import upload_limits
+from feddymem.federation.limits import UploadLimits, upload_limits
 from feddymem.federation.merge import merge_uploads
 from feddymem.federation.participants import FederationError, Participants, write_json
 from feddymem.federation.runconfig import ServerSettings, Value, server_settings
@@ -61,6 +61,7 @@ __all__ = [
     "FederationError",
     "app",
     "build_server_app",
+    "read_upload",
     "serve",
 ]
 
@@ -78,6 +79,18 @@ def _binding(settings: Mapping[str, Any]) -> dict[str, Any]:
         k: v for k, v in settings.get("federation", {}).items() if k not in _OPERATIONAL_KEYS
     }
     return {**settings, "federation": federation}
+
+
+def read_upload(content: RecordDict, *, name: str, limits: UploadLimits) -> ReducedMemory:
+    """The memory in client `name`'s train reply, once it passed every check: the reply names
+    that client, the memory's bytes are under the cap before decoding, and it meets the limits.
+    Raises MemoryRejected / WireError (ValueError) with the reason."""
+    reported = wire.identity_from_content(content).name
+    if reported != name:
+        raise wire.MemoryRejected(f"reply names client {reported!r}, expected {name!r}")
+    memory = wire.memory_from_content(content, max_bytes=limits.max_bytes)
+    wire.validate_memory(memory, limits)
+    return memory
 
 
 class _Run:
@@ -175,16 +188,13 @@ class _Run:
             )
             if reply is None:
                 continue
-            row["bytes_up"] = wire.message_size(reply)
             try:
-                reported = wire.identity_from_content(reply.content).name
-                if reported != name:
-                    raise wire.MemoryRejected(f"reply names client {reported!r}, expected {name!r}")
-                memory = wire.memory_from_content(reply.content, max_bytes=self.limits.max_bytes)
-                wire.validate_memory(memory, self.limits)
-            except (wire.MemoryRejected, wire.WireError) as err:
+                row["bytes_up"] = wire.message_size(reply)
+                memory = read_upload(reply.content, name=name, limits=self.limits)
+            except Exception as err:  # hostile input: refuse it with the reason, go on
+                reason = str(err) if isinstance(err, ValueError) else f"{type(err).__name__}: {err}"
                 self.participants.reject(
-                    phase="train", round_idx=round_idx, node=node, name=name, reason=str(err)
+                    phase="train", round_idx=round_idx, node=node, name=name, reason=reason
                 )
                 continue
             accepted[name] = memory

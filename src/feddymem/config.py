@@ -149,7 +149,11 @@ class FedDyMemConfig(FeatureConfig):
     weight_decay: float = 5e-4
     local_epochs: int = 1
     train_batch_size: int = 8
+    # --- wire: M_k and M_g vectors travel in this dtype (decoded to float32 on receipt) ---
+    wire_dtype: Literal["float32", "float16"] = "float32"
     # --- inference ---
+    # memory a site scores against: M_g alone (the paper), or M_g and the site's own last M_k
+    score_memory: Literal["global", "global+own"] = "global"
     scoring: Literal["nearest", "softmin"] = "nearest"
     score_k: int = 3
     seed: int = 0
@@ -170,6 +174,14 @@ class FedDyMemConfig(FeatureConfig):
         _check(self.nu > 0 and self.lr > 0, "nu and lr must be > 0")
         _check(self.local_epochs >= 0, "local_epochs must be >= 0")
         _check(self.score_k >= 1, "score_k must be >= 1")
+        _check(
+            self.wire_dtype in ("float32", "float16"),
+            f"wire_dtype must be 'float32' or 'float16', got {self.wire_dtype!r}",
+        )
+        _check(
+            self.score_memory in ("global", "global+own"),
+            f"score_memory must be 'global' or 'global+own', got {self.score_memory!r}",
+        )
         _check(
             self.dp_clip_norm is None or self.dp_clip_norm > 0,
             f"dp_clip_norm must be > 0 or unset, got {self.dp_clip_norm}",

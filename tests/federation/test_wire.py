@@ -52,6 +52,26 @@ def test_memory_round_trip_is_exact() -> None:
     wire.validate_memory(back, LIMITS)
 
 
+def test_float16_memories_travel_at_half_the_bytes_and_decode_to_float32() -> None:
+    memory = _memory()
+    sizes = {}
+    for dtype in ("float32", "float16"):
+        arrays, info = wire.memory_to_records(memory, dtype=dtype)
+        content = RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info})
+        sizes[dtype] = len(arrays["vectors"].data)
+        back = wire.memory_from_content(_through_protobuf(content))
+        assert back.vectors.dtype == torch.float32
+        wire.validate_memory(back, LIMITS)
+        tolerance = 0.0 if dtype == "float32" else 1e-3 * float(memory.vectors.abs().max())
+        assert float((back.vectors - memory.vectors).abs().max()) <= tolerance
+        record = wire.global_memory_to_record(memory.vectors, dtype=dtype)
+        content = _through_protobuf(RecordDict({wire.GLOBAL_MEMORY: record}))
+        decoded = wire.global_memory_from_content(content)
+        assert decoded is not None and torch.equal(decoded, back.vectors)
+    payload = memory.vectors.numel()
+    assert sizes["float32"] - sizes["float16"] == 2 * payload  # the .npy header is the same
+
+
 def test_config_round_trip_keeps_every_field_including_none() -> None:
     config = FedDyMemConfig(
         image_size=96,

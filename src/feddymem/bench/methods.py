@@ -12,6 +12,8 @@ parameters    ``fedavg`` / ``fedprox`` over the generator's weights with a local
               ``fedae`` (a feature autoencoder trained with FedAvg): Flower simulations
 statistics    ``fed-padim``: per-position count, sum and sum of outer products of the patch
               features, summed by the server (= PaDiM on the pooled images): a Flower simulation
+levers        ``feddymem-own-memory`` (score against M_g and the own M_k), ``-fp16`` (memories
+              travel as float16), ``-fp16-2x`` (twice the items in the same bytes), ``-fp16-2x-own``
 FedDyMem      ``feddymem`` and its ablations ``feddymem-no-generator``, ``-no-metric-loss``,
               ``-no-dynamic-memory``, ``-no-reduce``, ``-kmeans-reduce``, ``-mean-server``:
               Flower simulations
@@ -257,11 +259,19 @@ def _from_results(results: Mapping[str, Any]) -> Outcome:
     return out
 
 
-def _feddymem(**overrides: Any) -> Callable[[Task], Outcome]:
+def _feddymem(memory_scale: int = 1, **overrides: Any) -> Callable[[Task], Outcome]:
+    """A FedDyMem row with `overrides` of the task's model; `memory_scale` multiplies the
+    client and global memory sizes (a larger memory in the same bytes with float16)."""
+
     def run(task: Task) -> Outcome:
         from feddymem.federation.simulation import run_federation
 
         model = {**task.model, **overrides}
+        if memory_scale != 1:
+            size = int(model.get("client_memory_size", FedDyMemConfig.client_memory_size))
+            model["client_memory_size"] = size * memory_scale
+            if model.get("global_memory_size") is not None:
+                model["global_memory_size"] = int(model["global_memory_size"]) * memory_scale
         spec = _derived_spec(task, f"{task.dataset}-feddymem", model)
         results = run_federation(spec, task.work, feature_cache=task.feature_cache)
         return _from_results(results)
@@ -360,4 +370,34 @@ _ALL = [
         "per-position average, server mean instead of k-means",
     ),
 ]
-METHODS: dict[str, Method] = {m.name: m for m in _ALL}
+_LEVERS = [
+    Method(
+        "feddymem-own-memory",
+        "lever",
+        True,
+        _feddymem(score_memory="global+own"),
+        "scores against M_g and the site's own last M_k",
+    ),
+    Method(
+        "feddymem-fp16",
+        "lever",
+        True,
+        _feddymem(wire_dtype="float16"),
+        "M_k and M_g travel as float16",
+    ),
+    Method(
+        "feddymem-fp16-2x",
+        "lever",
+        True,
+        _feddymem(memory_scale=2, wire_dtype="float16"),
+        "twice the memory items as float16: the bytes of the float32 memory",
+    ),
+    Method(
+        "feddymem-fp16-2x-own",
+        "lever",
+        True,
+        _feddymem(memory_scale=2, wire_dtype="float16", score_memory="global+own"),
+        "fp16-2x and scoring against M_g and the own M_k",
+    ),
+]
+METHODS: dict[str, Method] = {m.name: m for m in (*_ALL, *_LEVERS)}

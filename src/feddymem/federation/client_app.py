@@ -176,7 +176,7 @@ def build_client_app(*, defaults: Mapping[str, Value] | None = None) -> ClientAp
                 log.exception(
                     "round %d: the site's model file was not written", instructions.round_idx
                 )
-        arrays, info = wire.memory_to_records(memory)
+        arrays, info = wire.memory_to_records(memory, dtype=config.wire_dtype)
         metrics = {**metrics, "client_s": time.perf_counter() - t0}
         content = RecordDict(
             {

@@ -162,7 +162,9 @@ class _Run:
         )
         if with_memory and self.state.global_memory is not None:
             wire.validate_global_memory(self.state.global_memory, self.limits)
-            content[wire.GLOBAL_MEMORY] = wire.global_memory_to_record(self.state.global_memory)
+            content[wire.GLOBAL_MEMORY] = wire.global_memory_to_record(
+                self.state.global_memory, dtype=self.spec.model.wire_dtype
+            )
         return content
 
     def train_round(self, roster: dict[int, str], round_idx: int) -> dict[int, str]:

@@ -109,6 +109,10 @@ ARRAY_KEYS: Mapping[str, frozenset[str]] = {
 }
 
 
+_WIRE_DTYPES: Mapping[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
+"""The dtypes memory vectors may travel in (`FedDyMemConfig.wire_dtype`)."""
+
+
 class WireError(ValueError):
     """A message lacks a record or a key this module expects, or holds a wrong type."""
 
@@ -218,9 +222,10 @@ def config_from_content(content: RecordDict) -> FedDyMemConfig:
     return config_from_record(_record(content, CONFIG, ConfigRecord))
 
 
-def global_memory_to_record(global_memory: torch.Tensor) -> ArrayRecord:
-    """M_g, (C, d) float32, as an ArrayRecord."""
+def global_memory_to_record(global_memory: torch.Tensor, *, dtype: str = "float32") -> ArrayRecord:
+    """M_g, (C, d), as an ArrayRecord in `dtype` (``float32`` or ``float16``)."""
     vectors = global_memory.detach().to("cpu", torch.float32).contiguous().numpy()
+    vectors = vectors.astype(_WIRE_DTYPES[dtype], copy=False)
     return ArrayRecord({_VECTORS: to_array(vectors)})
 
 
@@ -231,9 +236,11 @@ def global_memory_from_content(content: RecordDict) -> torch.Tensor | None:
     record = _record(content, GLOBAL_MEMORY, ArrayRecord)
     _only_keys(record, GLOBAL_MEMORY)
     vectors = _decode(record, _VECTORS, GLOBAL_MEMORY)
-    if vectors.ndim != 2 or vectors.dtype != np.float32:
-        raise WireError(f"global memory must be 2-D float32, got {vectors.dtype} {vectors.shape}")
-    return torch.from_numpy(vectors)
+    if vectors.ndim != 2 or vectors.dtype not in (np.float32, np.float16):
+        raise WireError(
+            f"global memory must be 2-D float32 or float16, got {vectors.dtype} {vectors.shape}"
+        )
+    return torch.from_numpy(vectors.astype(np.float32, copy=False))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -258,9 +265,14 @@ def identity_from_content(content: RecordDict) -> ClientIdentity:
     return ClientIdentity(name=name, model_file=model_file if isinstance(model_file, str) else None)
 
 
-def memory_to_records(memory: ReducedMemory) -> tuple[ArrayRecord, ConfigRecord]:
-    """M_k with its weights, and n_k, as the ``memory`` and ``memory-info`` records."""
+def memory_to_records(
+    memory: ReducedMemory, *, dtype: str = "float32"
+) -> tuple[ArrayRecord, ConfigRecord]:
+    """M_k (vectors in `dtype`, ``float32`` or ``float16``) with its float32 weights, and n_k,
+    as the ``memory`` and ``memory-info`` records."""
     vectors = memory.vectors.detach().to("cpu").contiguous().numpy()
+    if dtype != "float32":  # float32 goes as it is (a wrong dtype is the receiver's to refuse)
+        vectors = vectors.astype(_WIRE_DTYPES[dtype])
     weights = memory.weights.detach().to("cpu").contiguous().numpy()
     arrays = ArrayRecord({_VECTORS: to_array(vectors), _WEIGHTS: to_array(weights)})
     info = ConfigRecord({_N_IMAGES: int(memory.n_images)})
@@ -288,12 +300,15 @@ def memory_from_content(content: RecordDict, *, max_bytes: int | None = None) ->
         n_images = _value(info, _N_IMAGES, int, MEMORY_INFO)
     except WireError as err:
         raise MemoryRejected(f"malformed memory upload: {err}") from None
-    if vectors.dtype != np.float32 or weights.dtype != np.float32:
+    if vectors.dtype not in (np.float32, np.float16) or weights.dtype != np.float32:
         raise MemoryRejected(
-            f"memory arrays must be float32, got vectors {vectors.dtype}, weights {weights.dtype}"
+            "memory vectors must be float32 or float16 and weights float32, got vectors "
+            f"{vectors.dtype}, weights {weights.dtype}"
         )
     return ReducedMemory(
-        vectors=torch.from_numpy(vectors), weights=torch.from_numpy(weights), n_images=n_images
+        vectors=torch.from_numpy(vectors.astype(np.float32, copy=False)),
+        weights=torch.from_numpy(weights),
+        n_images=n_images,
     )
 
 

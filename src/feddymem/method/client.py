@@ -290,17 +290,26 @@ class FedDyMemClient:
         return self.memory, metrics
 
     # --- inference --------------------------------------------------------------------------
+    def scoring_memory(self, global_memory: torch.Tensor) -> torch.Tensor:
+        """The bank the site scores against: M_g, or (``score_memory = "global+own"``) M_g and
+        the site's own last M_k, both in the space of the final G_k."""
+        memory = global_memory.float()
+        if self.config.score_memory == "global+own" and self.memory is not None:
+            memory = torch.cat([memory, self.memory.vectors.float()])
+        return memory.contiguous()
+
     def detector_with(self, global_memory: torch.Tensor) -> MemoryBankDetector:
         """The client's detector: its final G_k and M_g, threshold from its held-out normals."""
         det = self.detector
+        memory = self.scoring_memory(global_memory)
         if (
             self._detector_state == self.rounds_done
             and det.memory_ is not None
-            and torch.equal(det.memory_, global_memory.float())
+            and torch.equal(det.memory_, memory)
         ):
             return det  # already set up for this G_k and M_g (evaluate, then export)
         det.generator = self.generator.eval() if self.generator is not None else None
-        det.set_memory(global_memory, image_hw=self.image_hw)
+        det.set_memory(memory, image_hw=self.image_hw)
         if self.calibration:
             det.calibrate(self.calibration, quantile=0.99)
         self._detector_state = self.rounds_done

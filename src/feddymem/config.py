@@ -8,6 +8,7 @@ plain dicts (JSON / TOML), so a number can always be traced back to the settings
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -68,6 +69,10 @@ class FeatureConfig:
             f"image_size must be in [32, 2048], got {self.image_size}",
         )
         _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(
+            math.isfinite(self.blur_sigma) and self.blur_sigma >= 0,
+            f"blur_sigma must be a finite number >= 0, got {self.blur_sigma}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -107,6 +112,7 @@ class DetectorConfig(FeatureConfig):
             f"calibration must be 'holdout' or 'crossfit', got {self.calibration!r}",
         )
         _check(self.calibration_folds >= 2, "calibration_folds must be >= 2")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(
             not (self.calibration == "crossfit" and self.refit_with_calibration),
             "refit_with_calibration applies to holdout calibration (crossfit builds the bank "
@@ -174,6 +180,7 @@ class FedDyMemConfig(FeatureConfig):
         _check(self.nu > 0 and self.lr > 0, "nu and lr must be > 0")
         _check(self.local_epochs >= 0, "local_epochs must be >= 0")
         _check(self.score_k >= 1, "score_k must be >= 1")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(
             self.wire_dtype in ("float32", "float16"),
             f"wire_dtype must be 'float32' or 'float16', got {self.wire_dtype!r}",

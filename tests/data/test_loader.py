@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from feddymem.data.images import DataError, ImageReadError
+from feddymem.data.images import DataError, ImageReadError, MaskSizeError
 from feddymem.data.layouts import Sample, scan_mvtec
 from feddymem.data.loader import LoadReport, iter_batches, load_all, resolve_size
 
@@ -132,18 +132,37 @@ def test_corrupt_file_is_skipped_and_reported(
         list(iter_batches(samples, size=SIZE, batch_size=2, with_masks=False, on_error="raise"))
 
 
-def test_mask_size_mismatch_is_an_error_of_that_sample(tmp_path: Path) -> None:
+def test_mask_size_mismatch_is_an_error_even_when_skipping(tmp_path: Path) -> None:
+    # The README: a mask whose size differs from its image is an error (the image must not
+    # silently leave every metric).
     wrong = _anomalous(tmp_path / "a.png", _mask(tmp_path / "a_mask.png", hw=(H + 2, W)))
     samples = [_normal(tmp_path / "n.png"), wrong]
-    report = LoadReport()
-    batch = load_all(samples, size=SIZE, with_masks=True, report=report)
-    assert batch.samples == samples[:1]
-    assert report.skipped[0][0] == wrong.path
-    assert "mask size" in report.skipped[0][1]
-    with pytest.raises(DataError, match="mask size"):
-        load_all(samples, size=SIZE, with_masks=True, on_error="raise")
+    for on_error in ("skip", "raise"):
+        with pytest.raises(MaskSizeError, match=r"a_mask\.png: mask size"):
+            load_all(samples, size=SIZE, with_masks=True, on_error=on_error)  # type: ignore[arg-type]
     # Without masks the mask file is not read, so the sample loads.
     assert len(load_all(samples, size=SIZE, with_masks=False)) == 2
+
+
+def test_images_below_the_minimum_size_are_skipped_and_named(tmp_path: Path) -> None:
+    from feddymem.data.images import MIN_IMAGE_SIDE
+
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.zeros((1, 1, 3), np.uint8)).save(tiny)
+    thin = tmp_path / "thin.png"
+    Image.fromarray(np.zeros((MIN_IMAGE_SIDE - 1, 64, 3), np.uint8)).save(thin)
+    samples = [_normal(tmp_path / "n.png"), Sample(path=tiny, label=0, defect="good")]
+    samples.append(Sample(path=thin, label=0, defect="good"))
+    report = LoadReport()
+    batch = load_all(samples, size=SIZE, with_masks=False, report=report)
+    assert batch.samples == samples[:1]
+    reasons = dict(report.skipped)
+    assert "1x1 px, smaller than the minimum" in reasons[tiny]
+    assert f"64x{MIN_IMAGE_SIDE - 1} px" in reasons[thin]
+    # nor do they decide the aspect ratio of a data set
+    assert resolve_size([tiny, samples[0].path], image_size=32, keep_aspect=True) == (
+        resolve_size([samples[0].path], image_size=32, keep_aspect=True)
+    )
 
 
 def test_load_all_empty_and_bad_options(tmp_path: Path) -> None:

@@ -112,7 +112,7 @@ def test_bad_model_files_are_refused(tmp_path: Path) -> None:
         load_detector(tmp_path / "missing.pt")
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")
-    with pytest.raises(ModelFileError, match="not a readable model file"):
+    with pytest.raises(ModelFileError, match="not a feddymem model file"):
         load_detector(junk)
     torch.save({"something": 1}, tmp_path / "other.pt")
     with pytest.raises(ModelFileError, match="not a feddymem model"):
@@ -140,9 +140,15 @@ def test_patch_scores_nearest_and_softmin() -> None:
 
 
 def test_cli_fit_evaluate_predict(
-    texture_tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    texture_tree: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     from feddymem.cli import main
+    from feddymem.detect.overlay import _legend_layout
+
+    monkeypatch.chdir(tmp_path)  # overlays keep the inputs' paths relative to here
 
     model = tmp_path / "m.pt"
     assert (
@@ -197,8 +203,13 @@ def test_cli_fit_evaluate_predict(
     rows = list(csv.DictReader((out / "scores.csv").open()))
     scored = [r for r in rows if r["score"]]
     assert len(scored) == 7 and all((out / r["overlay"]).is_file() for r in scored)
-    assert Image.open(out / "wide_overlay.png").size == (96, 40)
-    assert Image.open(out / f"{spot.stem}_overlay.png").size == Image.open(spot).size
+    # each picture at its file's own size, its legend below it
+    canvas_w, legend_h, _ = _legend_layout(96)
+    assert Image.open(out / "wide_overlay.png").size == (canvas_w, 40 + legend_h)
+    spot_overlay = out / "brick" / "test" / "spot" / f"{spot.stem}_overlay.png"
+    w, h = Image.open(spot).size
+    canvas_w, legend_h, _ = _legend_layout(w)
+    assert Image.open(spot_overlay).size == (canvas_w, h + legend_h)
     scored = [r for r in scored if r["path"] != str(wide)]
     # evaluate's operating point is predict's decisions: on the anomalous folder, the images
     # predict flags are the recall of the model's threshold

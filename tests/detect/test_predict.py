@@ -12,7 +12,7 @@ from PIL import Image
 from feddymem.config import DetectorConfig
 from feddymem.data import scan
 from feddymem.detect.detector import PatchCoreDetector
-from feddymem.detect.overlay import color_scale, overlay
+from feddymem.detect.overlay import _legend_layout, color_scale, overlay
 from feddymem.detect.predict import image_files, predict_files
 
 
@@ -36,10 +36,12 @@ def test_each_file_is_decoded_once_and_overlays_keep_its_size(
         return real(path, **kw)
 
     monkeypatch.setattr(loader, "decode_image", counting)
+    monkeypatch.chdir(tmp_path)  # overlays keep the inputs' paths relative to here
     summary = predict_files(det, files, tmp_path / "out")
     assert sorted(decoded) == sorted(files)  # once each
     assert summary.scored == len(files) and not summary.skipped
-    assert Image.open(tmp_path / "out" / "wide_overlay.png").size == (96, 40)
+    canvas_w, legend_h, _ = _legend_layout(96)  # the picture, then its legend below it
+    assert Image.open(tmp_path / "out" / "wide_overlay.png").size == (canvas_w, 40 + legend_h)
     rows = list(csv.DictReader((tmp_path / "out" / "scores.csv").open()))
     assert [r["path"] for r in rows] == [str(f) for f in files]
     # the decisions are the detector's own on the same images
@@ -58,3 +60,60 @@ def test_color_scale_and_overlay() -> None:
     out = overlay(image, amap, vmin=0.0, vmax=1.0)
     assert out.shape == (4, 5, 3) and out.dtype == np.uint8
     assert out[0, 0, 2] > out[0, 0, 0] and out[-1, -1, 0] > out[-1, -1, 2]  # blue low, red high
+
+
+def test_overlay_resampling_in_bands_matches_whole_image_interpolation() -> None:
+    import torch
+
+    from feddymem.detect.overlay import _RowResampler
+
+    amap = np.random.default_rng(0).random((7, 9)).astype(np.float32)
+    whole = torch.nn.functional.interpolate(
+        torch.from_numpy(amap)[None, None], size=(53, 41), mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+    rows = _RowResampler(amap, (53, 41))
+    banded = np.concatenate([rows.rows(a, min(a + 10, 53)) for a in range(0, 53, 10)])
+    assert np.allclose(banded, whole, atol=1e-5)
+
+
+def test_overlay_memory_is_bounded_by_the_picture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 3000x3000 overlay's arrays are a few bands of rows (was: a float64 colour array of
+    the whole picture, 8 bytes x 4 channels a pixel); small bands are forced."""
+    import tracemalloc
+
+    from feddymem.detect import overlay as ov
+
+    monkeypatch.setattr(ov, "BAND_PIXELS", 1 << 18)
+    side = 3000
+    image = np.full((side, side, 3), 100, np.uint8)
+    amap = np.random.default_rng(0).random((64, 64)).astype(np.float32)
+    legend = ov.Legend(vmin=0.0, vmax=1.0, score=0.7, threshold=0.5, anomalous=True)
+    ov.jet_lut()  # matplotlib's import is not the overlay's
+    tracemalloc.start()
+    picture = ov.overlay_with_legend(image, amap, legend)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert picture.size[1] > side
+    # a band's working set (about 30 bytes a pixel), whatever the picture's size; a float64
+    # RGBA colour array of the whole picture would be 10x the image
+    assert peak < 40 * (1 << 18) < image.nbytes / 2
+
+
+def test_overlay_draws_its_legend() -> None:
+    from feddymem.detect.overlay import Legend, _legend_layout, overlay_with_legend
+
+    image = np.full((80, 100, 3), 128, np.uint8)
+    amap = np.zeros((8, 10), np.float32)
+    normal = overlay_with_legend(
+        image, amap, Legend(vmin=0, vmax=3, score=1, threshold=2, anomalous=False)
+    )
+    flagged = overlay_with_legend(
+        image, amap, Legend(vmin=0, vmax=3, score=2.5, threshold=2, anomalous=True)
+    )
+    width, legend_h, font = _legend_layout(100)
+    assert normal.size == (width, 80 + legend_h)
+    a, b = np.asarray(normal)[80:], np.asarray(flagged)[80:]
+    assert not np.array_equal(a, b)  # the decision line differs
+    # the colour bar runs from blue to red across the legend
+    row = a[2 * (font // 2) + font + font // 2]  # the bar's middle row
+    assert row[20, 2] > row[20, 0] and row[width - 20, 0] > row[width - 20, 2]

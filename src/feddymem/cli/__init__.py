@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from feddymem.cli import audit, bench, data, detector, federate, serve
+from feddymem.cli.errors import OneLineParser, report
 
 __all__ = ["build_parser", "main"]
 
@@ -17,12 +18,15 @@ _GROUPS = (detector, data, federate, bench, audit, serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="feddymem",
         description="Federated, unsupervised image anomaly detection (FedDyMem on Flower).",
     )
     parser.add_argument(
         "-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)"
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show the Python traceback of an error"
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for group in _GROUPS:
@@ -31,6 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one subcommand; a user error is one `error: ...` line and exit code 2 (the
+    traceback only with `--debug`)."""
+    # file names that are not UTF-8 are printed with escapes instead of failing
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.WARNING - 10 * min(args.verbose + 1, 2)
@@ -38,13 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from feddymem.allocator import keep_freed_memory
 
     keep_freed_memory()  # every command's tensors come and go by the batch
-    from feddymem.config import ConfigError
-    from feddymem.data import DataError
-    from feddymem.detect.backbones import BackboneError
-    from feddymem.detect.modelfile import ModelFileError
-
     try:
         return int(args.func(args))
-    except (DataError, BackboneError, ConfigError, ModelFileError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as err:
+        if args.debug:
+            raise
+        return report(err)

@@ -8,18 +8,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-from feddymem.cli.options import add_detector_options, detector_config, progress_bar
+from feddymem.cli.errors import UsageError
+from feddymem.cli.options import (
+    add_detector_options,
+    detector_config,
+    progress_bar,
+    with_option_names,
+)
 
 
 def cmd_fit(args: argparse.Namespace) -> int:
+    from feddymem.config import ConfigError
     from feddymem.data import scan
     from feddymem.detect.detector import PatchCoreDetector
+    from feddymem.outputs import check_output_file
 
-    split = scan(args.data)
     cfg = detector_config(args)
+    check_output_file(args.out)  # before the fit, not after it
+    split = scan(args.data)
     t0 = time.perf_counter()
     with progress_bar(len(split.train), "features") as bar:
-        det = PatchCoreDetector(cfg, weights=args.weights).fit(split.train, progress=bar.update)
+        try:
+            det = PatchCoreDetector(cfg, weights=args.weights).fit(split.train, progress=bar.update)
+        except ConfigError as err:  # a setting that only the data show to be out of range
+            raise UsageError(with_option_names(str(err))) from None
     fit_s = time.perf_counter() - t0
     det.save(
         args.out,
@@ -47,7 +59,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     det = load_detector(args.model, weights=args.weights)
     split = scan(args.data)
     if not split.test:
-        raise SystemExit(f"error: {args.data} has no test images (expected test/<defect>/...)")
+        raise UsageError(f"{args.data} has no test images (expected test/<defect>/...)")
+    labels = {s.label for s in split.test}
+    if len(labels) < 2:
+        kind = "normal (test/good)" if labels == {0} else "anomalous"
+        raise UsageError(
+            f"{args.data}: every test image is {kind}; evaluate needs both test/good and "
+            "at least one test/<defect> folder"
+        )
     t0 = time.perf_counter()
     with progress_bar(len(split.test), "scoring") as bar:
         metrics, scores = det.evaluate_with_scores(split.test, progress=bar.update)
@@ -78,19 +97,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from feddymem.detect.predict import image_files, predict_files
+    from feddymem.detect.predict import image_files, overlay_names, predict_files
     from feddymem.detect.registry import load_detector
+    from feddymem.outputs import check_output_dir
 
-    det = load_detector(args.model, weights=args.weights)
+    check_output_dir(args.out)
     files = image_files([Path(p) for p in args.images])
     if not files:
-        raise SystemExit("error: no images given")
+        raise UsageError(f"no image files in {' '.join(args.images)}")
+    overlay_names(files)  # two inputs sharing an overlay: refused before any work
+    det = load_detector(args.model, weights=args.weights)
     with progress_bar(len(files), "predicting") as bar:
         summary = predict_files(det, files, args.out, progress=bar.update)
     print(
         f"{summary.scored} scored, {summary.flagged} flagged anomalous, "
         f"{len(summary.skipped)} skipped -> {summary.csv_path}"
     )
+    if summary.scored == 0:
+        raise UsageError(
+            f"none of the {len(files)} input(s) could be scored (reasons in {summary.csv_path})"
+        )
     return 0
 
 
@@ -130,7 +156,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser(
         "predict",
         help="score images: heat-map overlays and a CSV of decisions",
-        description="Score images with a fitted model; write <out>/<stem>_overlay.png and <out>/scores.csv.",
+        description="Score images with a fitted model; write <out>/<input path>/<stem>_overlay.png "
+        "(heat map, colour bar, score against threshold, decision) and <out>/scores.csv.",
     )
     p.add_argument("--model", type=Path, required=True, help="model file from `fit` or `federate`")
     p.add_argument("images", nargs="+", help="image files or folders of images")

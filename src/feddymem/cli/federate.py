@@ -13,7 +13,9 @@ DEMO_SPEC = Path(__file__).resolve().parents[3] / "configs" / "elpv_two_clients.
 
 def cmd_federate(args: argparse.Namespace) -> int:
     from feddymem.federation.simulation import run_federation
+    from feddymem.outputs import check_output_dir
 
+    check_output_dir(args.out)
     results = run_federation(args.config, args.out, resume=args.resume)
     if args.json:
         print(json.dumps(results, indent=2, default=str))
@@ -31,7 +33,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import tomli_w
 
     from feddymem.data import export_elpv
+    from feddymem.outputs import check_output_dir
 
+    check_output_dir(args.out)
     root: Path = args.data_dir.resolve()
     sites = {}
     for cell in ("mono", "poly"):

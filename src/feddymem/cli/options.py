@@ -16,7 +16,43 @@ def progress_bar(total: int, desc: str) -> Any:
     return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
 
 
+# DetectorConfig fields whose option is not the field name with dashes
+_OPTION_OF_FIELD = {
+    "num_neighbors": "--neighbors",
+    "refit_with_calibration": "--refit",
+    "keep_aspect": "--squash",
+}
+
+
+def option_name(field: str) -> str:
+    """The command-line option that sets the `DetectorConfig` field `field`."""
+    return _OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+
+
+def with_option_names(message: str) -> str:
+    """`message` with every `DetectorConfig` field name replaced by its option's name."""
+    import dataclasses
+    import re
+
+    from feddymem.config import DetectorConfig
+
+    names = "|".join(f.name for f in dataclasses.fields(DetectorConfig))
+    return re.sub(rf"\b({names})\b", lambda m: option_name(m.group(1)), message)
+
+
 def detector_config(args: argparse.Namespace) -> Any:
+    """The detector's configuration from the options; a value out of range is a
+    `UsageError` naming its option."""
+    from feddymem.cli.errors import UsageError
+    from feddymem.config import ConfigError
+
+    try:
+        return _detector_config(args)
+    except ConfigError as err:
+        raise UsageError(with_option_names(str(err))) from None
+
+
+def _detector_config(args: argparse.Namespace) -> Any:
     from feddymem.config import DetectorConfig
 
     return DetectorConfig(

@@ -17,9 +17,12 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "MIN_IMAGE_SIDE",
     "DataError",
     "DecodedImage",
     "ImageReadError",
+    "MaskSizeError",
+    "check_image_size",
     "decode_image",
     "read_image",
     "read_image_size",
@@ -47,6 +50,27 @@ class DataError(ValueError):
 
 class ImageReadError(DataError):
     """An image or mask file that cannot be read as an image."""
+
+
+class MaskSizeError(DataError):
+    """A ground-truth mask whose size is not its image's: the data set is wrong, and every
+    metric computed without the image would be too (never skipped)."""
+
+
+# The smallest side an image may have (the smallest input size a detector takes): a smaller
+# image, upsampled to the input size, is a smear that scores like an anomaly and, among the
+# held-out normals, would raise the threshold.
+MIN_IMAGE_SIDE = 32
+
+
+def check_image_size(path: Path, hw: tuple[int, int]) -> None:
+    """Raise :class:`ImageReadError` naming `path` when an image of size `hw` = (H, W) is
+    smaller than :data:`MIN_IMAGE_SIDE` on a side."""
+    if min(hw) < MIN_IMAGE_SIDE:
+        raise ImageReadError(
+            f"{path}: image is {hw[1]}x{hw[0]} px, smaller than the minimum "
+            f"{MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE}"
+        )
 
 
 @dataclass(frozen=True)
@@ -254,7 +278,7 @@ def read_mask(
     mask_hw = (int(values.shape[0]), int(values.shape[1]))
     if mask_hw != tuple(expected_hw):
         owner = f"image {Path(image_path)}" if image_path is not None else "its image"
-        raise DataError(
+        raise MaskSizeError(
             f"{file}: mask size (H, W)={mask_hw} differs from {owner} size (H, W)="
             f"{tuple(expected_hw)}"
         )

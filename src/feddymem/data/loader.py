@@ -20,7 +20,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from feddymem.data.images import DataError, decode_image, read_image_size, read_mask
+from feddymem.data.images import (
+    DataError,
+    MaskSizeError,
+    check_image_size,
+    decode_image,
+    read_image_size,
+    read_mask,
+)
 from feddymem.data.layouts import Sample
 
 __all__ = [
@@ -90,6 +97,7 @@ def resolve_size(
     for index in probes:
         try:
             height, width = read_image_size(paths[int(index)])
+            check_image_size(paths[int(index)], (height, width))
         except DataError as err:
             logger.warning("resolve_size: %s", err)
             continue
@@ -206,6 +214,7 @@ def _load_sample(
     if keep_original:
         # Decoded once, resized here: the same pixels as resizing before the RGB expansion.
         decoded = decode_image(sample.path, size_hint=size)
+        check_image_size(sample.path, decoded.full_hw)
         return _Loaded(
             image=_resize_image(decoded.pixels, size),
             mask=None,
@@ -214,6 +223,7 @@ def _load_sample(
             full_hw=decoded.full_hw,
         )
     decoded = decode_image(sample.path, size_hint=size, resize_to=size)
+    check_image_size(sample.path, decoded.full_hw)
     image = _resize_image(decoded.pixels, size)
     if with_masks and sample.mask_path is not None:
         full = read_mask(sample.mask_path, expected_hw=decoded.full_hw, image_path=sample.path)
@@ -304,7 +314,8 @@ def iter_batches(
         ``has_mask``, ``labels`` ``(B,)`` and ``samples``; never an empty batch.
 
     Raises:
-        DataError: a sample cannot be loaded and ``on_error="raise"``.
+        DataError: a sample cannot be loaded and ``on_error="raise"``; a mask whose size is
+            not its image's (:class:`MaskSizeError`) whatever ``on_error`` says.
         ValueError: an option is out of range.
     """
     target = (int(size[0]), int(size[1]))
@@ -361,7 +372,7 @@ def _generate_batches(
             try:
                 item = future.result()
             except DataError as err:
-                if on_error == "raise":
+                if on_error == "raise" or isinstance(err, MaskSizeError):
                     raise
                 logger.warning("skipping %s: %s", sample.path, err)
                 tally.skipped.append((sample.path, str(err)))

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from feddymem.config import DetectorConfig, FeatureConfig, FedDyMemConfig, from_dict
+from feddymem.config import ConfigError, DetectorConfig, FeatureConfig, FedDyMemConfig, from_dict
 from feddymem.data import Sample
 from feddymem.detect.base import Detector
 from feddymem.detect.features import PatchFeatureExtractor, patch_vectors
@@ -243,6 +243,7 @@ class PatchCoreDetector(MemoryBankDetector):
             self.feature_scale_ = tap_balance_scale(bank, self.extractor.tap_channels)
             bank *= self.feature_scale_
         self._install_coreset(bank, image_hw=image_hw)
+        self._check_neighbors()
         if crossfit:
             self._crossfit_threshold(bank)
             return self
@@ -261,6 +262,15 @@ class PatchCoreDetector(MemoryBankDetector):
         self._threshold_from_results(results, quantile=cfg.threshold_quantile)
         self._install_coreset(torch.cat([bank, held_out]), image_hw=image_hw)
         return self
+
+    def _check_neighbors(self) -> None:
+        """k of the patch score must not exceed the memory bank's size."""
+        assert self.memory_ is not None
+        if self._k > self.memory_.shape[0]:
+            raise ConfigError(
+                f"num_neighbors = {self._k} exceeds the memory bank's {self.memory_.shape[0]} "
+                "items; lower num_neighbors or raise coreset_ratio"
+            )
 
     def _crossfit_threshold(self, bank: torch.Tensor) -> None:
         """Threshold and map floor from out-of-fold scores: the training images (their patch

@@ -10,13 +10,16 @@ reader never sees half a file and two writers never share a temporary file.
 from __future__ import annotations
 
 import io
+import logging
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from feddymem.outputs import atomic_open
+
+log = logging.getLogger(__name__)
 
 FORMAT = "feddymem-detector"
 FORMAT_VERSION = 1
@@ -30,14 +33,8 @@ def write_state(state: dict[str, Any], path: Path) -> Path:
     """`torch.save` `state` to `path` atomically (unique temporary file, then rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb") as fh:
+        torch.save(state, fh)
     return path
 
 
@@ -49,8 +46,12 @@ def read_state(path: Path) -> dict[str, Any]:
         raise ModelFileError(f"model file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as err:
+        raise ModelFileError(f"{path}: cannot read the model file ({err.strerror})") from err
     except Exception as err:  # torch raises many types for a corrupt file
-        raise ModelFileError(f"{path} is not a readable model file: {err}") from err
+        # torch's own message advises weights_only=False, which would run pickled code
+        log.debug("torch.load(%s) failed: %s", path, err)
+        raise ModelFileError(f"{path} is not a feddymem model file") from err
     return _checked(state, path)
 
 
@@ -60,7 +61,8 @@ def state_from_bytes(data: bytes, *, where: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as err:  # torch raises many types for a corrupt file
-        raise ModelFileError(f"{where} is not a readable model file: {err}") from err
+        log.debug("torch.load(%s) failed: %s", where, err)
+        raise ModelFileError(f"{where} is not a feddymem model file") from err
     return _checked(state, where)
 
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from feddymem.outputs import atomic_open
+
 __all__ = [
     "CHECKPOINT_DIR",
     "CheckpointError",
@@ -68,9 +70,8 @@ def save_checkpoint(out: Path, state: RunState) -> Path:
         "rounds_json": json.dumps(state.rounds),
         "rejected_json": json.dumps(state.rejected),
     }
-    tmp = path.with_suffix(".pt.tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)
+    with atomic_open(path, "wb") as fh:
+        torch.save(payload, fh)
     return path
 
 

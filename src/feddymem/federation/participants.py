@@ -22,6 +22,7 @@ from flwr.serverapp import Grid
 
 from feddymem.federation import wire
 from feddymem.federation.spec import FederationSpec
+from feddymem.outputs import atomic_open
 
 __all__ = [
     "DROP_KINDS",
@@ -85,9 +86,8 @@ def _error_reason(reply: Message) -> tuple[str, str]:
 
 def write_json(path: Path, document: Mapping[str, Any]) -> Path:
     """Write `document` to `path` as indented JSON, atomically (a temporary file, then rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    with atomic_open(path, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(document, indent=2) + "\n")
     return path
 
 

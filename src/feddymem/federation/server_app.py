@@ -54,6 +54,7 @@ from feddymem.federation.spec import FederationSpec, load_spec
 from feddymem.method.aggregate import aggregate_memories
 from feddymem.method.reduce import ReducedMemory
 from feddymem.method.seeds import round_seed
+from feddymem.outputs import atomic_open
 
 __all__ = [
     "GLOBAL_MEMORY_FILE",
@@ -330,17 +331,16 @@ class _Run:
         """``<out>/global_memory.pt``: M_g, the round it comes from and the settings."""
         assert self.state.global_memory is not None
         path = self.out / GLOBAL_MEMORY_FILE
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(
-            {
-                "global_memory": self.state.global_memory,
-                "round": self.state.round_idx,
-                "run_id": self.state.run_id,
-                "settings_json": json.dumps(self.state.settings, sort_keys=True),
-            },
-            tmp,
-        )
-        tmp.replace(path)
+        with atomic_open(path, "wb") as fh:
+            torch.save(
+                {
+                    "global_memory": self.state.global_memory,
+                    "round": self.state.round_idx,
+                    "run_id": self.state.run_id,
+                    "settings_json": json.dumps(self.state.settings, sort_keys=True),
+                },
+                fh,
+            )
         return path
 
 

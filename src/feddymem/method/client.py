@@ -27,6 +27,7 @@ from feddymem.method.losses import MetricLoss
 from feddymem.method.reduce import ReducedMemory, reduce_memory
 from feddymem.method.seeds import round_seed
 from feddymem.metrics import DetectionMetrics
+from feddymem.outputs import atomic_open
 
 log = logging.getLogger(__name__)
 
@@ -153,9 +154,8 @@ class FedDyMemClient:
             state["memory"] = self.memory.vectors
             state["memory_weights"] = self.memory.weights
             state["n_images"] = self.memory.n_images
-        tmp = self.state_dir / (STATE_FILE + ".tmp")
-        torch.save(state, tmp)
-        tmp.replace(self.state_dir / STATE_FILE)
+        with atomic_open(self.state_dir / STATE_FILE, "wb") as fh:
+            torch.save(state, fh)
 
     def _features_key(self) -> str:
         """Digest of what p(x) depends on: backbone, taps, input size and the training files."""
@@ -212,11 +212,11 @@ class FedDyMemClient:
                 len(report.skipped),
                 ", ".join(str(p) for p, _ in report.skipped[:5]),
             )
-        tmp = path.with_suffix(".tmp")
-        torch.save(
-            {"features": feats, "image_hw": list(self.image_hw), "n": len(self.train_samples)}, tmp
-        )
-        tmp.replace(path)
+        with atomic_open(path, "wb") as fh:
+            torch.save(
+                {"features": feats, "image_hw": list(self.image_hw), "n": len(self.train_samples)},
+                fh,
+            )
         self._features = feats
         return feats
 

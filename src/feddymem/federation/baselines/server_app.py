@@ -67,6 +67,7 @@ from feddymem.federation.runconfig import OUT, SPEC, RunConfigError, Value
 from feddymem.federation.server_app import RESULTS_FILE
 from feddymem.federation.spec import FederationSpec, load_spec
 from feddymem.method.generator import MemoryGenerator
+from feddymem.outputs import atomic_open
 
 __all__ = [
     "DEFAULT_PROXIMAL_MU",
@@ -554,18 +555,17 @@ class _ParamRun:
         """``<out>/global_model.pt``: the final global state, its method and settings."""
         assert self.arrays is not None
         path = self.settings.out / GLOBAL_MODEL_FILE
-        tmp = path.with_suffix(".pt.tmp")
-        torch.save(
-            {
-                "method": self.method,
-                "state": param_wire.state_from_record(self.arrays),
-                "round": self.rounds_done,
-                "run_id": self.run_id,
-                "settings_json": json.dumps(self.settings_dict(), sort_keys=True),
-            },
-            tmp,
-        )
-        tmp.replace(path)
+        with atomic_open(path, "wb") as fh:
+            torch.save(
+                {
+                    "method": self.method,
+                    "state": param_wire.state_from_record(self.arrays),
+                    "round": self.rounds_done,
+                    "run_id": self.run_id,
+                    "settings_json": json.dumps(self.settings_dict(), sort_keys=True),
+                },
+                fh,
+            )
         return path
 
 

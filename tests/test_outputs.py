@@ -41,3 +41,15 @@ def test_output_locations_are_checked(tmp_path: Path) -> None:
     assert check_output_dir(tmp_path / "new" / "deep").is_dir()
     assert check_output_file(tmp_path / "a" / "m.pt").parent.is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "f", "new"]  # no probe left
+
+
+def test_pyproject_license_is_an_spdx_string_and_comments_sit_on_their_lines() -> None:
+    import tomllib
+
+    root = Path(__file__).resolve().parents[1]
+    text = (root / "pyproject.toml").read_text()
+    project = tomllib.loads(text)["project"]
+    assert project["license"] == "Apache-2.0"  # the table form is deprecated by setuptools
+    lines = {line.split('"')[1].split(">")[0]: line for line in text.splitlines() if ">=" in line}
+    assert "memory" in lines["psutil"] and "memory" not in lines["opacus"]
+    assert "DP" in lines["opacus"]

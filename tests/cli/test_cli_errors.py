@@ -11,11 +11,26 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import make_texture_tree
 from feddymem.cli import main
 from feddymem.config import DetectorConfig
 from feddymem.data import scan
 from feddymem.detect.detector import PatchCoreDetector
+
+
+def _load_make_texture_tree():  # type: ignore[no-untyped-def]
+    """The tests' root conftest helper (another conftest may own the module name)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "feddymem_tests_root_conftest", Path(__file__).resolve().parents[1] / "conftest.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.make_texture_tree
+
+
+make_texture_tree = _load_make_texture_tree()
 
 
 @pytest.fixture(scope="module")

@@ -18,5 +18,15 @@ def test_summary_lists_clients_mean_bytes_and_drops(federation: Federation, tmp_
     assert any(line.startswith("alpha ") for line in lines)
     mean = next(line for line in lines if line.startswith("mean "))
     assert f"{results['mean']['image_auroc']:.3f}" in mean
-    assert "KiB up" in text and f"global memory M_g: 5 x {DIM}" in text
+    assert "MB up/rnd" in text and f"global memory M_g: 5 x {DIM}" in text
+    # bytes per training round: the mean over alpha's rounds, in MB with two decimals
+    rounds = results["bytes"]["per_client_per_round"]["alpha"]
+    up = sum(r["up"] for r in rounds.values()) / len(rounds) / 1e6
+    alpha = next(line for line in lines if line.startswith("alpha "))
+    assert alpha.split()[-2] == f"{up:.2f}"
+    assert "whole run, all clients" in text
+    # where each evaluated client's model went
+    for name, client in results["clients"].items():
+        if client.get("model_file"):
+            assert f"model of {name}: {client['model_file']}" in text
     assert "dropped gamma (round 1): vectors hold NaN or Inf" in text

@@ -23,7 +23,22 @@ def cmd_federate(args: argparse.Namespace) -> int:
         from feddymem.federation.report import format_results
 
         print(format_results(results))
+        print(feature_cache_note(args.out))
     return 0
+
+
+def feature_cache_note(out: Path) -> str:
+    """Where the run's cached patch features are, their size and how to clear them."""
+    from feddymem.federation.runconfig import FEATURE_CACHE
+    from feddymem.federation.simulation import CLIENT_DIR
+
+    cache = out / CLIENT_DIR / FEATURE_CACHE
+    files = [p for p in cache.rglob("*") if p.is_file()] if cache.is_dir() else []
+    size = sum(p.stat().st_size for p in files)
+    return (
+        f"feature cache: {cache} ({size / 1e6:.0f} MB), reused by the next run on the same "
+        f"images; `rm -r {cache}` frees it (it is rebuilt when needed)"
+    )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

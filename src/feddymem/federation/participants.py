@@ -91,6 +91,11 @@ def write_json(path: Path, document: Mapping[str, Any]) -> Path:
     return path
 
 
+# How often a long exchange logs the clients still at work, and polls for replies.
+PROGRESS_EVERY_S = 30.0
+PULL_INTERVAL_S = 0.1
+
+
 class Participants:
     """The clients of one server run: which are still in it and which were dropped, with why.
 
@@ -164,25 +169,85 @@ class Participants:
         """The clients that passed a round: they alone stay active."""
         self.active[:] = sorted(names)
 
-    def exchange(self, messages: Mapping[int, Message], *, timeout: float) -> dict[int, Message]:
+    def exchange(
+        self,
+        messages: Mapping[int, Message],
+        *,
+        timeout: float,
+        what: str | None = None,
+        names: Mapping[int, str] | None = None,
+    ) -> dict[int, Message]:
         """Send every message, wait up to `timeout` s: the replies by the node each answers for.
 
         A reply is matched to the message it answers (``reply_to_message_id``; the grid sets
         each sent message's id), so the SuperLink's own error reply for a node it lost (sent
         from the SuperLink's node id) counts for that node; the sender's node id is the
-        fallback for a grid that does not set message ids."""
+        fallback for a grid that does not set message ids.
+
+        With `what` (e.g. "round 2"), each client's reply is logged as it arrives, and the
+        clients still at work every `PROGRESS_EVERY_S` s, so a long round shows progress.
+        """
         if not messages:
             return {}
-        replies = list(self.grid.send_and_receive(list(messages.values()), timeout=timeout))
-        by_id = {
-            m.metadata.message_id: node for node, m in messages.items() if m.metadata.message_id
-        }
+        if what is None or not hasattr(self.grid, "pull_messages"):
+            replies = list(self.grid.send_and_receive(list(messages.values()), timeout=timeout))
+        else:
+            replies = self._pull_logged(messages, timeout=timeout, what=what, names=names or {})
+        by_id = self._nodes_by_message_id(messages)
         out: dict[int, Message] = {}
         for reply in replies:
             node = by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
             if node in messages and node not in out:
                 out[node] = reply
         return out
+
+    @staticmethod
+    def _nodes_by_message_id(messages: Mapping[int, Message]) -> dict[str, int]:
+        return {
+            m.metadata.message_id: node for node, m in messages.items() if m.metadata.message_id
+        }
+
+    def _pull_logged(
+        self,
+        messages: Mapping[int, Message],
+        *,
+        timeout: float,
+        what: str,
+        names: Mapping[int, str],
+    ) -> list[Message]:
+        """Push `messages` and pull their replies until all came or `timeout` s passed, with a
+        log line per reply and a heartbeat naming the clients at work."""
+        pending = set(self.grid.push_messages(list(messages.values())))
+        by_id = self._nodes_by_message_id(messages)
+        waiting = set(messages)
+        t0 = time.monotonic()
+        next_note = t0 + PROGRESS_EVERY_S
+        replies: list[Message] = []
+        while pending and time.monotonic() - t0 < timeout:
+            for reply in self.grid.pull_messages(pending):
+                pending.discard(reply.metadata.reply_to_message_id)
+                replies.append(reply)
+                node = by_id.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+                waiting.discard(node)
+                log.info(
+                    "%s: %s done (%d of %d, %.0f s)",
+                    what,
+                    node_label(node, names.get(node)),
+                    len(messages) - len(waiting),
+                    len(messages),
+                    time.monotonic() - t0,
+                )
+            if pending and time.monotonic() >= next_note:
+                log.info(
+                    "%s: waiting for %s (%.0f s)",
+                    what,
+                    ", ".join(node_label(n, names.get(n)) for n in sorted(waiting)),
+                    time.monotonic() - t0,
+                )
+                next_note += PROGRESS_EVERY_S
+            if pending:
+                time.sleep(PULL_INTERVAL_S)
+        return replies
 
     def usable_reply(
         self,

@@ -14,29 +14,40 @@ def _number(value: Any, width: int) -> str:
     return f"{value:>{width}.3f}" if isinstance(value, (int, float)) else f"{'-':>{width}}"
 
 
-def _kib(count: Any) -> str:
-    return f"{count / 1024:>10.1f}" if isinstance(count, (int, float)) else f"{'-':>10}"
+def _mb(count: Any, width: int = 10) -> str:
+    return f"{count / 1e6:>{width}.2f}" if isinstance(count, (int, float)) else f"{'-':>{width}}"
+
+
+def _per_round(rounds: Mapping[str, Mapping[str, int]] | None, key: str) -> float | None:
+    """Mean bytes a round (`key` "up" or "down") over a client's training rounds."""
+    if not rounds:
+        return None
+    return sum(r[key] for r in rounds.values()) / len(rounds)
 
 
 def format_results(results: Mapping[str, Any]) -> str:
-    """Per client: image / pixel AUROC, AUPRO, F1-max, KiB up and down; then the mean, the
-    rounds, wall time and every dropped client with its reason."""
-    name_width = max([len("client"), *(len(n) for n in results.get("clients", {}))])
+    """Per client: image / pixel AUROC, AUPRO, F1-max, MB up and down per training round
+    (mean over the rounds); then the mean, the whole run's bytes, the rounds, wall time,
+    where each client's model file went and every dropped client with its reason."""
+    clients = results.get("clients", {})
+    name_width = max([len("client"), *(len(n) for n in clients)])
     head = f"{'client':<{name_width}} " + " ".join(f"{c:>11}" for c in _COLUMNS)
     lines = [
         f"federation {results.get('federation')}: {results.get('status')}"
         + (f" ({results['error']})" if results.get("error") else ""),
-        head + f" {'KiB up':>10} {'KiB down':>10}",
+        head + f" {'MB up/rnd':>10} {'MB dn/rnd':>10}",
     ]
-    for name, client in sorted(results.get("clients", {}).items()):
-        row = f"{name:<{name_width}} " + " ".join(_number(client.get(c), 11) for c in _COLUMNS)
-        lines.append(row + f" {_kib(client.get('bytes_up'))} {_kib(client.get('bytes_down'))}")
-    mean = results.get("mean", {})
     bytes_ = results.get("bytes", {})
+    per_round = bytes_.get("per_client_per_round", {})
+    for name, client in sorted(clients.items()):
+        row = f"{name:<{name_width}} " + " ".join(_number(client.get(c), 11) for c in _COLUMNS)
+        rounds = per_round.get(name)
+        lines.append(row + f" {_mb(_per_round(rounds, 'up'))} {_mb(_per_round(rounds, 'down'))}")
+    mean = results.get("mean", {})
     lines.append(f"{'mean':<{name_width}} " + " ".join(_number(mean.get(c), 11) for c in _COLUMNS))
     lines.append(
-        f"all clients: {_kib(bytes_.get('total_up')).strip()} KiB up, "
-        f"{_kib(bytes_.get('total_down')).strip()} KiB down"
+        f"whole run, all clients (rounds, identify, evaluation): "
+        f"{_mb(bytes_.get('total_up'), 0)} MB up, {_mb(bytes_.get('total_down'), 0)} MB down"
     )
     wall = results.get("wall_s", {})
     rounds = results.get("rounds", [])
@@ -52,6 +63,9 @@ def format_results(results: Mapping[str, Any]) -> str:
     shape = results.get("global_memory", {}).get("shape")
     if shape:
         lines.append(f"global memory M_g: {shape[0]} x {shape[1]}")
+    for name, client in sorted(clients.items()):
+        if client.get("model_file"):
+            lines.append(f"model of {name}: {client['model_file']}")
     for rejected in results.get("rejected", []):
         where = rejected.get("phase")
         if rejected.get("round") is not None:

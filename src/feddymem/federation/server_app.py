@@ -178,7 +178,9 @@ class _Run:
             )
             for node in roster
         }
-        replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
+        replies = self.participants.exchange(
+            messages, timeout=self.fed.round_timeout_s, what=f"round {round_idx}", names=roster
+        )
         accepted: dict[str, ReducedMemory] = {}
         rows: dict[str, dict[str, Any]] = {}
         nodes_of: dict[str, int] = {}
@@ -257,7 +259,9 @@ class _Run:
             node: Message(content, dst_node_id=node, message_type="evaluate", group_id="evaluate")
             for node in roster
         }
-        replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
+        replies = self.participants.exchange(
+            messages, timeout=self.fed.round_timeout_s, what="evaluation", names=roster
+        )
         for node, name in sorted(roster.items(), key=lambda item: item[1]):
             sizes = {"down": wire.message_size(messages[node]), "up": 0}
             self.eval_bytes[name] = sizes
@@ -367,10 +371,11 @@ def serve(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
         raise
     results = run.results(status="completed", error=None)
     path = write_json(settings.out / RESULTS_FILE, results)
+    auroc = results["mean"]["image_auroc"]
     log.info(
         "federation %s done: mean image AUROC %s -> %s",
         spec.federation.name,
-        results["mean"]["image_auroc"],
+        f"{auroc:.4f}" if isinstance(auroc, float) else auroc,
         path,
     )
     return results

@@ -1,0 +1,5 @@
+"""`python -m feddymem.cli`."""
+
+from feddymem.cli import main
+
+raise SystemExit(main())

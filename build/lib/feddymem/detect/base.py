@@ -1,0 +1,378 @@
+"""The detector family's common base: the fit / score / predict contract.
+
+A `Detector` turns images into patch scores on the feature grid (its subclass says how: the
+distance to a memory bank, a Mahalanobis distance, a reconstruction error), and everything
+after that is shared: anomaly maps upsampled and blurred to the input size, the image score,
+the threshold from normal images, batching, evaluation and the model file's header.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from feddymem.config import FeatureConfig, to_dict
+from feddymem.data import Batch, LoadReport, Sample, iter_batches, resolve_size
+from feddymem.detect import threshold as thresholds
+from feddymem.detect.anomaly_map import to_anomaly_maps
+from feddymem.detect.features import PatchFeatureExtractor
+from feddymem.detect.modelfile import FORMAT, FORMAT_VERSION, write_state
+from feddymem.metrics import (
+    DetectionMetrics,
+    evaluate,
+    operating_point,
+    per_defect_image_auroc,
+)
+
+log = logging.getLogger(__name__)
+
+
+class NotFittedError(RuntimeError):
+    """The detector was used before `fit` (or `load`)."""
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """Scores of a batch: `image_scores` (B,), `anomaly_maps` (B, H_in, W_in)."""
+
+    image_scores: torch.Tensor
+    anomaly_maps: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Scores plus the decisions of the normal-data threshold: `is_anomalous` (B,) bool."""
+
+    image_scores: torch.Tensor
+    anomaly_maps: torch.Tensor
+    is_anomalous: torch.Tensor
+    threshold: float
+
+
+@dataclass(frozen=True)
+class DatasetScores:
+    """Scores over a whole sample list, with what loading skipped."""
+
+    samples: list[Sample]
+    labels: np.ndarray  # (N,) int
+    image_scores: np.ndarray  # (N,) float32
+    anomaly_maps: np.ndarray | None  # (N, H, W) float32, kept only when asked for
+    masks: np.ndarray | None  # (N, H, W) bool
+    has_mask: np.ndarray | None  # (N,) bool
+    report: LoadReport
+
+    def per_defect(self) -> dict[str, dict[str, float | int]]:
+        """Image AUROC of each ``test/<defect>`` folder against every good image
+        (:func:`feddymem.metrics.per_defect_image_auroc`)."""
+        return per_defect_image_auroc(
+            self.labels, self.image_scores, [s.defect for s in self.samples]
+        )
+
+    def operating_point(self, threshold: float) -> dict[str, float | int]:
+        """Recall, false-alarm rate, precision and F1 of the images flagged by ``threshold``
+        (:func:`feddymem.metrics.operating_point`)."""
+        return operating_point(self.labels, self.image_scores, threshold=threshold)
+
+
+class Detector:
+    """Base of every detector: subclasses supply `score_patches` and their fitted state.
+
+    Fitted state shared by all: `image_hw_` (H_in, W_in), `threshold_` (float or None),
+    `map_floor_` (the median anomaly-map value of held-out normals, where heat maps start).
+    """
+
+    kind = "detector"
+
+    def __init__(
+        self,
+        config: FeatureConfig,
+        *,
+        weights: Path | None = None,
+        extractor: PatchFeatureExtractor | None = None,
+    ) -> None:
+        if extractor is not None and not extractor.matches(config.backbone, config.layers):
+            raise ValueError(
+                f"the extractor given ({extractor.backbone_name}, taps {extractor.layers}) is not "
+                f"the one the config asks for ({config.backbone}, taps {config.layers})"
+            )
+        self.config = config
+        self.weights = weights
+        self._extractor: PatchFeatureExtractor | None = extractor
+        self.image_hw_: tuple[int, int] | None = None
+        self.threshold_: float | None = None
+        self.map_floor_: float | None = None
+
+    # --- what a subclass supplies ----------------------------------------------------------
+    def _is_fitted(self) -> bool:
+        """True once the subclass's own fitted state is there."""
+        raise NotImplementedError
+
+    def score_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in) in [0, 1], already checked -> patch scores (B, H, W)."""
+        raise NotImplementedError
+
+    def _state(self) -> dict[str, Any]:
+        """The subclass's part of the model file (tensors and plain values)."""
+        raise NotImplementedError
+
+    # --- shared pieces -----------------------------------------------------------------------
+    @property
+    def extractor(self) -> PatchFeatureExtractor:
+        if self._extractor is None:
+            self._extractor = PatchFeatureExtractor(
+                backbone=self.config.backbone, layers=self.config.layers, weights=self.weights
+            )
+        return self._extractor
+
+    def _check_fitted(self) -> None:
+        if self.image_hw_ is None or not self._is_fitted():
+            raise NotFittedError(f"{type(self).__name__} is not fitted: call fit() or load() first")
+
+    @torch.inference_mode()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in) -> p(x), (B, D, H, W)."""
+        return self.extractor(images)
+
+    def score(self, images: torch.Tensor) -> ScoreResult:
+        """(B, 3, H_in, W_in) in [0, 1] -> image scores (B,) and anomaly maps (B, H_in, W_in)."""
+        self._check_fitted()
+        if tuple(images.shape[-2:]) != self.image_hw_:
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])} px but the detector was fitted at "
+                f"{self.image_hw_}; load them with its image size"
+            )
+        return self.result_from_patch_scores(self.score_patches(images))
+
+    def result_from_patch_scores(self, scores: torch.Tensor) -> ScoreResult:
+        """Patch scores (B, H, W) -> anomaly maps at the input size and image scores (the step
+        `score` runs after `score_patches`)."""
+        self._check_fitted()
+        assert self.image_hw_ is not None
+        maps = to_anomaly_maps(scores, image_hw=self.image_hw_, sigma=self.config.blur_sigma)
+        return ScoreResult(image_scores=self._image_scores(scores, maps), anomaly_maps=maps)
+
+    def _image_scores(self, scores: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) patch scores and (B, H_in, W_in) maps -> (B,) image scores."""
+        if self.config.image_score == "max":
+            return maps.amax(dim=(1, 2))
+        flat = scores.flatten(1)
+        k = max(1, round(self.config.topk_fraction * flat.shape[1]))
+        return flat.topk(k, dim=1).values.mean(dim=1)
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        """Scores and decisions: anomalous where the image score exceeds `threshold_`."""
+        result = self.score(images)
+        if self.threshold_ is None:
+            raise NotFittedError("the detector has no threshold (fit it on normal images)")
+        return Prediction(
+            image_scores=result.image_scores,
+            anomaly_maps=result.anomaly_maps,
+            is_anomalous=result.image_scores > self.threshold_,
+            threshold=self.threshold_,
+        )
+
+    def batches(
+        self,
+        samples: Sequence[Sample],
+        *,
+        with_masks: bool = False,
+        report: LoadReport | None = None,
+        on_error: str = "skip",
+        keep_originals: bool = False,
+    ) -> Iterator[Batch]:
+        """Load `samples` at the detector's input size, in batches (corrupt files skipped);
+        `keep_originals` also hands back each image as decoded (`Batch.originals`)."""
+        self._check_fitted()
+        assert self.image_hw_ is not None
+        return iter_batches(
+            samples,
+            size=self.image_hw_,
+            batch_size=self.config.batch_size,
+            with_masks=with_masks,
+            report=report,
+            on_error=on_error,  # type: ignore[arg-type]
+            keep_originals=keep_originals,
+        )
+
+    def score_samples(
+        self,
+        samples: Sequence[Sample],
+        *,
+        with_masks: bool = False,
+        keep_maps: bool = False,
+        map_stride: int = 1,
+        progress: Callable[[int], None] | None = None,
+    ) -> DatasetScores:
+        """Score every sample; maps and masks are kept only when asked for (memory), the maps
+        at every `map_stride`-th pixel each way (1: whole)."""
+        report = LoadReport(loaded=0, skipped=[])
+        kept: list[Sample] = []
+        labels, scores, maps, masks, has_mask = [], [], [], [], []
+        for batch in self.batches(samples, with_masks=with_masks, report=report):
+            result = self.score(batch.images)
+            kept.extend(batch.samples)
+            labels.append(batch.labels.numpy())
+            scores.append(result.image_scores.numpy())
+            if keep_maps:
+                strided = result.anomaly_maps[:, ::map_stride, ::map_stride]
+                maps.append(strided.numpy().astype(np.float32))
+            if with_masks:
+                masks.append(batch.masks[:, 0].numpy() > 0.5)
+                has_mask.append(batch.has_mask.numpy())
+            if progress is not None:
+                progress(len(batch.samples))
+        if not kept:
+            raise ValueError(
+                f"no image could be loaded out of {len(samples)}: {report.skipped[:3]}"
+            )
+        return DatasetScores(
+            samples=kept,
+            labels=np.concatenate(labels).astype(int),
+            image_scores=np.concatenate(scores).astype(np.float32),
+            anomaly_maps=np.concatenate(maps) if keep_maps else None,
+            masks=np.concatenate(masks) if with_masks else None,
+            has_mask=np.concatenate(has_mask) if with_masks else None,
+            report=report,
+        )
+
+    def evaluate(
+        self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
+    ) -> DetectionMetrics:
+        """Image AUROC and F1-max; pixel AUROC and AUPRO where masks exist."""
+        return self.evaluate_with_scores(samples, progress=progress)[0]
+
+    def evaluate_with_scores(
+        self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
+    ) -> tuple[DetectionMetrics, DatasetScores]:
+        """`evaluate`, plus the image scores it was computed from (maps dropped), for ROC
+        curves and per-image reports."""
+        with_masks = any(s.mask_path is not None for s in samples)
+        scores = self.score_samples(
+            samples, with_masks=with_masks, keep_maps=with_masks, progress=progress
+        )
+        metrics = evaluate(
+            labels=scores.labels,
+            image_scores=scores.image_scores,
+            masks=scores.masks,
+            maps=scores.anomaly_maps,
+            has_mask=scores.has_mask,
+        )
+        return metrics, dataclasses.replace(scores, anomaly_maps=None, masks=None)
+
+    # --- fitting, shared by the fitted detectors (PatchCore, Gaussian, autoencoder) ----------
+    def _fit_split(
+        self, samples: Sequence[Sample], *, fraction: float, seed: int, min_images: int = 1
+    ) -> tuple[list[Sample], list[Sample], tuple[int, int]]:
+        """Check that `samples` are normal and enough, hold out a seeded share of them to set
+        the threshold, and choose the input size: (train, calibration, (H, W))."""
+        n_anomalous = sum(1 for s in samples if s.label != 0)
+        if n_anomalous:
+            raise ValueError(f"fit takes normal images only: {n_anomalous} anomalous given")
+        if len(samples) < min_images:
+            raise ValueError(
+                f"fit needs at least {min_images} normal training image(s), got {len(samples)}"
+            )
+        train, calib = thresholds.split_calibration(samples, fraction=fraction, seed=seed)
+        image_hw = resolve_size(
+            [s.path for s in train],
+            image_size=self.config.image_size,
+            keep_aspect=self.config.keep_aspect,
+        )
+        return train, calib, image_hw
+
+    def _train_features(
+        self,
+        train: Sequence[Sample],
+        *,
+        image_hw: tuple[int, int],
+        progress: Callable[[int], None] | None = None,
+    ) -> Iterator[torch.Tensor]:
+        """p(x) of the training images, batch by batch (B, D, H, W); unreadable files are
+        skipped and counted in a warning, and none readable at all is an error."""
+        report = LoadReport(loaded=0, skipped=[])
+        any_batch = False
+        for batch in iter_batches(
+            train,
+            size=image_hw,
+            batch_size=self.config.batch_size,
+            with_masks=False,
+            report=report,
+        ):
+            any_batch = True
+            yield self.features(batch.images)
+            if progress is not None:
+                progress(len(batch.samples))
+        if not any_batch:
+            raise ValueError(f"none of the {len(train)} training images could be loaded")
+        if report.skipped:
+            log.warning("fit skipped %d unreadable image(s)", len(report.skipped))
+
+    def _set_threshold(
+        self, train: Sequence[Sample], calib: Sequence[Sample], *, quantile: float
+    ) -> None:
+        """Threshold from the held-out normals (from the training images when none are held
+        out, with a warning: it is then optimistic)."""
+        if not calib:
+            log.warning(
+                "too few normal images to hold some out: threshold set on training images "
+                "(it will be optimistic)"
+            )
+        self.calibrate(calib or train, quantile=quantile)
+
+    def calibrate(self, normals: Sequence[Sample], *, quantile: float) -> float:
+        """Threshold = `quantile` of the image scores of held-out normal images (and
+        `map_floor_` = the median of their anomaly maps)."""
+        scores = self.score_samples(normals, keep_maps=True, map_stride=thresholds.FLOOR_STRIDE)
+        assert scores.anomaly_maps is not None
+        return self._threshold_from(
+            scores.image_scores, maps=scores.anomaly_maps, quantile=quantile
+        )
+
+    def _threshold_from_results(self, results: Sequence[ScoreResult], *, quantile: float) -> float:
+        """`_threshold_from` over the normal images scored batch by batch in `results`."""
+        return self._threshold_from(
+            torch.cat([r.image_scores for r in results]).numpy(),
+            maps=torch.cat(
+                [
+                    r.anomaly_maps[:, :: thresholds.FLOOR_STRIDE, :: thresholds.FLOOR_STRIDE]
+                    for r in results
+                ]
+            ).numpy(),
+            quantile=quantile,
+        )
+
+    def _threshold_from(self, scores: np.ndarray, *, maps: np.ndarray, quantile: float) -> float:
+        """Set the threshold to `quantile` of normal images' `scores` (N,) and the map floor to
+        the median of their anomaly-map values `maps` (any shape)."""
+        self.threshold_ = thresholds.quantile_threshold(scores, quantile=quantile)
+        self.map_floor_ = thresholds.map_floor(maps)
+        return self.threshold_
+
+    # --- persistence -----------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """The model file's dict: the common header, then the subclass's own part."""
+        self._check_fitted()
+        assert self.image_hw_ is not None
+        return {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "kind": self.kind,
+            "config_class": type(self.config).__name__,
+            "config": json.dumps(to_dict(self.config)),
+            "image_hw": list(self.image_hw_),
+            "threshold": self.threshold_,
+            "map_floor": self.map_floor_,
+            **self._state(),
+        }
+
+    def save(self, path: Path) -> Path:
+        """Write the fitted detector and its settings to one file, atomically."""
+        return write_state(self.state(), path)

@@ -1,0 +1,267 @@
+"""Gaussian baseline (PaDiM-style): one multivariate Gaussian per grid position, Mahalanobis score.
+
+For every position j of the feature grid (P = H * W positions) the patch features p(x)_j of the
+normal training images give a mean mu_j (D,) and a covariance Sigma_j + eps * I (D, D). A test
+patch scores its Mahalanobis distance sqrt((p - mu_j)^T Sigma_j^-1 (p - mu_j)). Anomaly maps,
+image scores, thresholds, evaluation and the model file are the family's (`feddymem.detect.base`).
+
+The statistics are streamed (`PatchMoments`: n, sum x, sum x x^T per position), so fitting never
+holds all training features at once; the sums also add up exactly across clients.
+
+Numerics: batched `torch.linalg.inv` / `solve` can return garbage on CPU with several threads in
+this torch build (environment.md); precisions come from `cholesky` + `cholesky_inverse` only.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from feddymem.config import ConfigError, FeatureConfig, from_dict
+from feddymem.data import Sample
+from feddymem.detect.base import Detector
+from feddymem.detect.modelfile import ModelFileError, map_floor_from_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class GaussianConfig(FeatureConfig):
+    """PaDiM-style detector: a Gaussian per grid position over p(x), Mahalanobis patch score."""
+
+    n_features: int | None = None  # random channel subset of p(x) (PaDiM's d); None: all D
+    eps: float = 0.01  # shrinkage: Sigma_j + eps * I
+    calibration_fraction: float = 0.1  # normal training images held out to set the threshold
+    threshold_quantile: float = 0.99
+    seed: int = 0  # channel subset and calibration split
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.n_features is not None and self.n_features < 1:
+            raise ConfigError(f"n_features must be >= 1 or unset, got {self.n_features}")
+        if not self.eps > 0.0:
+            raise ConfigError(f"eps must be > 0, got {self.eps}")
+        if not 0.0 <= self.calibration_fraction < 0.9:
+            raise ConfigError("calibration_fraction must be in [0, 0.9)")
+        if not 0.5 <= self.threshold_quantile <= 1.0:
+            raise ConfigError("threshold_quantile must be in [0.5, 1]")
+
+
+# --- pure pieces -------------------------------------------------------------------------------
+
+
+def select_channels(n_channels: int, n_features: int | None, *, seed: int) -> torch.Tensor | None:
+    """Seeded random subset of `n_features` of `n_channels` channel indices, ascending, (d,).
+
+    None when every channel is kept (`n_features` None or equal to `n_channels`).
+    """
+    if n_features is None or n_features == n_channels:
+        return None
+    if not 1 <= n_features <= n_channels:
+        raise ValueError(f"n_features must be in [1, {n_channels}] (D of p(x)), got {n_features}")
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randperm(n_channels, generator=gen)[:n_features].sort().values
+
+
+class PatchMoments:
+    """Streaming sufficient statistics of patch features, per grid position, in float64.
+
+    `count` images, `total` = sum x (P, D), `outer` = sum x x^T (P, D, D), P = H * W.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.grid_hw: tuple[int, int] | None = None
+        self.total: torch.Tensor | None = None
+        self.outer: torch.Tensor | None = None
+
+    def update(self, features: torch.Tensor) -> None:
+        """Add a batch of patch features (B, D, H, W); every batch must share D, H and W."""
+        if features.ndim != 4:
+            raise ValueError(f"features must be (B, D, H, W), got {tuple(features.shape)}")
+        b, d, h, w = features.shape
+        x = features.detach().flatten(2).permute(2, 0, 1).to(torch.float64)  # (P, B, D)
+        if self.total is None or self.outer is None:
+            self.grid_hw = (h, w)
+            self.total = torch.zeros(h * w, d, dtype=torch.float64)
+            self.outer = torch.zeros(h * w, d, d, dtype=torch.float64)
+        elif self.total.shape != (h * w, d):
+            raise ValueError(
+                f"features (D={d}, H={h}, W={w}) do not match earlier batches "
+                f"(D={self.total.shape[1]}, grid {self.grid_hw})"
+            )
+        self.total += x.sum(dim=1)
+        self.outer.baddbmm_(x.mT, x)
+        self.count += b
+
+    def mean_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means (P, D) and unbiased covariances (P, D, D), float64; needs two images or more."""
+        if self.total is None or self.outer is None or self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 images, got {self.count}")
+        mean = self.total / self.count
+        cov = (self.outer - self.count * mean.unsqueeze(2) * mean.unsqueeze(1)) / (self.count - 1)
+        return mean, (cov + cov.mT) / 2
+
+
+def regularised_precision(covariance: torch.Tensor, *, eps: float) -> torch.Tensor:
+    """(P, D, D) covariances -> (P, D, D) inverses of (Sigma + eps * I), same dtype.
+
+    Batched through Cholesky (`cholesky_ex` + `cholesky_inverse`) in float64: batched LU-based
+    inverses are unreliable on this CPU build (environment.md).
+    """
+    if covariance.ndim != 3 or covariance.shape[1] != covariance.shape[2]:
+        raise ValueError(f"covariance must be (P, D, D), got {tuple(covariance.shape)}")
+    d = covariance.shape[1]
+    sigma = covariance.to(torch.float64) + eps * torch.eye(d, dtype=torch.float64)
+    chol, info = torch.linalg.cholesky_ex(sigma)
+    bad = int((info != 0).sum())
+    if bad:
+        raise ValueError(
+            f"{bad} of {sigma.shape[0]} covariance(s) are not positive definite with eps={eps}; "
+            "raise eps"
+        )
+    precision = torch.cholesky_inverse(chol)
+    return ((precision + precision.mT) / 2).to(covariance.dtype)
+
+
+def estimate_gaussian(features: torch.Tensor, *, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-position Gaussian of training features (N, D, H, W): mean (P, D), precision (P, D, D).
+
+    float32 results; precision = (Sigma + eps * I)^-1 with the unbiased covariance Sigma.
+    """
+    moments = PatchMoments()
+    moments.update(features)
+    mean, cov = moments.mean_covariance()
+    return mean.float(), regularised_precision(cov, eps=eps).float()
+
+
+def mahalanobis(
+    features: torch.Tensor, mean: torch.Tensor, precision: torch.Tensor
+) -> torch.Tensor:
+    """Mahalanobis distance of every patch to its position's Gaussian.
+
+    features (B, D, H, W), mean (P, D), precision (P, D, D) with P = H * W -> (B, H, W).
+    One batched matrix product over positions; no loop.
+    """
+    if features.ndim != 4:
+        raise ValueError(f"features must be (B, D, H, W), got {tuple(features.shape)}")
+    b, d, h, w = features.shape
+    if mean.shape != (h * w, d) or precision.shape != (h * w, d, d):
+        raise ValueError(
+            f"features (D={d}, grid {h}x{w}) do not match the Gaussians: mean "
+            f"{tuple(mean.shape)}, precision {tuple(precision.shape)}"
+        )
+    delta = (
+        features.flatten(2).permute(2, 0, 1).to(precision.dtype) - mean.unsqueeze(1)
+    ).contiguous()
+    squared = torch.einsum("pbd,pbd->pb", torch.bmm(delta, precision), delta)  # (P, B)
+    return squared.clamp_min(0.0).sqrt().T.reshape(b, h, w)
+
+
+# --- detector ----------------------------------------------------------------------------------
+
+
+class GaussianDetector(Detector):
+    """PaDiM-style detector fitted on normal images (see the module docstring).
+
+    Fitted state: `mean_` (P, d), `precision_` (P, d, d), `channels_` (d,) long or None (all
+    channels), `grid_hw_` (H, W), `image_hw_` (H_in, W_in), `n_train_`, `threshold_`.
+    """
+
+    kind = "gaussian"
+    config: GaussianConfig
+
+    def __init__(self, config: GaussianConfig, *, weights: Path | None = None) -> None:
+        super().__init__(config, weights=weights)
+        self.mean_: torch.Tensor | None = None
+        self.precision_: torch.Tensor | None = None
+        self.channels_: torch.Tensor | None = None
+        self.grid_hw_: tuple[int, int] | None = None
+        self.n_train_: int | None = None
+
+    def _is_fitted(self) -> bool:
+        return self.mean_ is not None and self.precision_ is not None
+
+    def fit(
+        self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
+    ) -> GaussianDetector:
+        """Fit the per-position Gaussians on normal samples (labels must all be 0)."""
+        cfg = self.config
+        train, calib, image_hw = self._fit_split(
+            samples, fraction=cfg.calibration_fraction, seed=cfg.seed, min_images=2
+        )
+        channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
+        moments = PatchMoments()
+        for feats in self._train_features(train, image_hw=image_hw, progress=progress):
+            moments.update(feats if channels is None else feats[:, channels])
+        mean, cov = moments.mean_covariance()
+        assert moments.grid_hw is not None
+        self.mean_ = mean.float()
+        self.precision_ = regularised_precision(cov, eps=cfg.eps).float()
+        self.channels_ = channels
+        self.grid_hw_ = moments.grid_hw
+        self.image_hw_ = image_hw
+        self.n_train_ = moments.count
+        log.info(
+            "gaussian: %d images, %d positions x %d channels",
+            moments.count,
+            mean.shape[0],
+            mean.shape[1],
+        )
+        self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
+        return self
+
+    def score_patches(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in), already checked -> patch scores (B, H, W)."""
+        assert self.mean_ is not None and self.precision_ is not None
+        feats = self.extractor(images)
+        if self.channels_ is not None:
+            feats = feats[:, self.channels_]
+        scores = mahalanobis(feats, self.mean_, self.precision_)
+        return scores
+
+    # --- persistence -----------------------------------------------------------------------
+    def _state(self) -> dict[str, Any]:
+        assert self.image_hw_ is not None and self.grid_hw_ is not None
+        return {
+            "mean": self.mean_,
+            "precision": self.precision_,
+            "channels": self.channels_,
+            "grid_hw": list(self.grid_hw_),
+            "n_train": self.n_train_,
+        }
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, Any], *, weights: Path | None = None, where: str = "state"
+    ) -> GaussianDetector:
+        """Rebuild a detector from `state()` (what `load_detector` calls for kind 'gaussian')."""
+        try:
+            config = from_dict(GaussianConfig, json.loads(state["config"]), where=where)
+            det = cls(config, weights=weights)
+            mean, precision = state["mean"].float(), state["precision"].float()
+            grid_hw = (int(state["grid_hw"][0]), int(state["grid_hw"][1]))
+            image_hw = (int(state["image_hw"][0]), int(state["image_hw"][1]))
+            channels = state["channels"]
+            threshold, n_train = state["threshold"], state["n_train"]
+        except (KeyError, TypeError, IndexError, AttributeError, ValueError) as err:
+            raise ModelFileError(f"{where}: not a valid gaussian model ({err!r})") from err
+        p, d = grid_hw[0] * grid_hw[1], mean.shape[-1]
+        if mean.shape != (p, d) or precision.shape != (p, d, d):
+            raise ModelFileError(
+                f"{where}: mean {tuple(mean.shape)} / precision {tuple(precision.shape)} do not "
+                f"fit a {grid_hw} grid"
+            )
+        det.mean_, det.precision_ = mean, precision
+        det.channels_ = None if channels is None else channels.long()
+        det.grid_hw_, det.image_hw_ = grid_hw, image_hw
+        det.threshold_ = None if threshold is None else float(threshold)
+        det.map_floor_ = map_floor_from_state(state, where=where)
+        det.n_train_ = None if n_train is None else int(n_train)
+        return det

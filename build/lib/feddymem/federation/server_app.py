@@ -1,0 +1,390 @@
+"""The FedDyMem ServerApp: a custom round loop over Flower's Message API.
+
+1. Wait (bounded by ``connect_timeout_s``) until the clients have connected, ask each node for
+   its client name (``query``).
+2. Rounds t = 0..R: send (t, config, M_g) to every client still in the federation, receive with
+   ``round_timeout_s``; drop a client whose reply is an error, missing (it died or is too slow)
+   or whose memory fails `wire.validate_memory`, with a logged reason naming node and client.
+   Dropped clients stay out. Fewer than ``min_clients`` left fails the run. Aggregate the
+   accepted memories (sorted by client name, so arrival order never matters) into M_g, write
+   ``checkpoints/round_XXX.pt``.
+3. Evaluate: send the final M_g, collect each client's metrics (it also exports its model file).
+4. Write ``results.json`` (also when the run fails, with ``status = "failed"`` and the error) and
+   ``global_memory.pt``.
+
+Resume (``resume = true``): continue after the latest checkpoint. Clients keep their state per
+run on disk and a client asked again for a round it already finished returns that round's
+memory, so a resumed run reaches the same M_g and metrics as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import flwr
+import torch
+from flwr.app import Context, Message, RecordDict
+from flwr.serverapp import Grid, ServerApp
+
+import feddymem
+from feddymem.allocator import keep_freed_memory
+from feddymem.federation import wire
+from feddymem.federation.applog import ensure_app_logging
+from feddymem.federation.checkpoint import (
+    CHECKPOINT_DIR,
+    CheckpointError,
+    RunState,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from feddymem.federation.participants import FederationError, Participants, write_json
+from feddymem.federation.runconfig import ServerSettings, Value, server_settings
+from feddymem.federation.spec import FederationSpec, load_spec
+from feddymem.method.aggregate import aggregate_memories
+from feddymem.method.reduce import ReducedMemory
+from feddymem.outputs import atomic_open
+
+__all__ = [
+    "GLOBAL_MEMORY_FILE",
+    "RESULTS_FILE",
+    "FederationError",
+    "app",
+    "build_server_app",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+RESULTS_FILE = "results.json"
+GLOBAL_MEMORY_FILE = "global_memory.pt"
+_OPERATIONAL_KEYS = frozenset({"round_timeout_s", "connect_timeout_s"})
+
+
+def _binding(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings a resumed run must share with its checkpoint: all but the timeouts (a run
+    stopped by a slow client may resume with a longer ``round_timeout_s``)."""
+    federation = {
+        k: v for k, v in settings.get("federation", {}).items() if k not in _OPERATIONAL_KEYS
+    }
+    return {**settings, "federation": federation}
+
+
+class _Run:
+    """One server run: the spec, the output folder, the state and the bookkeeping."""
+
+    def __init__(self, grid: Grid, settings: ServerSettings, spec: FederationSpec) -> None:
+        self.grid = grid
+        self.settings = settings
+        self.spec = spec
+        self.fed = spec.federation
+        self.out = settings.out
+        self.t_start = time.perf_counter()
+        self.resumed_from: int | None = None
+        self.evaluation: dict[str, dict[str, Any]] = {}
+        self.eval_bytes: dict[str, dict[str, int]] = {}
+        self.eval_wall_s = 0.0
+        self.state = self._initial_state()
+        # the checkpoint's own lists: who is still in, who was dropped and why
+        self.participants = Participants(
+            grid, spec, active=self.state.active, rejected=self.state.rejected
+        )
+
+    # --- setup ------------------------------------------------------------------------------
+    def _initial_state(self) -> RunState:
+        resolved = self.spec.to_dict()
+        latest = latest_checkpoint(self.out)
+        if not self.settings.resume:
+            if latest is not None:
+                raise FederationError(
+                    f"{self.out / CHECKPOINT_DIR} holds checkpoints of an earlier run: resume it "
+                    f"(--resume) or choose a new output folder"
+                )
+            return RunState(
+                run_id=uuid.uuid4().hex[:12], settings=resolved, active=list(self.spec.client_names)
+            )
+        if latest is None:
+            log.warning("resume: no checkpoint in %s, starting from round 0", self.out)
+            return RunState(
+                run_id=uuid.uuid4().hex[:12], settings=resolved, active=list(self.spec.client_names)
+            )
+        state = load_checkpoint(latest)
+        before, now = _binding(state.settings), _binding(resolved)
+        if before != now:
+            differ = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+            raise CheckpointError(
+                f"{latest} was written with other settings (differing: {differ}); resume with the "
+                f"same spec or start a new output folder"
+            )
+        state.settings = resolved  # timeouts may have changed; results show what ran last
+        self.resumed_from = state.round_idx
+        log.info("resuming run %s after round %d (%s)", state.run_id, state.round_idx, latest)
+        return state
+
+    def _instructions(self, round_idx: int) -> wire.Instructions:
+        return wire.Instructions(
+            round_idx=round_idx,
+            num_rounds=self.fed.rounds,
+            run_name=self.fed.name,
+            run_id=self.state.run_id,
+        )
+
+    def _content(self, round_idx: int, *, with_memory: bool) -> RecordDict:
+        content = RecordDict(
+            {
+                wire.INSTRUCTIONS: wire.instructions_to_record(self._instructions(round_idx)),
+                wire.CONFIG: wire.config_to_record(self.spec.model),
+            }
+        )
+        if with_memory and self.state.global_memory is not None:
+            content[wire.GLOBAL_MEMORY] = wire.global_memory_to_record(self.state.global_memory)
+        return content
+
+    def train_round(self, roster: dict[int, str], round_idx: int) -> dict[int, str]:
+        """Round t: send, receive, validate, aggregate, checkpoint; returns the surviving roster."""
+        t0 = time.perf_counter()
+        content = self._content(round_idx, with_memory=round_idx > 0)
+        messages = {
+            node: Message(
+                content, dst_node_id=node, message_type="train", group_id=f"round-{round_idx}"
+            )
+            for node in roster
+        }
+        replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
+        dim = None if self.state.global_memory is None else int(self.state.global_memory.shape[1])
+        accepted: dict[str, ReducedMemory] = {}
+        rows: dict[str, dict[str, Any]] = {}
+        nodes_of: dict[str, int] = {}
+        for node, name in sorted(roster.items(), key=lambda item: item[1]):
+            row: dict[str, Any] = {"bytes_down": wire.message_size(messages[node]), "bytes_up": 0}
+            rows[name] = row
+            nodes_of[name] = node
+            reply = self.participants.usable_reply(
+                replies, phase="train", round_idx=round_idx, node=node, name=name
+            )
+            if reply is None:
+                continue
+            row["bytes_up"] = wire.message_size(reply)
+            try:
+                reported = wire.identity_from_content(reply.content).name
+                if reported != name:
+                    raise wire.MemoryRejected(f"reply names client {reported!r}, expected {name!r}")
+                memory = wire.memory_from_content(reply.content)
+                wire.validate_memory(memory, dim=dim, max_items=self.fed.max_memory_items)
+            except (wire.MemoryRejected, wire.WireError) as err:
+                self.participants.reject(
+                    phase="train", round_idx=round_idx, node=node, name=name, reason=str(err)
+                )
+                continue
+            accepted[name] = memory
+            row.update(
+                n_images=memory.n_images,
+                memory_items=int(memory.vectors.shape[0]),
+                metrics=wire.metrics_from_content(reply.content),
+            )
+        if dim is None and accepted:
+            self._keep_common_dim(accepted, round_idx, nodes_of)
+        self.participants.require(len(accepted), when=f"round {round_idx}")
+        cfg = self.spec.model
+        try:
+            global_memory = aggregate_memories(
+                [accepted[name] for name in sorted(accepted)],
+                num_centers=cfg.global_memory_size,
+                method=cfg.server_aggregation,
+                seed=self.fed.seed * 100_003 + round_idx,
+                iterations=cfg.kmeans_iterations,
+            )
+        except (ValueError, RuntimeError) as err:
+            raise FederationError(f"round {round_idx}: aggregation failed: {err}") from err
+        self.state.global_memory = global_memory.detach().to("cpu", torch.float32).contiguous()
+        self.state.round_idx = round_idx
+        self.participants.keep(accepted)
+        wall = time.perf_counter() - t0
+        self.state.rounds.append(
+            {
+                "round": round_idx,
+                "wall_s": wall,
+                "accepted": sorted(accepted),
+                "global_memory_shape": list(self.state.global_memory.shape),
+                "clients": rows,
+            }
+        )
+        save_checkpoint(self.out, self.state)
+        log.info(
+            "round %d: %d client(s), M_g %s, %.1f s",
+            round_idx,
+            len(accepted),
+            tuple(self.state.global_memory.shape),
+            wall,
+        )
+        return {node: name for node, name in roster.items() if name in accepted}
+
+    def _keep_common_dim(
+        self, accepted: dict[str, ReducedMemory], round_idx: int, nodes_of: Mapping[str, int]
+    ) -> None:
+        """Round 0 has no M_g to check d against: the most common d wins (ties: smallest)."""
+        counts = Counter(int(m.vectors.shape[1]) for m in accepted.values())
+        dim = min(counts, key=lambda d: (-counts[d], d))
+        for name in sorted(accepted):
+            width = int(accepted[name].vectors.shape[1])
+            if width != dim:
+                del accepted[name]
+                self.participants.reject(
+                    phase="train",
+                    round_idx=round_idx,
+                    node=nodes_of[name],
+                    name=name,
+                    reason=f"vector length d = {width} differs from the federation's d = {dim}",
+                )
+
+    # --- evaluation ---------------------------------------------------------------------------
+    def evaluate(self, roster: dict[int, str]) -> None:
+        """Send the final M_g; collect metrics. A failing client is listed, not fatal."""
+        t0 = time.perf_counter()
+        content = self._content(self.state.round_idx, with_memory=True)
+        messages = {
+            node: Message(content, dst_node_id=node, message_type="evaluate", group_id="evaluate")
+            for node in roster
+        }
+        replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
+        for node, name in sorted(roster.items(), key=lambda item: item[1]):
+            sizes = {"down": wire.message_size(messages[node]), "up": 0}
+            self.eval_bytes[name] = sizes
+            reply = self.participants.usable_reply(
+                replies, phase="evaluate", round_idx=None, node=node, name=name
+            )
+            if reply is None:
+                continue
+            sizes["up"] = wire.message_size(reply)
+            try:
+                identity = wire.identity_from_content(reply.content)
+                metrics: dict[str, Any] = dict(wire.metrics_from_content(reply.content))
+            except wire.WireError as err:
+                self.participants.reject(
+                    phase="evaluate", round_idx=None, node=node, name=name, reason=str(err)
+                )
+                continue
+            for key in ("pixel_auroc", "aupro"):
+                metrics.setdefault(key, None)
+            metrics["model_file"] = identity.model_file
+            self.evaluation[name] = metrics
+        self.eval_wall_s = time.perf_counter() - t0
+        if not self.evaluation:
+            raise FederationError("evaluation: no client returned metrics")
+
+    # --- results ------------------------------------------------------------------------------
+    def results(self, *, status: str, error: str | None) -> dict[str, Any]:
+        """The results.json document."""
+        clients, mean, per_round = self.participants.summary(
+            self.state.rounds, evaluation=self.evaluation, eval_bytes=self.eval_bytes
+        )
+        round_walls = [float(r["wall_s"]) for r in self.state.rounds]
+        restored = sum(
+            float(r["wall_s"])
+            for r in self.state.rounds
+            if self.resumed_from is not None and r["round"] <= self.resumed_from
+        )
+        memory_shape = (
+            None if self.state.global_memory is None else list(self.state.global_memory.shape)
+        )
+        return {
+            "status": status,
+            "error": error,
+            "federation": self.fed.name,
+            "run_id": self.state.run_id,
+            "rounds_completed": self.state.round_idx,
+            "resumed_from_round": self.resumed_from,
+            "clients": clients,
+            "mean": mean,
+            "evaluated_clients": sorted(self.evaluation),
+            "rejected": self.state.rejected,
+            "bytes": {
+                "per_client_per_round": per_round,
+                "identify": self.participants.identify_bytes,
+                "evaluate": self.eval_bytes,
+                "total_up": sum(c["bytes_up"] for c in clients.values()),
+                "total_down": sum(c["bytes_down"] for c in clients.values()),
+            },
+            "wall_s": {
+                "per_round": round_walls,
+                "evaluation": self.eval_wall_s,
+                "total": restored + (time.perf_counter() - self.t_start),
+            },
+            "rounds": self.state.rounds,
+            "global_memory": {"file": GLOBAL_MEMORY_FILE, "shape": memory_shape},
+            "settings": self.state.settings,
+            "versions": {"feddymem": feddymem.__version__, "flwr": flwr.__version__},
+        }
+
+    def save_global_memory(self) -> Path:
+        """``<out>/global_memory.pt``: M_g, the round it comes from and the settings."""
+        assert self.state.global_memory is not None
+        path = self.out / GLOBAL_MEMORY_FILE
+        with atomic_open(path, "wb") as fh:
+            torch.save(
+                {
+                    "global_memory": self.state.global_memory,
+                    "round": self.state.round_idx,
+                    "run_id": self.state.run_id,
+                    "settings_json": json.dumps(self.state.settings, sort_keys=True),
+                },
+                fh,
+            )
+        return path
+
+
+def serve(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
+    """Run the whole federation on `grid`; returns (and writes) the results document.
+
+    Raises FederationError / CheckpointError when the run fails; results.json then says so.
+    """
+    spec = load_spec(settings.spec)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    run = _Run(grid, settings, spec)
+    try:
+        roster = run.participants.connect()
+        for round_idx in range(run.state.round_idx + 1, spec.federation.rounds + 1):
+            roster = run.train_round(roster, round_idx)
+        run.save_global_memory()
+        run.evaluate(roster)
+    except Exception as err:  # any failure still leaves a results.json that says so
+        log.error("federation %s failed: %s", spec.federation.name, err)
+        write_json(
+            settings.out / RESULTS_FILE,
+            run.results(status="failed", error=f"{type(err).__name__}: {err}"),
+        )
+        raise
+    results = run.results(status="completed", error=None)
+    path = write_json(settings.out / RESULTS_FILE, results)
+    log.info(
+        "federation %s done: mean image AUROC %s -> %s",
+        spec.federation.name,
+        results["mean"]["image_auroc"],
+        path,
+    )
+    return results
+
+
+def build_server_app(*, defaults: Mapping[str, Value] | None = None) -> ServerApp:
+    """A ServerApp whose run-config values fall back to `defaults` (a simulation sets them)."""
+    fallback: dict[str, Value] = dict(defaults or {})
+    keep_freed_memory()  # the process that runs the app reuses freed memory
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        ensure_app_logging()
+        serve(grid, server_settings(context.run_config, defaults=fallback))
+
+    return app
+
+
+# The app `flwr run` loads (deploy/feddymem-app/pyproject.toml points here).
+app = build_server_app()

@@ -1,0 +1,383 @@
+"""The wire format: every record key and every array <-> record converter of the federation.
+
+This is the one module that knows how FedDyMem's objects travel in Flower messages. What
+crosses the wire, and nothing else:
+
+server -> client (``train`` / ``evaluate``)
+    ``instructions``   ConfigRecord: round index t, number of rounds R, run name
+    ``config``         ConfigRecord: the FedDyMemConfig as JSON, so a deployed site needs no spec
+    ``global-memory``  ArrayRecord: M_g, (C, d) float32 (absent in round 0)
+client -> server (``train`` reply)
+    ``client``         ConfigRecord: the client's name
+    ``memory``         ArrayRecord: M_k (C_k, d) float32 and its per-item weights (C_k,) float32
+    ``memory-info``    ConfigRecord: n_k, the number of images the memory summarises
+    ``metrics``        MetricRecord: scalar training metrics
+client -> server (``evaluate`` reply)
+    ``client``, ``metrics`` (image AUROC, F1-max, pixel AUROC / AUPRO where masks exist)
+client -> server (``query`` reply, "who are you")
+    ``client``
+
+No image, no feature map and no generator weight has a key here, so none can travel.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    ConfigRecordValues,
+    Message,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.common.serde import message_to_proto, recorddict_to_proto
+
+from feddymem.config import FedDyMemConfig, from_dict, to_dict
+from feddymem.method.reduce import ReducedMemory
+
+__all__ = [
+    "ARRAY_KEYS",
+    "CLIENT",
+    "CONFIG",
+    "GLOBAL_MEMORY",
+    "INSTRUCTIONS",
+    "MEMORY",
+    "MEMORY_INFO",
+    "METRICS",
+    "ClientIdentity",
+    "Instructions",
+    "MemoryRejected",
+    "WireError",
+    "config_from_content",
+    "config_from_record",
+    "config_to_record",
+    "global_memory_from_content",
+    "global_memory_to_record",
+    "identity_from_content",
+    "identity_to_record",
+    "instructions_from_content",
+    "instructions_to_record",
+    "memory_from_content",
+    "memory_to_records",
+    "message_size",
+    "metrics_from_content",
+    "metrics_to_record",
+    "recorddict_size",
+    "to_array",
+    "validate_memory",
+]
+
+# --- record keys (RecordDict level) ---
+INSTRUCTIONS = "instructions"
+CONFIG = "config"
+GLOBAL_MEMORY = "global-memory"
+CLIENT = "client"
+MEMORY = "memory"
+MEMORY_INFO = "memory-info"
+METRICS = "metrics"
+
+# --- keys inside records ---
+_ROUND = "round"
+_NUM_ROUNDS = "num-rounds"
+_RUN_NAME = "run-name"
+_RUN_ID = "run-id"
+_MODEL_FILE = "model-file"
+_CONFIG_JSON = "feddymem-config-json"
+_VECTORS = "vectors"
+_WEIGHTS = "weights"
+_N_IMAGES = "n-images"
+_NAME = "name"
+
+# Every array that may ever travel, by record: the check that nothing else does is a test.
+ARRAY_KEYS: Mapping[str, frozenset[str]] = {
+    GLOBAL_MEMORY: frozenset({_VECTORS}),
+    MEMORY: frozenset({_VECTORS, _WEIGHTS}),
+}
+
+
+class WireError(ValueError):
+    """A message lacks a record or a key this module expects, or holds a wrong type."""
+
+
+class MemoryRejected(ValueError):
+    """An uploaded memory fails validation; the message says why (for the server's log)."""
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """What the server asks for in one message: round t of R rounds of run `run_name`.
+
+    `run_id` is drawn once per fresh run (kept on resume): clients keep their state per run,
+    so a stale state of an earlier run is never taken for this one.
+    """
+
+    round_idx: int
+    num_rounds: int
+    run_name: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class ClientIdentity:
+    """The name a client reports (from its node config or the federation spec), and where it
+    wrote its model file (evaluate replies only; a path on the client's machine)."""
+
+    name: str
+    model_file: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def _record(content: RecordDict, key: str, kind: type) -> Any:
+    if key not in content:
+        raise WireError(f"message has no '{key}' record")
+    record = content[key]
+    if not isinstance(record, kind):
+        raise WireError(f"record '{key}' is a {type(record).__name__}, expected {kind.__name__}")
+    return record
+
+
+def _value(record: Mapping[str, Any], key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    if key not in record:
+        raise WireError(f"record '{where}' has no key '{key}'")
+    value = record[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise WireError(f"'{where}.{key}' has type {type(value).__name__}")
+    return value
+
+
+def to_array(array: np.ndarray) -> Array:
+    """A C-contiguous Flower `Array` of `array`, shape kept (0-d too: `np.ascontiguousarray`
+    would turn a 0-d array into shape (1,))."""
+    # Flower wants `Array` values (bare ndarrays are rejected).
+    return Array(np.require(array, requirements="C"))
+
+
+# ----------------------------------------------------------------------------------------------
+# instructions and config (server -> client)
+
+
+def instructions_to_record(instructions: Instructions) -> ConfigRecord:
+    """Round index, number of rounds and run name as a ConfigRecord."""
+    return ConfigRecord(
+        {
+            _ROUND: int(instructions.round_idx),
+            _NUM_ROUNDS: int(instructions.num_rounds),
+            _RUN_NAME: str(instructions.run_name),
+            _RUN_ID: str(instructions.run_id),
+        }
+    )
+
+
+def instructions_from_content(content: RecordDict) -> Instructions:
+    """Read the ``instructions`` record of a message."""
+    record = _record(content, INSTRUCTIONS, ConfigRecord)
+    return Instructions(
+        round_idx=_value(record, _ROUND, int, INSTRUCTIONS),
+        num_rounds=_value(record, _NUM_ROUNDS, int, INSTRUCTIONS),
+        run_name=_value(record, _RUN_NAME, str, INSTRUCTIONS),
+        run_id=_value(record, _RUN_ID, str, INSTRUCTIONS),
+    )
+
+
+def config_to_record(config: FedDyMemConfig) -> ConfigRecord:
+    """The FedDyMemConfig as one JSON string (keeps None and nested values exactly)."""
+    return ConfigRecord({_CONFIG_JSON: json.dumps(to_dict(config), sort_keys=True)})
+
+
+def config_from_record(record: ConfigRecord) -> FedDyMemConfig:
+    """Rebuild the FedDyMemConfig; unknown or invalid options raise ConfigError."""
+    text = _value(record, _CONFIG_JSON, str, CONFIG)
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise WireError(f"'{CONFIG}.{_CONFIG_JSON}' is not JSON: {err}") from None
+    if not isinstance(values, dict):
+        raise WireError(f"'{CONFIG}.{_CONFIG_JSON}' is not a JSON object")
+    return from_dict(FedDyMemConfig, values, where="config received from the server")
+
+
+def config_from_content(content: RecordDict) -> FedDyMemConfig:
+    """Read the ``config`` record of a message."""
+    return config_from_record(_record(content, CONFIG, ConfigRecord))
+
+
+def global_memory_to_record(global_memory: torch.Tensor) -> ArrayRecord:
+    """M_g, (C, d) float32, as an ArrayRecord."""
+    vectors = global_memory.detach().to("cpu", torch.float32).contiguous().numpy()
+    return ArrayRecord({_VECTORS: to_array(vectors)})
+
+
+def global_memory_from_content(content: RecordDict) -> torch.Tensor | None:
+    """M_g from a message, or None when the message carries none (round 0)."""
+    if GLOBAL_MEMORY not in content:
+        return None
+    record = _record(content, GLOBAL_MEMORY, ArrayRecord)
+    _only_keys(record, GLOBAL_MEMORY)
+    vectors = _decode(record, _VECTORS, GLOBAL_MEMORY)
+    if vectors.ndim != 2 or vectors.dtype != np.float32:
+        raise WireError(f"global memory must be 2-D float32, got {vectors.dtype} {vectors.shape}")
+    return torch.from_numpy(vectors)
+
+
+# ----------------------------------------------------------------------------------------------
+# client identity, memory and metrics (client -> server)
+
+
+def identity_to_record(identity: ClientIdentity) -> ConfigRecord:
+    """The client's name as a ConfigRecord."""
+    values: dict[str, ConfigRecordValues] = {_NAME: identity.name}
+    if identity.model_file is not None:
+        values[_MODEL_FILE] = identity.model_file
+    return ConfigRecord(values)
+
+
+def identity_from_content(content: RecordDict) -> ClientIdentity:
+    """Read the ``client`` record of a reply."""
+    record = _record(content, CLIENT, ConfigRecord)
+    name = _value(record, _NAME, str, CLIENT)
+    if not name:
+        raise WireError(f"'{CLIENT}.{_NAME}' is empty")
+    model_file = record.get(_MODEL_FILE)
+    return ClientIdentity(name=name, model_file=model_file if isinstance(model_file, str) else None)
+
+
+def memory_to_records(memory: ReducedMemory) -> tuple[ArrayRecord, ConfigRecord]:
+    """M_k with its weights, and n_k, as the ``memory`` and ``memory-info`` records."""
+    vectors = memory.vectors.detach().to("cpu").contiguous().numpy()
+    weights = memory.weights.detach().to("cpu").contiguous().numpy()
+    arrays = ArrayRecord({_VECTORS: to_array(vectors), _WEIGHTS: to_array(weights)})
+    info = ConfigRecord({_N_IMAGES: int(memory.n_images)})
+    return arrays, info
+
+
+def memory_from_content(content: RecordDict) -> ReducedMemory:
+    """Decode an uploaded memory exactly as sent (no dtype or shape coercion).
+
+    Anything malformed raises MemoryRejected: the server drops the client with the reason.
+    Call `validate_memory` afterwards for the numeric checks.
+    """
+    try:
+        record = _record(content, MEMORY, ArrayRecord)
+        _only_keys(record, MEMORY)
+        vectors = _decode(record, _VECTORS, MEMORY)
+        weights = _decode(record, _WEIGHTS, MEMORY)
+        info = _record(content, MEMORY_INFO, ConfigRecord)
+        n_images = _value(info, _N_IMAGES, int, MEMORY_INFO)
+    except WireError as err:
+        raise MemoryRejected(f"malformed memory upload: {err}") from None
+    return ReducedMemory(
+        vectors=torch.from_numpy(vectors), weights=torch.from_numpy(weights), n_images=n_images
+    )
+
+
+def metrics_to_record(metrics: Mapping[str, float | int | np.number[Any] | None]) -> MetricRecord:
+    """Scalar metrics as a MetricRecord; None values (pixel AUROC without masks) are left out."""
+    out: dict[str, float | int] = {}
+    for key, value in metrics.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise WireError(f"metric '{key}' is not a number: {value!r}")
+        out[key] = int(value) if isinstance(value, (int, np.integer)) else float(value)
+    return MetricRecord(out)  # type: ignore[arg-type]
+
+
+def metrics_from_content(content: RecordDict) -> dict[str, float]:
+    """The ``metrics`` record of a reply as a plain dict (empty when absent)."""
+    if METRICS not in content:
+        return {}
+    record = _record(content, METRICS, MetricRecord)
+    out: dict[str, float] = {}
+    for key, value in record.items():
+        if isinstance(value, (int, float)):
+            out[key] = float(value)
+    return out
+
+
+def _only_keys(record: ArrayRecord, where: str) -> None:
+    extra = sorted(set(record.keys()) - ARRAY_KEYS[where])
+    if extra:
+        raise WireError(f"record '{where}' holds unexpected arrays {extra}")
+
+
+def _decode(record: ArrayRecord, key: str, where: str) -> np.ndarray:
+    if key not in record:
+        raise WireError(f"record '{where}' has no array '{key}'")
+    try:
+        array = record[key].numpy()
+    except (TypeError, ValueError) as err:
+        raise WireError(f"array '{where}.{key}' cannot be decoded: {err}") from None
+    return array
+
+
+# ----------------------------------------------------------------------------------------------
+# validation
+
+
+def validate_memory(memory: ReducedMemory, *, dim: int | None, max_items: int) -> None:
+    """Check an uploaded memory before it may enter the server's k-means.
+
+    M_k must be (C_k, d) float32 with 1 <= C_k <= max_items and d == dim (unless dim is None,
+    as in round 0 before M_g exists), all finite; its weights (C_k,) float32, finite and > 0;
+    n_k >= 1. Raises MemoryRejected naming the first failed check.
+    """
+    vectors, weights = memory.vectors, memory.weights
+    if not isinstance(vectors, torch.Tensor) or not isinstance(weights, torch.Tensor):
+        raise MemoryRejected("vectors and weights must be tensors")
+    if vectors.ndim != 2:
+        raise MemoryRejected(f"vectors must be 2-D (C, d), got shape {tuple(vectors.shape)}")
+    items, width = vectors.shape
+    if vectors.dtype != torch.float32:
+        raise MemoryRejected(f"vectors dtype must be float32, got {vectors.dtype}")
+    if items < 1:
+        raise MemoryRejected("memory is empty (0 items)")
+    if items > max_items:
+        raise MemoryRejected(f"too many items: {items} > max_memory_items {max_items}")
+    if width < 1 or (dim is not None and width != dim):
+        raise MemoryRejected(f"vector length d = {width}, expected {dim}")
+    if not bool(torch.isfinite(vectors).all()):
+        bad = int((~torch.isfinite(vectors)).any(dim=1).sum())
+        raise MemoryRejected(f"vectors hold NaN or Inf ({bad} of {items} items)")
+    if weights.ndim != 1:
+        raise MemoryRejected(f"weights must be 1-D (C,), got shape {tuple(weights.shape)}")
+    if weights.dtype != torch.float32:
+        raise MemoryRejected(f"weights dtype must be float32, got {weights.dtype}")
+    if weights.shape[0] != items:
+        raise MemoryRejected(f"weight count {weights.shape[0]} != item count {items}")
+    if not bool(torch.isfinite(weights).all()):
+        raise MemoryRejected("weights hold NaN or Inf")
+    if not bool((weights > 0).all()):
+        raise MemoryRejected("weights must be > 0")
+    n_images = memory.n_images
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise MemoryRejected(f"n_images must be an integer >= 1, got {n_images!r}")
+
+
+# ----------------------------------------------------------------------------------------------
+# sizes on the wire
+
+
+def recorddict_size(content: RecordDict) -> int:
+    """Bytes of a RecordDict serialised to Flower's protobuf (``RecordDict.ByteSize()``)."""
+    return int(recorddict_to_proto(content).ByteSize())
+
+
+def message_size(message: Message) -> int:
+    """Bytes of a whole Message (metadata + content or error) serialised to Flower's protobuf.
+
+    Flower 1.41 transports a message as a tree of deflated objects (message, record dict,
+    records, arrays, 5 MB chunks); the protobuf size is the same payload up to a few header
+    bytes per object, and it is what we report as bytes up / down.
+    """
+    return int(message_to_proto(message).ByteSize())

@@ -1,0 +1,336 @@
+"""One FedDyMem client: frozen features, memory generator G_k, metric loss, dynamic memory and
+memory-reduce, with its state on disk so a fresh process continues where the last one stopped.
+
+No Flower here: the federation's ClientApp unpacks a message and calls `fit_round` / `evaluate`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from feddymem.config import FedDyMemConfig
+from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
+from feddymem.detect.detector import MemoryBankDetector
+from feddymem.detect.features import PatchFeatureExtractor
+from feddymem.detect.threshold import split_calibration
+from feddymem.method.generator import MemoryGenerator, train_generator
+from feddymem.method.losses import MetricLoss
+from feddymem.method.reduce import REDUCERS, ReducedMemory
+from feddymem.metrics import DetectionMetrics
+from feddymem.outputs import atomic_open
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "client_state.pt"
+FEATURES_FILE = "features.pt"
+SCORES_FILE = "test_scores.npz"
+
+
+def build_upload(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> ReducedMemory:
+    """The memory M_k a client uploads in round `round_idx`, from its patch vectors z(x)
+    (n, d, H, W): clipped, reduced and noised when the config asks for differential privacy
+    (privacy.py), else reduced by the configured memory-reduce; seeded by the config's seed and
+    the round. The one place that maps `memory_reduce` to a reducer (the privacy audit builds
+    its counterfactual uploads with it too)."""
+    seed = config.seed * 100_003 + round_idx
+    if config.dp_clip_norm is not None:
+        from feddymem.privacy.dp import private_memory
+
+        return private_memory(z, config=config, round_idx=round_idx)
+    if config.memory_reduce == "position_average":
+        return REDUCERS["position_average"](
+            z, gamma_c=config.gamma_c, seed=seed, iterations=config.kmeans_iterations
+        )
+    if config.memory_reduce == "kmeans":
+        return REDUCERS["kmeans"](
+            z, size=config.client_memory_size, seed=seed, iterations=config.kmeans_iterations
+        )
+    if config.memory_reduce == "coreset":
+        return REDUCERS["coreset"](z, size=config.client_memory_size, seed=seed)
+    return REDUCERS["none"](z, size=config.client_memory_size, seed=seed)
+
+
+class FedDyMemClient:
+    """Client k of FedDyMem (method.md): trains G_k against M_g and uploads a reduced M_k.
+
+    `train` holds normal images only; a seeded share of them is held out to set the detection
+    threshold. Patch features p(x) come from a frozen backbone, so they are computed once and
+    cached (float16) in `state_dir`; every round then only runs the small generator.
+    """
+
+    def __init__(
+        self,
+        *,
+        train: Sequence[Sample],
+        test: Sequence[Sample],
+        config: FedDyMemConfig,
+        state_dir: Path,
+        weights: Path | None = None,
+        calibration_fraction: float = 0.1,
+        feature_cache: Path | None = None,
+        extractor: PatchFeatureExtractor | None = None,
+    ) -> None:
+        if not train:
+            raise ValueError("a FedDyMem client needs at least one normal training image")
+        self.config = config
+        self.test = list(test)
+        self.state_dir = Path(state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.feature_cache = None if feature_cache is None else Path(feature_cache)
+        self.train_samples, self.calibration = split_calibration(
+            [s for s in train if s.label == 0], fraction=calibration_fraction, seed=config.seed
+        )
+        # `extractor`: a frozen backbone to share with other clients in one process.
+        self.detector = MemoryBankDetector(config, weights=weights, extractor=extractor)
+        self.image_hw = resolve_size(
+            [s.path for s in self.train_samples],
+            image_size=config.image_size,
+            keep_aspect=config.keep_aspect,
+        )
+        d_in = self.detector.extractor.out_channels
+        self.generator: MemoryGenerator | None = (
+            MemoryGenerator(
+                in_channels=d_in,
+                gamma_d=config.gamma_d,
+                init=config.generator_init,
+                seed=config.seed,
+            )
+            if config.generator
+            else None
+        )
+        self.optimizer = (
+            torch.optim.AdamW(
+                self.generator.parameters(),
+                lr=config.lr,
+                weight_decay=config.weight_decay,
+                amsgrad=True,
+            )
+            if self.generator is not None
+            else None
+        )
+        self.loss = MetricLoss(
+            k=config.loss_k,
+            j=config.loss_j,
+            radius=config.radius,
+            margin=config.margin,
+            nu=config.nu,
+        )
+        self.memory: ReducedMemory | None = None
+        self.rounds_done = -1
+        self._features: torch.Tensor | None = None
+        self._detector_state: int | None = None  # rounds_done when detector_with last ran
+        self._load_state()
+
+    # --- state on disk ---------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        """d, the length of a memory vector."""
+        if self.generator is not None:
+            return self.generator.out_channels
+        return self.detector.extractor.out_channels
+
+    def _load_state(self) -> None:
+        path = self.state_dir / STATE_FILE
+        if not path.is_file():
+            return
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if self.generator is not None and "generator" in state:
+            self.generator.load_state_dict(state["generator"])
+            assert self.optimizer is not None
+            self.optimizer.load_state_dict(state["optimizer"])
+        if "memory" in state:
+            self.memory = ReducedMemory(
+                vectors=state["memory"], weights=state["memory_weights"], n_images=state["n_images"]
+            )
+        self.rounds_done = int(state["rounds_done"])
+
+    def _save_state(self) -> None:
+        state: dict[str, object] = {"rounds_done": self.rounds_done}
+        if self.generator is not None:
+            assert self.optimizer is not None
+            state["generator"] = self.generator.state_dict()
+            state["optimizer"] = self.optimizer.state_dict()
+        if self.memory is not None:
+            state["memory"] = self.memory.vectors
+            state["memory_weights"] = self.memory.weights
+            state["n_images"] = self.memory.n_images
+        with atomic_open(self.state_dir / STATE_FILE, "wb") as fh:
+            torch.save(state, fh)
+
+    def _features_key(self) -> str:
+        """Digest of what p(x) depends on: backbone, taps, input size and the training files."""
+        cfg = self.config
+        files = []
+        for s in self.train_samples:
+            st = s.path.stat()
+            files.append([str(s.path.resolve()), st.st_size, st.st_mtime_ns])
+        payload = [cfg.backbone, cfg.layers, list(self.image_hw), files]
+        return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
+
+    def _features_path(self) -> Path:
+        """Where p(x) is cached: the shared cache (keyed by content) or the state folder."""
+        if self.feature_cache is None:
+            return self.state_dir / FEATURES_FILE
+        self.feature_cache.mkdir(parents=True, exist_ok=True)
+        return self.feature_cache / f"{self._features_key()}.pt"
+
+    def features(self) -> torch.Tensor:
+        """p(x) of the training images, (n_k, D, H, W) float16, computed once and cached.
+
+        With `feature_cache` set, the cache is shared by every run on the same files, backbone
+        and size (a site re-running a federation, a benchmark running many methods).
+        """
+        if self._features is not None:
+            return self._features
+        path = self._features_path()
+        if path.is_file():
+            cached = torch.load(path, map_location="cpu", weights_only=True)
+            if tuple(cached["image_hw"]) == self.image_hw and cached["n"] == len(
+                self.train_samples
+            ):
+                self._features = cached["features"]
+                return self._features
+        report = LoadReport(loaded=0, skipped=[])
+        chunks = [
+            self.detector.extractor(batch.images).half()
+            for batch in iter_batches(
+                self.train_samples,
+                size=self.image_hw,
+                batch_size=self.config.batch_size,
+                with_masks=False,
+                report=report,
+            )
+        ]
+        if not chunks:
+            raise ValueError(
+                f"none of the {len(self.train_samples)} training images could be loaded"
+            )
+        feats = torch.cat(chunks)
+        if report.skipped:
+            log.warning(
+                "%d training image(s) could not be read: %s",
+                len(report.skipped),
+                ", ".join(str(p) for p, _ in report.skipped[:5]),
+            )
+        with atomic_open(path, "wb") as fh:
+            torch.save(
+                {"features": feats, "image_hw": list(self.image_hw), "n": len(self.train_samples)},
+                fh,
+            )
+        self._features = feats
+        return feats
+
+    # --- the round --------------------------------------------------------------------------
+    def _embed(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.generator is None:
+            return feats.float()
+        return self.generator(feats.float())
+
+    def _train(self, global_memory: torch.Tensor, *, round_idx: int) -> dict[str, float]:
+        """E local epochs of the metric loss against M_g; returns the mean loss."""
+        assert self.generator is not None and self.optimizer is not None
+        cfg = self.config
+        return train_generator(
+            self.generator,
+            self.features(),
+            global_memory.float(),
+            self.loss,
+            self.optimizer,
+            epochs=cfg.local_epochs,
+            batch_size=cfg.train_batch_size,
+            seed=cfg.seed * 100_003 + round_idx,
+        )
+
+    @torch.no_grad()
+    def _build_memory(self, *, round_idx: int) -> ReducedMemory:
+        """Dynamic memory: z(x) of every training image with the current G_k, then reduce."""
+        feats = self.features()
+        cfg = self.config
+        z = torch.cat([self._embed(feats[i : i + 64]) for i in range(0, feats.shape[0], 64)])
+        return build_upload(z, config=cfg, round_idx=round_idx)
+
+    def fit_round(
+        self, *, round_idx: int, global_memory: torch.Tensor | None
+    ) -> tuple[ReducedMemory, dict[str, float]]:
+        """Round t: train G_k against M_g (t >= 1, when given), rebuild and reduce M_k.
+
+        A round already done (a retried message, a resumed run) returns the stored memory.
+        """
+        if round_idx <= self.rounds_done and self.memory is not None:
+            log.info("round %d already done here: returning the stored memory", round_idx)
+            return self.memory, {"n_images": float(self.memory.n_images), "replayed": 1.0}
+        metrics: dict[str, float] = {}
+        t0 = time.perf_counter()
+        feats = self.features()
+        metrics["features_s"] = time.perf_counter() - t0
+        train = (
+            self.generator is not None
+            and self.config.metric_loss
+            and global_memory is not None
+            and round_idx >= 1
+            and self.config.local_epochs > 0
+        )
+        if train:
+            assert global_memory is not None
+            if global_memory.shape[1] != self.dim:
+                raise ValueError(
+                    f"global memory has dimension {global_memory.shape[1]}, this client {self.dim}"
+                )
+            t1 = time.perf_counter()
+            metrics.update(self._train(global_memory, round_idx=round_idx))
+            metrics["train_s"] = time.perf_counter() - t1
+        if self.memory is None or self.config.dynamic_memory:
+            t2 = time.perf_counter()
+            self.memory = self._build_memory(round_idx=round_idx)
+            metrics["reduce_s"] = time.perf_counter() - t2
+        self.rounds_done = round_idx
+        self._save_state()
+        metrics["n_images"] = float(feats.shape[0])
+        metrics["memory_items"] = float(self.memory.vectors.shape[0])
+        return self.memory, metrics
+
+    # --- inference --------------------------------------------------------------------------
+    def detector_with(self, global_memory: torch.Tensor) -> MemoryBankDetector:
+        """The client's detector: its final G_k and M_g, threshold from its held-out normals."""
+        det = self.detector
+        if (
+            self._detector_state == self.rounds_done
+            and det.memory_ is not None
+            and torch.equal(det.memory_, global_memory.float())
+        ):
+            return det  # already set up for this G_k and M_g (evaluate, then export)
+        det.generator = self.generator.eval() if self.generator is not None else None
+        det.set_memory(global_memory, image_hw=self.image_hw)
+        if self.calibration:
+            det.calibrate(self.calibration, quantile=0.99)
+        self._detector_state = self.rounds_done
+        return det
+
+    def evaluate(self, global_memory: torch.Tensor) -> DetectionMetrics:
+        """Image AUROC / F1-max (and pixel AUROC / AUPRO where masks exist) on the local test set.
+
+        The per-image scores stay at the site, in ``<state_dir>/test_scores.npz`` (labels,
+        image scores, file names), for ROC curves; only the metrics travel.
+        """
+        if not self.test:
+            raise ValueError("this client has no test images to evaluate on")
+        metrics, scores = self.detector_with(global_memory).evaluate_with_scores(self.test)
+        np.savez(
+            self.state_dir / SCORES_FILE,
+            labels=scores.labels,
+            image_scores=scores.image_scores,
+            files=np.array([str(s.path) for s in scores.samples]),
+        )
+        return metrics
+
+    def export(self, global_memory: torch.Tensor, path: Path) -> Path:
+        """Write the client's detector (G_k, M_g, threshold) as a `feddymem predict` model file."""
+        return self.detector_with(global_memory).save(path)

@@ -117,3 +117,18 @@ def test_overlay_draws_its_legend() -> None:
     # the colour bar runs from blue to red across the legend
     row = a[2 * (font // 2) + font + font // 2]  # the bar's middle row
     assert row[20, 2] > row[20, 0] and row[width - 20, 0] > row[width - 20, 2]
+
+
+def test_images_are_decoded_in_runs_bounded_by_pixels(tmp_path: Path) -> None:
+    from feddymem.detect.predict import _chunks_by_pixels
+
+    sizes = [(40, 40), (40, 40), (80, 80), (40, 40)]  # 1600, 1600, 6400, 1600 pixels
+    files = []
+    for i, (h, w) in enumerate(sizes):
+        files.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.zeros((h, w, 3), np.uint8)).save(files[-1])
+    files.append(tmp_path / "unreadable.png")
+    files[-1].write_bytes(b"junk")
+    # a file larger than the budget goes alone; the others fill runs up to it
+    assert _chunks_by_pixels(files, budget=4000) == [[0, 1], [2], [3, 4]]
+    assert _chunks_by_pixels(files, budget=10**9) == [[0, 1, 2, 3, 4]]

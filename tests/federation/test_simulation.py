@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import pytest
@@ -15,10 +16,16 @@ from feddymem.federation.simulation import run_federation
 
 
 @pytest.mark.slow
-def test_two_clients_two_rounds(tmp_path: Path) -> None:
+def test_two_clients_two_rounds(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     spec = smoke_federation(tmp_path / "fed")
     out = tmp_path / "out"
-    results = run_federation(spec, out, num_cpus=2, cpus_per_client=1.0)
+    with caplog.at_level(logging.INFO, logger="feddymem.federation.participants"):
+        results = run_federation(spec, out, num_cpus=2, cpus_per_client=1.0)
+    # progress inside a round: each client's reply logged as it arrives, on Flower's own grid
+    done = [r.getMessage() for r in caplog.records if " done (" in r.getMessage()]
+    for what in ("round 0", "round 2", "evaluation"):
+        for name in ("site-a", "site-b"):
+            assert any(m.startswith(f"{what}: client {name} (node ") for m in done), done
 
     assert results["status"] == "completed"
     assert results["evaluated_clients"] == ["site-a", "site-b"]

@@ -38,7 +38,9 @@ def test_each_reply_and_the_clients_at_work_are_logged(
     monkeypatch.setattr(parts, "PROGRESS_EVERY_S", 0.0)  # a heartbeat on every empty poll
     group = parts.Participants.__new__(parts.Participants)
     group.grid = SlowGrid()
-    messages = {1: SimpleNamespace(dst=1), 2: SimpleNamespace(dst=2)}
+    messages = {
+        n: SimpleNamespace(dst=n, metadata=SimpleNamespace(message_id=f"m{n}")) for n in (1, 2)
+    }
     with caplog.at_level(logging.INFO, logger=parts.__name__):
         replies = group.exchange(
             messages,

@@ -205,7 +205,7 @@ def test_hot_swap_under_load(models: Models, serve_process, tmp_path: Path) -> N
         info = c.get("/v1/model").json()
         assert (
             info["last_error"] is not None
-            and "not a readable model file" in info["last_error"]["error"]
+            and "not a feddymem model file" in info["last_error"]["error"]
         )
         assert info["model_version"] == versions[-1]
         r = c.post("/v1/score", content=image)

@@ -424,3 +424,28 @@ def test_a_drop_says_what_happened(
     if fault == "unavailable":
         assert "Node Unavailable" in rejected["reason"]
         assert "round_timeout_s" not in rejected["reason"]
+
+
+def test_a_node_cannot_take_the_name_bound_to_another_node(
+    tmp_path: Path, trees: dict[str, Path], fake_client: type[FakeClient]
+) -> None:
+    """With `node_id` in the spec (the id the SuperLink gave the site's registered key), a node
+    that answers with another site's name is refused, and the real site keeps its place even
+    when the impostor's node id sorts first (without the binding it would take the name)."""
+    spec = Federation(tmp_path, trees, min_clients=1).spec
+    text = spec.read_text()
+    text = text.replace('name = "alpha"', 'name = "alpha"\nnode_id = 501')
+    text = text.replace('name = "beta"', 'name = "beta"\nnode_id = 15965234237041821372')
+    spec.write_text(text)
+    sites = [
+        ("alpha", str(trees["gamma"])),  # node 500: the impostor
+        ("alpha", str(trees["alpha"])),  # node 501: alpha's registered node
+        ("beta", str(trees["beta"])),  # node 502: not beta's registered node
+    ]
+    grid = _deployed_grid(sites, tmp_path / "work")
+    results = serve(grid, ServerSettings(spec=spec, out=tmp_path / "out", resume=False))  # type: ignore[arg-type]
+    by_node = {r["node_id"]: r for r in results["rejected"] if r["node_id"] is not None}
+    assert "impersonation" in by_node[500]["reason"] and by_node[500]["client"] == "alpha"
+    assert "bound to node 15965234237041821372" in by_node[502]["reason"]
+    assert results["evaluated_clients"] == ["alpha"]
+    assert results["settings"]["clients"][0]["node_id"] == 501

@@ -326,8 +326,14 @@ class Participants:
                     "up": wire.message_size(reply),
                 }
                 taken = [other for other, held in roster.items() if held == name]
+                bound = self.spec.bound_nodes.get(name)
                 if name not in known:
                     reason = f"not a client of {self.spec.path.name} ({sorted(known)})"
+                elif bound is not None and bound != node:
+                    reason = (
+                        f"claims client {name!r}, which is bound to node {bound} (the node id "
+                        "of its registered key): refused as an impersonation"
+                    )
                 elif taken:
                     reason = f"name already taken by node {taken[0]}"
                 elif name not in self.active:

@@ -16,6 +16,8 @@ image_size = 224
 [[clients]]                  # either explicit clients ...
 name = "mono"
 data = ["../data/elpv-mono"] # MVTec-layout roots; several = a mixture; relative to this file
+# node_id = 1234567890       # (deployment) the node id `flwr supernode register` gave the
+                             # site's key: only that node may answer as "mono"
 
 [partition]                  # ... or clients generated from a pool of sources
 sources = ["../data/elpv-mono", "../data/elpv-poly"]
@@ -89,10 +91,15 @@ class FederationSettings:
 
 @dataclass(frozen=True, kw_only=True)
 class ClientSpec:
-    """One ``[[clients]]`` entry: a name and its data roots (absolute; empty in deployment)."""
+    """One ``[[clients]]`` entry: a name and its data roots (absolute; empty in deployment).
+
+    `node_id` (deployment with SuperNode authentication): the node id the SuperLink gave the
+    site's public key at ``flwr supernode register``; only that node may answer as `name`.
+    """
 
     name: str
     data: tuple[Path, ...] = ()
+    node_id: int | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -120,6 +127,11 @@ class FederationSpec:
     def num_clients(self) -> int:
         """K, the number of clients the federation expects."""
         return self.partition.num_clients if self.partition else len(self.clients)
+
+    @property
+    def bound_nodes(self) -> dict[str, int]:
+        """Client name -> the node id it is bound to (clients with a ``node_id`` only)."""
+        return {c.name: c.node_id for c in self.clients if c.node_id is not None}
 
     @property
     def client_names(self) -> tuple[str, ...]:
@@ -152,7 +164,9 @@ class FederationSpec:
             }
         else:
             out["clients"] = [
-                {"name": c.name, "data": [str(p) for p in c.data]} for c in self.clients
+                {"name": c.name, "data": [str(p) for p in c.data]}
+                | ({} if c.node_id is None else {"node_id": c.node_id})
+                for c in self.clients
             ]
         return out
 
@@ -339,13 +353,16 @@ def _clients(value: Any, base: Path, where: str) -> tuple[ClientSpec, ...]:
         w = f"{where} clients[{i}]"
         if not isinstance(entry, dict):
             raise SpecError(f"{w}: must be a table")
-        _no_unknown(entry, frozenset({"name", "data"}), where, f"clients[{i}]")
+        _no_unknown(entry, frozenset({"name", "data", "node_id"}), where, f"clients[{i}]")
         name = check_client_name(_get(entry, "name", str, w), f"{w} name")
         if name in seen:
             raise SpecError(f"{w}: client name {name!r} is used twice")
         seen.add(name)
         data = _paths(entry["data"], base, w, "data") if "data" in entry else ()
-        out.append(ClientSpec(name=name, data=data))
+        node_id = _get(entry, "node_id", int, w, default=None)
+        if node_id is not None and node_id < 0:
+            raise SpecError(f"{w}: 'node_id' must be >= 0, got {node_id}")
+        out.append(ClientSpec(name=name, data=data, node_id=node_id))
     return tuple(out)
 
 

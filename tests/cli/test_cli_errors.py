@@ -276,3 +276,18 @@ def test_spec_errors(
     spec = _spec(tmp_path, tree, edit(GOOD_SPEC))  # type: ignore[operator]
     code, message = run(["federate", "--config", str(spec), "--out", str(tmp_path / "run")], capsys)
     assert_user_error(code, message, str(spec), named)
+
+
+def test_a_tiny_image_among_the_held_out_normals_leaves_the_threshold(
+    model: Path, tree: Path, tmp_path: Path
+) -> None:
+    from feddymem.data import Sample
+    from feddymem.detect.registry import load_detector
+
+    det = load_detector(model)
+    normals = [s for s in scan(tree).test if s.label == 0]
+    tiny = tmp_path / "tiny.png"
+    Image.fromarray(np.full((1, 1, 3), 255, np.uint8)).save(tiny)
+    alone = det.calibrate(normals, quantile=0.99)
+    with_tiny = det.calibrate([*normals, Sample(path=tiny, label=0, defect="good")], quantile=0.99)
+    assert with_tiny == alone  # the 1x1 image is skipped (named in the log), not scored

@@ -55,6 +55,14 @@ def jet_lut() -> np.ndarray:
     return (colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
 
 
+def resample_map(amap: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
+    """An ``(H_in, W_in)`` anomaly map resampled bilinearly to ``size`` = ``(H, W)`` whole
+    (for pictures of moderate size; `overlay` resamples large ones band by band itself)."""
+    return torch.nn.functional.interpolate(
+        amap[None, None], size=size, mode="bilinear", align_corners=False
+    )[0, 0].numpy()
+
+
 class _RowResampler:
     """Bilinear resampling (as ``interpolate(..., align_corners=False)``) of a small map to
     ``(H, W)``, handed out band by band: the width is resampled once, the height per band."""

@@ -222,6 +222,8 @@ def _plot_rocs(out: Path, rows: Sequence[dict[str, Any]]) -> list[Path]:
 
 
 def _plot_bytes(out: Path, rows: Sequence[dict[str, Any]]) -> Path | None:
+    """AUROC against bytes per client per round (up + down), one panel per data set, one
+    colour per family (float32 / float16 memories of FedDyMem are separate rows)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,16 +233,27 @@ def _plot_bytes(out: Path, rows: Sequence[dict[str, Any]]) -> Path | None:
     fed = [r for r in fed if METHODS[r["method"]].federated]
     if not fed:
         return None
-    fig, ax = plt.subplots(figsize=(6, 4.5))
-    for method in _order({r["method"] for r in fed}):
-        mine = [r for r in fed if r["method"] == method]
-        x = np.mean([r["bytes_up"] + r["bytes_down"] for r in mine])
-        y = np.mean([r["image_auroc"] for r in mine])
-        ax.scatter([x], [y], s=40, color="C3" if method == "feddymem" else "C0")
-        ax.annotate(method, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("bytes per client per round (up + down)")
-    ax.set_ylabel("image AUROC (mean over data sets and seeds)")
+    datasets = sorted({r["dataset"] for r in fed})
+    families = sorted({METHODS[r["method"]].family for r in fed})
+    colours = {f: f"C{i}" for i, f in enumerate(families)}
+    fig, axes = plt.subplots(1, len(datasets), figsize=(5.5 * len(datasets), 4.5), squeeze=False)
+    for ax, dataset in zip(axes[0], datasets, strict=True):
+        mine = [r for r in fed if r["dataset"] == dataset]
+        for method in _order({r["method"] for r in mine}):
+            these = [r for r in mine if r["method"] == method]
+            x = np.mean([r["bytes_up"] + r["bytes_down"] for r in these])
+            y = np.mean([r["image_auroc"] for r in these])
+            family = METHODS[method].family
+            ax.scatter([x], [y], s=40, color=colours[family])
+            ax.annotate(method, (x, y), fontsize=7, xytext=(4, 2), textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_title(dataset)
+        ax.set_xlabel("bytes per client per round (up + down)")
+    axes[0][0].set_ylabel("image AUROC (mean over seeds)")
+    handles = [
+        plt.Line2D([], [], marker="o", linestyle="", color=c, label=f) for f, c in colours.items()
+    ]
+    axes[0][-1].legend(handles=handles, fontsize=8, loc="lower right")
     fig.tight_layout()
     path = out / "plots" / "auroc_vs_bytes.png"
     fig.savefig(path, dpi=110)

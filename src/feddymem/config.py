@@ -58,6 +58,14 @@ class FeatureConfig:
     image_score: Literal["max", "topk"] = "topk"
     topk_fraction: float = 0.02
     blur_sigma: float = 4.0  # Gaussian blur of the anomaly maps, in input pixels
+    # Tiled scoring (detect/tiling.py): "off" resizes every image to `image_size`; "on" cuts
+    # images kept at `tile_scale` x their native size into overlapping `image_size` tiles;
+    # "auto" tiles when resizing would shrink the short side more than 1.5x (the rule in
+    # tiling.choose_tiling, from the training images' sizes only)
+    tile: Literal["off", "auto", "on"] = "off"
+    tile_scale: float = 1.0
+    tile_overlap: int | None = None  # pixels; None: four cells of the coarsest tap
+    tile_max_megapixels: float = 32.0  # larger images are shrunk to this before tiling
 
     def __post_init__(self) -> None:
         _check(
@@ -72,6 +80,22 @@ class FeatureConfig:
         _check(
             math.isfinite(self.blur_sigma) and self.blur_sigma >= 0,
             f"blur_sigma must be a finite number >= 0, got {self.blur_sigma}",
+        )
+        _check(
+            self.tile in ("off", "auto", "on"),
+            f"tile must be 'off', 'auto' or 'on', got {self.tile!r}",
+        )
+        _check(
+            0.05 <= self.tile_scale <= 4.0,
+            f"tile_scale must be in [0.05, 4], got {self.tile_scale}",
+        )
+        _check(
+            self.tile_overlap is None or 0 <= self.tile_overlap <= self.image_size // 2,
+            f"tile_overlap must be in [0, image_size / 2], got {self.tile_overlap}",
+        )
+        _check(
+            0.1 <= self.tile_max_megapixels <= 1024,
+            f"tile_max_megapixels must be in [0.1, 1024], got {self.tile_max_megapixels}",
         )
 
 
@@ -96,6 +120,9 @@ class DetectorConfig(FeatureConfig):
     tap_balance: bool = False
     threshold_quantile: float = 0.99
     knn_backend: Literal["faiss", "torch"] = "torch"
+    # tiled fits: the bank before the coreset holds at most this many patch vectors, drawn
+    # uniformly (seeded) from every tile's patches; the coreset keeps coreset_ratio of them
+    tile_bank_patches: int = 1 << 18
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -113,6 +140,13 @@ class DetectorConfig(FeatureConfig):
         )
         _check(self.calibration_folds >= 2, "calibration_folds must be >= 2")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
+        _check(self.tile_bank_patches >= 1024, "tile_bank_patches must be >= 1024")
+        _check(
+            self.tile != "on"
+            or (self.calibration == "holdout" and not self.refit_with_calibration),
+            "tiling works with the holdout calibration without refit (crossfit and refit "
+            "reshape per-image banks)",
+        )
         _check(
             not (self.calibration == "crossfit" and self.refit_with_calibration),
             "refit_with_calibration applies to holdout calibration (crossfit builds the bank "

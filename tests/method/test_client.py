@@ -89,3 +89,28 @@ def test_build_upload_uses_the_configured_reducer_and_the_audit_shares_it(reduce
         assert float(upload.weights.sum()) == flat.shape[0]
     # the privacy audit builds its twin uploads with the same function, not a copy of it
     assert audit.build_upload is local_model.build_upload
+
+
+def test_a_tiled_client_reduces_tile_features_and_its_detector_stitches(
+    texture_tree: Path, tmp_path: Path
+) -> None:
+    """tile='on' with 32 px tiles on the 64 px images: each image is 2 x 2 tiles (overlap 0),
+    the memory-reduce sees every tile's patches, the site's detector scores whole images."""
+    import dataclasses
+
+    cfg = dataclasses.replace(CONFIG, image_size=32, tile="on", tile_overlap=0)
+    split = scan(texture_tree)
+    client = FedDyMemClient(train=split.train, test=split.test, config=cfg, state_dir=tmp_path)
+    assert client.detector.tiling_ is not None and client.image_hw == (64, 64)
+    feats = client.features()
+    assert feats.shape[0] == 4 * len(client.train_samples)
+    assert feats.shape[-2:] == (4, 4)  # a 32 px tile at stride 8
+    memory, _ = client.fit_round(round_idx=0, global_memory=None)
+    assert memory.vectors.shape == (32, client.dim)
+    det = client.detector_with(memory.vectors)
+    result = det.score(torch.rand(2, 3, 64, 64))
+    assert result.anomaly_maps.shape == (2, 64, 64)
+    path = client.export(memory.vectors, tmp_path / "site.pt")
+    from feddymem.detect.registry import load_detector
+
+    assert load_detector(path).tiling_ == det.tiling_

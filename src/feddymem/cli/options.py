@@ -72,6 +72,9 @@ def _detector_config(args: argparse.Namespace) -> Any:
         calibration=args.calibration,
         calibration_folds=args.calibration_folds,
         tap_balance=args.tap_balance,
+        tile=args.tile,
+        tile_scale=args.tile_scale,
+        tile_overlap=args.tile_overlap,
         seed=args.seed,
     )
 
@@ -175,6 +178,26 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         action="store_true",
         help="scale each tapped stage so its channels have the same mean variance over the "
         "training patches (the scales are fitted and saved with the model)",
+    )
+    g.add_argument(
+        "--tile",
+        default="off",
+        choices=["off", "auto", "on"],
+        help="tiled scoring: cut images kept at native size into overlapping tiles of "
+        "--image-size px and stitch the tiles' maps; auto: tile when resizing would shrink the "
+        "short side more than 1.5x (default: %(default)s)",
+    )
+    g.add_argument(
+        "--tile-scale",
+        type=float,
+        default=1.0,
+        help="tiled images at this fraction of their native size (default: %(default)s)",
+    )
+    g.add_argument(
+        "--tile-overlap",
+        type=int,
+        default=None,
+        help="overlap of neighbouring tiles in px (default: four cells of the coarsest tap)",
     )
     g.add_argument(
         "--seed", type=int, default=0, help="seed of every random step (default: %(default)s)"

@@ -22,6 +22,7 @@ from PIL import Image
 
 from feddymem.data.images import (
     DataError,
+    ImageReadError,
     MaskSizeError,
     check_image_size,
     decode_image,
@@ -128,6 +129,28 @@ def resolve_size(
         )
     logger.debug("resolve_size: median H/W %.3f over %d images -> %s", ratio, len(ratios), size)
     return size
+
+
+def median_image_size(paths: Sequence[Path], *, probes: int = 16) -> tuple[int, int]:
+    """Median ``(H, W)`` of up to `probes` files spread evenly over `paths`, from their
+    headers (no decode); unreadable headers are skipped with a warning.
+
+    Raises:
+        DataError: no path, or none of the probed headers is readable.
+    """
+    if not paths:
+        raise DataError("no image to measure")
+    picks = [paths[int(i)] for i in np.linspace(0, len(paths) - 1, min(probes, len(paths)))]
+    sizes = []
+    for path in picks:
+        try:
+            sizes.append(read_image_size(path))
+        except ImageReadError as err:
+            logger.warning("image size: %s", err)
+    if not sizes:
+        raise DataError(f"no readable image header among {len(picks)} probed files")
+    h, w = np.median(np.array(sizes), axis=0)
+    return int(h), int(w)
 
 
 @dataclass

@@ -21,10 +21,19 @@ import torch
 
 from feddymem.config import FeatureConfig, to_dict
 from feddymem.data import Batch, LoadReport, Sample, iter_batches, resolve_size
+from feddymem.data.loader import median_image_size
 from feddymem.detect import threshold as thresholds
 from feddymem.detect.anomaly_map import to_anomaly_maps
 from feddymem.detect.features import PatchFeatureExtractor
-from feddymem.detect.modelfile import FORMAT, FORMAT_VERSION, write_state
+from feddymem.detect.modelfile import FORMAT, FORMAT_VERSION, ModelFileError, write_state
+from feddymem.detect.tiling import (
+    TilePlan,
+    blend_window,
+    cut_tiles,
+    plan_from_state,
+    plan_tiling,
+    stitch,
+)
 from feddymem.metrics import (
     DetectionMetrics,
     evaluate,
@@ -90,6 +99,8 @@ class Detector:
     """
 
     kind = "detector"
+    # whether `score_patches` is position-free, so that a tile can stand for an image
+    supports_tiling = False
 
     def __init__(
         self,
@@ -109,6 +120,9 @@ class Detector:
         self.image_hw_: tuple[int, int] | None = None
         self.threshold_: float | None = None
         self.map_floor_: float | None = None
+        # how images are cut into tiles (None: resized whole); `image_hw_` is then the size
+        # images are loaded at and the tile plan's
+        self.tiling_: TilePlan | None = None
 
     # --- what a subclass supplies ----------------------------------------------------------
     def _is_fitted(self) -> bool:
@@ -149,7 +163,53 @@ class Detector:
                 f"images are {tuple(images.shape[-2:])} px but the detector was fitted at "
                 f"{self.image_hw_}; load them with its image size"
             )
-        return self.result_from_patch_scores(self.score_patches(images))
+        return self.result_from_patch_scores(self.image_patch_scores(images))
+
+    def image_patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in) -> patch scores (B, H, W) on the image's feature grid: those of
+        `score_patches`, or, when tiled, every tile's scored in batches of `batch_size` tiles
+        and stitched (overlaps blended, each tile's border cells down-weighted)."""
+        if self.tiling_ is None:
+            return self.score_patches(images)
+        stride = self.extractor.stride
+        grid = self.tiling_.grid(stride)
+        tiles = cut_tiles(images, grid)
+        scores = torch.cat(
+            [self.score_patches(part) for part in tiles.split(self.config.batch_size)]
+        )
+        window = blend_window(self.tiling_.tile // stride, ramp=self.tiling_.overlap // stride)
+        return stitch(scores, grid, stride=stride, window=window)
+
+    def _tile_features(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """p(x) of `images` (B, 3, H_in, W_in): of the whole images, or, when tiled, of their
+        tiles in batches of `batch_size` tiles, (b, D, h, w) each."""
+        if self.tiling_ is None:
+            yield self.features(images)
+            return
+        tiles = cut_tiles(images, self.tiling_.grid(self.extractor.stride))
+        for part in tiles.split(self.config.batch_size):
+            yield self.features(part)
+
+    def _images_per_batch(self) -> int:
+        """Images per loaded batch: `batch_size`, fewer when tiled images are large, so that a
+        batch holds at most 4 * `batch_size` tiles' worth of pixels (bounded memory)."""
+        if self.tiling_ is None:
+            return self.config.batch_size
+        h, w = self.tiling_.image_hw
+        budget = 4 * self.config.batch_size * self.tiling_.tile**2
+        return max(1, min(self.config.batch_size, budget // (h * w)))
+
+    def _plan_tiling(self, paths: Sequence[Path]) -> TilePlan | None:
+        """The tiling rule (`tiling.choose_tiling`) applied to the median size of `paths`
+        (headers of up to 16 files, no decode); None: resize."""
+        cfg = self.config
+        if cfg.tile == "off":
+            return None
+        if not self.supports_tiling:
+            raise ValueError(f"{type(self).__name__} scores fixed positions and cannot tile")
+        return plan_tiling(
+            median_image_size(paths), cfg, coarse_stride=self.extractor.coarse_stride
+        )
 
     def result_from_patch_scores(self, scores: torch.Tensor) -> ScoreResult:
         """Patch scores (B, H, W) -> anomaly maps at the input size and image scores (the step
@@ -195,7 +255,7 @@ class Detector:
         return iter_batches(
             samples,
             size=self.image_hw_,
-            batch_size=self.config.batch_size,
+            batch_size=self._images_per_batch(),
             with_masks=with_masks,
             report=report,
             on_error=on_error,  # type: ignore[arg-type]
@@ -286,6 +346,9 @@ class Detector:
             image_size=self.config.image_size,
             keep_aspect=self.config.keep_aspect,
         )
+        self.tiling_ = self._plan_tiling([s.path for s in train])
+        if self.tiling_ is not None:
+            image_hw = self.tiling_.image_hw
         return train, calib, image_hw
 
     def _train_features(
@@ -295,19 +358,20 @@ class Detector:
         image_hw: tuple[int, int],
         progress: Callable[[int], None] | None = None,
     ) -> Iterator[torch.Tensor]:
-        """p(x) of the training images, batch by batch (B, D, H, W); unreadable files are
-        skipped and counted in a warning, and none readable at all is an error."""
+        """p(x) of the training images, batch by batch (B, D, H, W) (of their tiles when
+        tiled); unreadable files are skipped and counted in a warning, and none readable at
+        all is an error."""
         report = LoadReport(loaded=0, skipped=[])
         any_batch = False
         for batch in iter_batches(
             train,
             size=image_hw,
-            batch_size=self.config.batch_size,
+            batch_size=self._images_per_batch(),
             with_masks=False,
             report=report,
         ):
             any_batch = True
-            yield self.features(batch.images)
+            yield from self._tile_features(batch.images)
             if progress is not None:
                 progress(len(batch.samples))
         if not any_batch:
@@ -370,6 +434,11 @@ class Detector:
             "image_hw": list(self.image_hw_),
             "threshold": self.threshold_,
             "map_floor": self.map_floor_,
+            **(
+                {}
+                if self.tiling_ is None
+                else {"tiling": [self.tiling_.tile, self.tiling_.overlap]}
+            ),
             **self._state(),
         }
 
@@ -381,3 +450,12 @@ class Detector:
         if provenance is not None:
             state["provenance"] = dict(provenance)
         return write_state(state, path)
+
+    def _restore_tiling(self, state: dict[str, Any], *, where: str) -> None:
+        """`tiling_` from a model file's ``tiling`` entry (absent: resized), checked."""
+        try:
+            self.tiling_ = plan_from_state(
+                state.get("tiling"), image_hw=state["image_hw"], stride=self.extractor.stride
+            )
+        except ValueError as err:
+            raise ModelFileError(f"{where}: bad tiling entry: {err}") from None

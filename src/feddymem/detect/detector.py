@@ -50,6 +50,7 @@ class MemoryBankDetector(Detector):
     """
 
     kind = "memory_bank"
+    supports_tiling = True  # a patch's score depends on its features only, not its position
 
     def __init__(
         self,
@@ -174,6 +175,7 @@ class MemoryBankDetector(Detector):
                 state["feature_scale"], channels=detector.extractor.out_channels, where=where
             )
         detector.set_memory(state["memory"], image_hw=tuple(state["image_hw"]))
+        detector._restore_tiling(state, where=where)
         detector.threshold_ = state["threshold"]
         detector.map_floor_ = map_floor_from_state(state, where=where)
         return detector
@@ -237,6 +239,11 @@ class PatchCoreDetector(MemoryBankDetector):
         train, calib, image_hw = self._fit_split(
             samples, fraction=0.0 if crossfit else cfg.calibration_fraction, seed=cfg.seed
         )
+        if self.tiling_ is not None and (crossfit or cfg.refit_with_calibration):
+            raise ValueError(
+                "tiled fits take the holdout calibration without refit (the images are tiled: "
+                "crossfit and refit need one grid per image); set tile='off' or drop them"
+            )
         self.feature_scale_ = None  # the factors (if any) are fitted on the raw features
         bank = self._patch_bank(train, image_hw=image_hw, progress=progress)
         if cfg.tap_balance:
@@ -318,13 +325,24 @@ class PatchCoreDetector(MemoryBankDetector):
         image_hw: tuple[int, int],
         progress: Callable[[int], None] | None,
     ) -> torch.Tensor:
-        """Every patch vector of `samples`, (N * H * W, D)."""
-        return torch.cat(
-            [
-                patch_vectors(z)
-                for z in self._train_features(samples, image_hw=image_hw, progress=progress)
-            ]
-        )
+        """Every patch vector of `samples`, (N * H * W, D); when tiled, every tile's (a tile
+        counts as an image), drawn uniformly (seeded) down to `tile_bank_patches` in all, so
+        the bank's memory is bounded whatever the image size."""
+        keep = 1.0
+        if self.tiling_ is not None:
+            cells = (self.tiling_.tile // self.extractor.stride) ** 2
+            n_tiles = len(samples) * self.tiling_.grid(self.extractor.stride).n_tiles
+            keep = min(1.0, self.config.tile_bank_patches / (n_tiles * cells))
+            log.info("tiled bank: %d tiles, %.3g of their patches kept", n_tiles, keep)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        parts = []
+        for z in self._train_features(samples, image_hw=image_hw, progress=progress):
+            rows = patch_vectors(z)
+            if keep < 1.0:
+                n = max(1, round(keep * rows.shape[0]))
+                rows = rows[torch.randperm(rows.shape[0], generator=gen)[:n]]
+            parts.append(rows)
+        return torch.cat(parts)
 
     def _install_coreset(self, bank: torch.Tensor, *, image_hw: tuple[int, int]) -> None:
         """Subsample `bank` as the config says and make it the memory."""

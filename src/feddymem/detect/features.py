@@ -45,6 +45,8 @@ class PatchFeatureExtractor(nn.Module):
         self.tap_channels = tuple(spec.taps[layer].channels for layer in self.layers)
         self.out_channels = sum(self.tap_channels)
         self.stride = min(spec.taps[layer].stride for layer in self.layers)
+        # the coarsest tap's stride: how far a tile border's padding reaches (tiling's overlap)
+        self.coarse_stride = max(spec.taps[layer].stride for layer in self.layers)
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
         self.net = spec.build(self.layers, weights)

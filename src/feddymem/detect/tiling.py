@@ -16,11 +16,15 @@ patches).
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "SHRINK_LIMIT",
@@ -29,6 +33,8 @@ __all__ = [
     "blend_window",
     "choose_tiling",
     "cut_tiles",
+    "plan_from_state",
+    "plan_tiling",
     "stitch",
     "tile_grid",
     "tile_starts",
@@ -202,3 +208,57 @@ def choose_tiling(
     ov = 4 * coarse_stride if overlap is None else overlap
     ov = min(ov, tile // 2)
     return TilePlan(image_hw=hw, tile=tile, overlap=ov)
+
+
+def plan_from_state(value: object, *, image_hw: Sequence[int], stride: int) -> TilePlan | None:
+    """The tile plan saved in a model file as ``[tile, overlap]`` next to `image_hw` (None:
+    not tiled); a `ValueError` when it is malformed or does not fit the feature `stride`."""
+    if value is None:
+        return None
+    if not (
+        isinstance(value, list | tuple)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+    ):
+        raise ValueError(f"expected [tile, overlap], got {value!r}")
+    plan = TilePlan(image_hw=(int(image_hw[0]), int(image_hw[1])), tile=value[0], overlap=value[1])
+    plan.grid(stride)  # raises when the tiles do not fit the image or the stride
+    return plan
+
+
+class TilingOptions(Protocol):
+    """The configuration fields the rule reads (`feddymem.config.FeatureConfig`'s)."""
+
+    @property
+    def tile(self) -> str: ...
+    @property
+    def image_size(self) -> int: ...
+    @property
+    def tile_scale(self) -> float: ...
+    @property
+    def tile_overlap(self) -> int | None: ...
+    @property
+    def tile_max_megapixels(self) -> float: ...
+
+
+def plan_tiling(
+    native_hw: tuple[int, int], options: TilingOptions, *, coarse_stride: int
+) -> TilePlan | None:
+    """:func:`choose_tiling` with a configuration's options, the decision logged."""
+    plan = choose_tiling(
+        native_hw,
+        mode=options.tile,
+        image_size=options.image_size,
+        coarse_stride=coarse_stride,
+        scale=options.tile_scale,
+        overlap=options.tile_overlap,
+        max_pixels=int(options.tile_max_megapixels * 2**20),
+    )
+    log.info(
+        "images of median size %s: %s",
+        native_hw,
+        "resized"
+        if plan is None
+        else f"tiled at {plan.image_hw}, tiles of {plan.tile} px overlapping by {plan.overlap} px",
+    )
+    return plan

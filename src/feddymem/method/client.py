@@ -87,6 +87,11 @@ class FedDyMemClient:
             image_size=config.image_size,
             keep_aspect=config.keep_aspect,
         )
+        # tiled (config.tile): the memory describes tiles, cut before the memory-reduce; the
+        # site's detector scores tiles and stitches them the same way
+        self.detector.tiling_ = self.detector._plan_tiling([s.path for s in self.train_samples])
+        if self.detector.tiling_ is not None:
+            self.image_hw = self.detector.tiling_.image_hw
         d_in = self.detector.extractor.out_channels
         self.generator: MemoryGenerator | None = (
             MemoryGenerator(
@@ -164,7 +169,11 @@ class FedDyMemClient:
         for s in self.train_samples:
             st = s.path.stat()
             files.append([str(s.path.resolve()), st.st_size, st.st_mtime_ns])
+        tiling = self.detector.tiling_
+        tiles = None if tiling is None else [tiling.tile, tiling.overlap]
         payload = [cfg.backbone, cfg.layers, list(self.image_hw), files]
+        if tiles is not None:  # (untiled keys stay as they were, so old caches still match)
+            payload.append(tiles)
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
 
     def _features_path(self) -> Path:
@@ -175,7 +184,8 @@ class FedDyMemClient:
         return self.feature_cache / f"{self._features_key()}.pt"
 
     def features(self) -> torch.Tensor:
-        """p(x) of the training images, (n_k, D, H, W) float16, computed once and cached.
+        """p(x) of the training images, (n_k, D, H, W) float16 (of their tiles when tiled,
+        (n_k * tiles, D, h, w)), computed once and cached.
 
         With `feature_cache` set, the cache is shared by every run on the same files, backbone
         and size (a site re-running a federation, a benchmark running many methods).
@@ -192,14 +202,15 @@ class FedDyMemClient:
                 return self._features
         report = LoadReport(loaded=0, skipped=[])
         chunks = [
-            self.detector.extractor(batch.images).half()
+            feats.half()
             for batch in iter_batches(
                 self.train_samples,
                 size=self.image_hw,
-                batch_size=self.config.batch_size,
+                batch_size=self.detector._images_per_batch(),
                 with_masks=False,
                 report=report,
             )
+            for feats in self.detector._tile_features(batch.images)
         ]
         if not chunks:
             raise ValueError(

@@ -1,0 +1,124 @@
+"""A tiled detector: small defects in large images, shapes, the model file, the rule's choice."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from feddymem.config import ConfigError, DetectorConfig
+from feddymem.data import scan
+from feddymem.detect.detector import PatchCoreDetector
+from feddymem.detect.modelfile import ModelFileError
+from feddymem.detect.registry import load_detector
+
+# tiles of 64 px (the input size) overlapping by 16 px; a 160 px image is 3 x 3 tiles, where
+# resizing it to 64 px shrinks a 7 px spot to under 3 px
+CFG = DetectorConfig(
+    image_size=64,
+    batch_size=16,
+    coreset_ratio=0.1,
+    calibration_fraction=0.25,
+    tile="on",
+    tile_overlap=16,
+)
+
+
+def make_large_tree(root: Path, *, size: int = 160, n: int = 8, radius: int = 3) -> Path:
+    """Native-resolution crops of a texture; anomalies are small bright or dark discs."""
+    from skimage import data as skdata
+
+    tex = skdata.brick()
+    rng = np.random.default_rng(0)
+    for folder in ("train/good", "test/good", "test/spot", "ground_truth/spot"):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+
+    def crop() -> np.ndarray:
+        y, x = rng.integers(0, tex.shape[0] - size), rng.integers(0, tex.shape[1] - size)
+        return tex[y : y + size, x : x + size].copy()
+
+    for i in range(n):
+        Image.fromarray(crop()).save(root / "train" / "good" / f"{i:03d}.png")
+    for i in range(n):
+        Image.fromarray(crop()).save(root / "test" / "good" / f"{i:03d}.png")
+    yy, xx = np.mgrid[:size, :size]
+    for i in range(n):
+        img = crop().astype(np.float32)
+        cy, cx = rng.integers(size // 8, 7 * size // 8, size=2)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= radius**2
+        img[mask] = 255.0 if i % 2 == 0 else 0.0
+        Image.fromarray(img.astype(np.uint8)).save(root / "test" / "spot" / f"{i:03d}.png")
+        Image.fromarray((mask * 255).astype(np.uint8)).save(
+            root / "ground_truth" / "spot" / f"{i:03d}_mask.png"
+        )
+    return root
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory: pytest.TempPathFactory) -> tuple[PatchCoreDetector, Path]:
+    root = make_large_tree(tmp_path_factory.mktemp("large") / "brick")
+    return PatchCoreDetector(CFG).fit(scan(root).train), root
+
+
+def test_tiled_detector_finds_small_spots_that_resizing_loses(
+    large: tuple[PatchCoreDetector, Path],
+) -> None:
+    tiled, root = large
+    resized = PatchCoreDetector(dataclasses.replace(CFG, tile="off")).fit(scan(root).train)
+    m_tiled = tiled.evaluate(scan(root).test)
+    m_resized = resized.evaluate(scan(root).test)
+    assert resized.image_hw_ == (64, 64) and resized.tiling_ is None
+    assert m_tiled.image_auroc >= 0.9
+    assert m_tiled.image_auroc >= m_resized.image_auroc + 0.15
+    assert m_tiled.pixel_auroc is not None and m_resized.pixel_auroc is not None
+    assert m_tiled.pixel_auroc >= max(0.9, m_resized.pixel_auroc)
+
+
+def test_tiled_fit_state_and_score_shapes(large: tuple[PatchCoreDetector, Path]) -> None:
+    det, _ = large
+    assert det.tiling_ is not None and det.image_hw_ == (160, 160)
+    assert (det.tiling_.tile, det.tiling_.overlap) == (64, 16)
+    grid = det.tiling_.grid(det.extractor.stride)
+    assert grid.n_tiles == 9
+    # 8 training images (too few to hold some out) x 9 tiles x 8 x 8 patches
+    assert det.n_patches_ == 8 * 9 * 64
+    result = det.score(torch.rand(2, 3, 160, 160))
+    assert result.image_scores.shape == (2,) and result.anomaly_maps.shape == (2, 160, 160)
+    assert torch.isfinite(result.anomaly_maps).all()
+    with pytest.raises(ValueError, match="fitted at"):
+        det.score(torch.rand(1, 3, 64, 64))
+
+
+def test_tiled_bank_is_bounded(large: tuple[PatchCoreDetector, Path]) -> None:
+    _, root = large
+    det = PatchCoreDetector(dataclasses.replace(CFG, tile_bank_patches=1024))
+    det.fit(scan(root).train)
+    assert det.n_patches_ is not None and 1000 <= det.n_patches_ <= 1100
+
+
+def test_tiled_model_file_round_trip(large: tuple[PatchCoreDetector, Path], tmp_path: Path) -> None:
+    det, _ = large
+    path = det.save(tmp_path / "tiled.pt")
+    back = load_detector(path)
+    assert back.tiling_ == det.tiling_ and back.image_hw_ == det.image_hw_
+    images = torch.rand(2, 3, 160, 160)
+    assert torch.allclose(back.score(images).anomaly_maps, det.score(images).anomaly_maps)
+    state = torch.load(path, weights_only=True)
+    state["tiling"] = [64, 64]  # overlap as large as the tile
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ModelFileError, match="tiling"):
+        load_detector(tmp_path / "bad.pt")
+
+
+def test_auto_resizes_images_near_the_input_size(texture_tree: Path) -> None:
+    det = PatchCoreDetector(dataclasses.replace(CFG, tile="auto")).fit(scan(texture_tree).train)
+    assert det.tiling_ is None and det.image_hw_ == (64, 64)
+
+
+def test_tiling_refuses_crossfit() -> None:
+    with pytest.raises(ConfigError, match="tiling"):
+        dataclasses.replace(CFG, calibration="crossfit")

@@ -23,7 +23,13 @@ from feddymem.federation.limits import UploadLimits, expected_dim, upload_limits
 from feddymem.method.reduce import ReducedMemory
 
 LIMITS = UploadLimits(
-    dim=5, max_items=20, max_norm=100.0, max_weight=1e6, max_images=1000, max_bytes=10_000
+    dim=5,
+    dtype="float32",
+    max_items=20,
+    max_norm=100.0,
+    max_weight=1e6,
+    max_images=1000,
+    max_bytes=10_000,
 )
 
 
@@ -319,3 +325,14 @@ def test_to_array_keeps_the_shape_of_a_0d_array() -> None:
     assert float(arr.numpy()) == 7.0
     fortran = np.asfortranarray(np.arange(6, dtype=np.float32).reshape(2, 3))
     assert np.array_equal(wire.to_array(fortran).numpy(), fortran)
+
+
+def test_the_vector_dtype_is_the_spec_s_wire_dtype() -> None:
+    """float16 travels only when the spec says so; a float32 upload then is refused, and the
+    other way round."""
+    for sent, expected in (("float32", "float16"), ("float16", "float32")):
+        arrays, info = wire.memory_to_records(_memory(), dtype=sent)
+        content = _through_protobuf(RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}))
+        with pytest.raises(wire.MemoryRejected, match="wire_dtype"):
+            wire.memory_from_content(content, dtype=expected)
+        assert wire.memory_from_content(content, dtype=sent).vectors.dtype == torch.float32

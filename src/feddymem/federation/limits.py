@@ -8,7 +8,7 @@ cells an image can have. The server checks every upload against these limits
 and writes them into the run's resolved settings (results.json ``settings.upload_limits``).
 
 Rules (C_max = max_memory_items, D = feature channels of the taps, d = D // gamma_d or D):
-- ``dim`` = d; ``max_items`` = C_max.
+- ``dim`` = d; ``dtype`` = the config's wire dtype (float32 or float16); ``max_items`` = C_max.
 - ``max_norm`` = NORM_HEADROOM * feature_abs_max * sqrt(D): a p(x) vector cannot exceed
   feature_abs_max * sqrt(D); the headroom leaves G_k room to grow during training. With
   differential privacy the released vector is clipped to C and noised by sigma*C per coordinate:
@@ -49,6 +49,7 @@ class UploadLimits:
     """The bounds every uploaded memory must meet (see the module docstring for the rules)."""
 
     dim: int
+    dtype: str  # the vectors' wire dtype (FedDyMemConfig.wire_dtype); weights are float32
     max_items: int
     max_norm: float
     max_weight: float
@@ -88,6 +89,7 @@ def upload_limits(config: FedDyMemConfig, *, max_items: int) -> UploadLimits:
     cells = ASPECT_CAP * math.ceil(config.image_size / stride) ** 2
     return UploadLimits(
         dim=dim,
+        dtype=config.wire_dtype,
         max_items=max_items,
         max_norm=float(max_norm),
         max_weight=float(MAX_IMAGES * cells),

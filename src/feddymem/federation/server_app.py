@@ -89,7 +89,7 @@ def read_upload(content: RecordDict, *, name: str, limits: UploadLimits) -> Redu
     reported = wire.identity_from_content(content).name
     if reported != name:
         raise wire.MemoryRejected(f"reply names client {reported!r}, expected {name!r}")
-    memory = wire.memory_from_content(content, max_bytes=limits.max_bytes)
+    memory = wire.memory_from_content(content, max_bytes=limits.max_bytes, dtype=limits.dtype)
     wire.validate_memory(memory, limits)
     return memory
 

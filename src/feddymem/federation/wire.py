@@ -279,9 +279,12 @@ def memory_to_records(
     return arrays, info
 
 
-def memory_from_content(content: RecordDict, *, max_bytes: int | None = None) -> ReducedMemory:
+def memory_from_content(
+    content: RecordDict, *, max_bytes: int | None = None, dtype: str | None = None
+) -> ReducedMemory:
     """Decode an uploaded memory exactly as sent (no dtype or shape coercion).
 
+    `dtype` (the spec's wire dtype) is the one the vectors must have, float32 or float16.
     `max_bytes` caps the raw bytes of the memory's arrays, checked before numpy parses them
     (the header and shape a sender claims are not trusted). Anything malformed or too large
     raises MemoryRejected: the server drops the client with the reason. Call `validate_memory`
@@ -300,6 +303,10 @@ def memory_from_content(content: RecordDict, *, max_bytes: int | None = None) ->
         n_images = _value(info, _N_IMAGES, int, MEMORY_INFO)
     except WireError as err:
         raise MemoryRejected(f"malformed memory upload: {err}") from None
+    if dtype is not None and vectors.dtype != np.dtype(dtype):
+        raise MemoryRejected(
+            f"memory vectors must be {dtype} (the spec's wire_dtype), got {vectors.dtype}"
+        )
     if vectors.dtype not in (np.float32, np.float16) or weights.dtype != np.float32:
         raise MemoryRejected(
             "memory vectors must be float32 or float16 and weights float32, got vectors "

@@ -1,17 +1,24 @@
 """Thresholds from normal images only: which normals set them and how.
 
-A site has no defects to tune on, so its threshold is a high quantile of the image scores of
-normal images the memory did not see (a held-out share, or out-of-fold scores), and the heat
-maps' floor the median of those images' anomaly maps.
+A site has no defects to tune on, so its threshold comes from the image scores of normal images
+the memory did not see (a held-out share, or out-of-fold scores) by a rule aimed at a nominal
+false-alarm rate (`rule_threshold`: their empirical quantile, or a generalised Pareto fit to
+their upper tail), and the heat maps' floor is the median of those images' anomaly maps.
+`synthetic_threshold` and `oracle_recall` measure rules: one from synthetic anomalies, one the
+best any threshold could do on a labelled set.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 
 from feddymem.data import Sample
+
+log = logging.getLogger(__name__)
 
 FLOOR_STRIDE = 4
 """The map floor is the median of every FLOOR_STRIDE-th pixel (each way) of the normals' maps:
@@ -42,3 +49,70 @@ def quantile_threshold(scores: np.ndarray, *, quantile: float) -> float:
 def map_floor(maps: np.ndarray) -> float:
     """The median of normal images' anomaly-map values (any shape): where heat maps start."""
     return float(np.median(maps))
+
+
+# --- threshold rules: a threshold from normal image scores for a nominal false-alarm rate ----
+
+ThresholdRule = Literal["quantile", "genpareto"]
+THRESHOLD_RULES: tuple[str, ...] = ("quantile", "genpareto")
+REPORTED_RATES: tuple[float, ...] = (0.01, 0.02, 0.05)
+"""The fixed false-alarm rates `evaluate` and the benchmark report besides the model's own."""
+TAIL_FRACTION = 0.2
+"""The share of the highest normal scores the generalised Pareto tail is fitted to."""
+MIN_TAIL = 10
+"""Fewer exceedances than this and the tail fit falls back to the empirical quantile."""
+
+
+def genpareto_threshold(
+    scores: np.ndarray, *, false_alarm_rate: float, tail_fraction: float = TAIL_FRACTION
+) -> float:
+    """Peaks over threshold: a generalised Pareto fit to the normal scores (N,) above their
+    (1 - tail_fraction) quantile u, and the score the fitted tail exceeds with probability
+    `false_alarm_rate`: u + GPD.ppf(1 - rate / tail share). The tail model extrapolates between
+    and beyond the few highest normals instead of snapping to one of them; with fewer than
+    MIN_TAIL exceedances, or a rate outside the tail, it is the empirical quantile."""
+    from scipy.stats import genpareto
+
+    scores = np.asarray(scores, dtype=np.float64)
+    u = float(np.quantile(scores, 1.0 - tail_fraction))
+    excess = scores[scores > u] - u
+    share = excess.size / scores.size
+    if excess.size < MIN_TAIL or not 0.0 < false_alarm_rate < share:
+        log.info("tail fit: %d exceedances, empirical quantile instead", excess.size)
+        return quantile_threshold(scores, quantile=1.0 - false_alarm_rate)
+    shape, _, scale = genpareto.fit(excess, floc=0.0)
+    return u + float(genpareto.ppf(1.0 - false_alarm_rate / share, shape, loc=0.0, scale=scale))
+
+
+def rule_threshold(scores: np.ndarray, *, rule: str, false_alarm_rate: float) -> float:
+    """The threshold `rule` sets on normal image scores (N,) for `false_alarm_rate`."""
+    if rule == "quantile":
+        return quantile_threshold(scores, quantile=1.0 - false_alarm_rate)
+    if rule == "genpareto":
+        return genpareto_threshold(scores, false_alarm_rate=false_alarm_rate)
+    raise ValueError(f"unknown threshold rule {rule!r}; known: {', '.join(THRESHOLD_RULES)}")
+
+
+def synthetic_threshold(normal_scores: np.ndarray, anomaly_scores: np.ndarray) -> float:
+    """The threshold that best separates held-out normals (N,) from synthetic anomalies made
+    from them (M,): the largest recall minus false-alarm rate (Youden's J), the threshold
+    halfway between the two scores it falls between."""
+    normal = np.asarray(normal_scores, dtype=np.float64)
+    anomaly = np.asarray(anomaly_scores, dtype=np.float64)
+    candidates = np.unique(np.concatenate([normal, anomaly]))
+    mids = np.concatenate([candidates[:1] - 1.0, (candidates[1:] + candidates[:-1]) / 2])
+    flagged_anomaly = (anomaly[None, :] > mids[:, None]).mean(axis=1)
+    flagged_normal = (normal[None, :] > mids[:, None]).mean(axis=1)
+    return float(mids[int(np.argmax(flagged_anomaly - flagged_normal))])
+
+
+def oracle_recall(labels: np.ndarray, scores: np.ndarray, *, threshold: float) -> float:
+    """The best recall any threshold reaches on a labelled set (labels (N,) 0/1, scores (N,))
+    without raising more false alarms than `threshold` does: the lowest threshold that flags
+    no more normals, i.e. at the next normal score below the flagged ones."""
+    labels = np.asarray(labels).astype(bool)
+    scores = np.asarray(scores, dtype=np.float64)
+    normal = np.sort(scores[~labels])[::-1]
+    k = int((normal > threshold).sum())
+    best = normal[k] if k < normal.size else -np.inf
+    return float((scores[labels] > best).mean()) if labels.any() else float("nan")

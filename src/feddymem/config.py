@@ -44,6 +44,14 @@ def _check(cond: bool, message: str) -> None:
         raise ConfigError(message)
 
 
+def _check_rule(rule: str) -> None:
+    """A threshold rule `feddymem.detect.threshold.rule_threshold` knows."""
+    _check(
+        rule in ("quantile", "genpareto"),
+        f"threshold_rule must be 'quantile' or 'genpareto', got {rule!r}",
+    )
+
+
 @dataclass(frozen=True, kw_only=True)
 class FeatureConfig:
     """Which frozen backbone and which taps give the patch features p(x) of shape (B, D, H, W)."""
@@ -118,7 +126,11 @@ class DetectorConfig(FeatureConfig):
     # scale each tapped stage so its channels have the same mean variance over the training
     # patches (fitted, saved with the model); off: the taps' raw scales, as PatchCore
     tap_balance: bool = False
-    threshold_quantile: float = 0.99
+    # the threshold aims at 1 - threshold_quantile false alarms (nominal 2%), set from the
+    # calibration normals' scores by `threshold_rule` ("quantile": their empirical quantile;
+    # "genpareto": a generalised Pareto fit to their upper tail), feddymem.detect.threshold
+    threshold_quantile: float = 0.98
+    threshold_rule: Literal["quantile", "genpareto"] = "quantile"
     knn_backend: Literal["faiss", "torch"] = "torch"
     # tiled fits: the bank before the coreset holds at most this many patch vectors, drawn
     # uniformly (seeded) from every tile's patches; the coreset keeps coreset_ratio of them
@@ -134,6 +146,7 @@ class DetectorConfig(FeatureConfig):
         _check(self.num_neighbors >= 1, "num_neighbors must be >= 1")
         _check(0.0 <= self.calibration_fraction < 0.9, "calibration_fraction must be in [0, 0.9)")
         _check(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be in [0.5, 1]")
+        _check_rule(self.threshold_rule)
         _check(
             self.calibration in ("holdout", "crossfit"),
             f"calibration must be 'holdout' or 'crossfit', got {self.calibration!r}",
@@ -196,6 +209,10 @@ class FedDyMemConfig(FeatureConfig):
     score_memory: Literal["global", "global+own"] = "global"
     scoring: Literal["nearest", "softmin"] = "nearest"
     score_k: int = 3
+    # each site's threshold after the last round: from its own held-out normals scored against
+    # M_g, by the detector's rule (DetectorConfig.threshold_quantile / threshold_rule)
+    threshold_quantile: float = 0.98
+    threshold_rule: Literal["quantile", "genpareto"] = "quantile"
     seed: int = 0
     # --- differential privacy of the upload (feddymem.privacy.dp, docs/privacy.md) ---
     dp_clip_norm: float | None = None  # C: clip every patch vector z_ij to L2 norm C; None: off
@@ -223,6 +240,8 @@ class FedDyMemConfig(FeatureConfig):
             self.score_memory in ("global", "global+own"),
             f"score_memory must be 'global' or 'global+own', got {self.score_memory!r}",
         )
+        _check(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be in [0.5, 1]")
+        _check_rule(self.threshold_rule)
         _check(
             self.dp_clip_norm is None or self.dp_clip_norm > 0,
             f"dp_clip_norm must be > 0 or unset, got {self.dp_clip_norm}",

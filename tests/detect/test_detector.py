@@ -107,6 +107,46 @@ def test_save_load_round_trip(fitted: tuple[PatchCoreDetector, Path], tmp_path: 
         load_detector(tmp_path / "broken.pt")
 
 
+def test_calibration_scores_set_the_threshold_and_travel_with_the_model(
+    fitted: tuple[PatchCoreDetector, Path], tmp_path: Path
+) -> None:
+    det, _ = fitted
+    # 15 normals, 20% held out: their 3 scores are kept, and the threshold is their quantile at
+    # the nominal false-alarm rate (2%)
+    assert det.calibration_scores_ is not None and det.calibration_scores_.shape == (3,)
+    assert det.threshold_ == pytest.approx(float(np.quantile(det.calibration_scores_, 0.98)))
+    assert det.thresholds_at()[0.02] == pytest.approx(det.threshold_)
+    again = load_detector(det.save(tmp_path / "m.pt"))
+    assert again.calibration_scores_ is not None
+    assert np.array_equal(again.calibration_scores_, det.calibration_scores_)
+    # an older file without them loads, with no thresholds for other rates; a broken one is
+    # refused with the file's name
+    state = torch.load(tmp_path / "m.pt", weights_only=True)
+    del state["calibration_scores"]
+    torch.save(state, tmp_path / "older.pt")
+    older = load_detector(tmp_path / "older.pt")
+    assert older.calibration_scores_ is None and older.thresholds_at() == {}
+    state["calibration_scores"] = torch.tensor([[1.0, float("nan")]])
+    torch.save(state, tmp_path / "broken.pt")
+    with pytest.raises(ModelFileError, match=r"broken\.pt: calibration_scores"):
+        load_detector(tmp_path / "broken.pt")
+
+
+def test_the_tail_rule_sets_the_threshold_from_the_same_normals(
+    fitted: tuple[PatchCoreDetector, Path],
+) -> None:
+    from feddymem.detect.threshold import genpareto_threshold
+
+    det, root = fitted
+    tail = PatchCoreDetector(DetectorConfig(**{**CFG.__dict__, "threshold_rule": "genpareto"}))
+    tail.fit(scan(root).train)
+    assert tail.calibration_scores_ is not None and det.calibration_scores_ is not None
+    assert np.array_equal(tail.calibration_scores_, det.calibration_scores_)
+    assert tail.threshold_ == pytest.approx(
+        genpareto_threshold(tail.calibration_scores_, false_alarm_rate=0.02)
+    )
+
+
 def test_bad_model_files_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match="not found"):
         load_detector(tmp_path / "missing.pt")
@@ -218,6 +258,12 @@ def test_cli_fit_evaluate_predict(
     flagged = sum(int(r["anomalous"]) for r in scored)
     assert point["recall"] == pytest.approx(flagged / len(scored))
     assert 0.0 <= point["false_alarm_rate"] <= 1.0
+    assert point["oracle_recall"] >= point["recall"]  # no threshold with as few alarms does worse
+    # thresholds for 1%, 2%, 5% false alarms from the normals kept at fit: lower for more alarms
+    at_far = metrics["at_far"]
+    assert list(at_far) == ["0.01", "0.02", "0.05"]
+    assert at_far["0.01"]["threshold"] >= at_far["0.02"]["threshold"] >= at_far["0.05"]["threshold"]
+    assert at_far["0.05"]["recall"] >= at_far["0.01"]["recall"]
     skipped = [r for r in rows if not r["score"]]
     assert len(skipped) == 1 and "broken.png" in skipped[0]["path"]
 

@@ -94,6 +94,8 @@ def test_evaluate_replies_metrics_only_and_exports(site: Context, tmp_path: Path
     assert not any(isinstance(r, ArrayRecord) for r in reply.content.values())
     metrics = wire.metrics_from_content(reply.content)
     assert {"image_auroc", "f1_max", "pixel_auroc", "aupro", "n_test"} <= set(metrics)
+    # and what the site's own threshold flags on its test set
+    assert {"threshold", "recall_at_threshold", "false_alarm_rate_at_threshold"} <= set(metrics)
     identity = wire.identity_from_content(reply.content)
     assert identity.model_file == str(tmp_path / "work" / "site-a" / "fed-r1" / MODEL_FILE)
     assert Path(identity.model_file).is_file()

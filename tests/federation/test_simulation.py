@@ -37,9 +37,17 @@ def test_two_clients_two_rounds(tmp_path: Path, caplog: pytest.LogCaptureFixture
         assert client["image_auroc"] > 0.7, client
         assert client["pixel_auroc"] is not None and client["aupro"] is not None
         assert Path(client["model_file"]).is_file()
+        # the site's own threshold (its held-out normals against M_g, the detector's rule): what
+        # it flags on the site's test set, the one saved in its model file
+        assert 0.0 <= client["false_alarm_rate_at_threshold"] <= 1.0
+        assert client["oracle_recall_at_threshold"] >= client["recall_at_threshold"]
+        saved_model = torch.load(client["model_file"], weights_only=True)
+        assert client["threshold"] == pytest.approx(saved_model["threshold"])
+        assert saved_model["calibration_scores"].ndim == 1
         per_round = results["bytes"]["per_client_per_round"][name]
         assert sorted(per_round) == ["0", "1", "2"] and all(v["up"] > 0 for v in per_round.values())
     assert results["mean"]["image_auroc"] > 0.7
+    assert isinstance(results["mean"]["recall_at_threshold"], float)
     saved = torch.load(out / "global_memory.pt", weights_only=True)
     assert saved["global_memory"].shape == tuple(results["global_memory"]["shape"])
     assert saved["global_memory"].shape[0] <= 64  # client_memory_size of smoke.toml

@@ -73,9 +73,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     out: dict[str, Any] = {k: v for k, v in metrics.as_dict().items() if v is not None}
     # each test/<defect> folder against every good image: which kinds of defect it misses
     out["per_defect"] = scores.per_defect()
-    if det.threshold_ is not None:
-        # what the model's own threshold (set on normal images) flags: `predict`'s decisions
-        out["at_threshold"] = scores.operating_point(det.threshold_)
+    # what the model's own threshold (set on normal images) flags: `predict`'s decisions, with
+    # the best recall any threshold reaches at that false-alarm rate; and what thresholds set
+    # the same way for fixed false-alarm rates (1%, 2%, 5%) flag
+    points = det.operating_points(scores)
+    if points["at_threshold"] is not None:
+        out["at_threshold"] = points["at_threshold"]
+    if points["at_far"]:
+        out["at_far"] = points["at_far"]
     out["wall_s"] = round(time.perf_counter() - t0, 2)
     if args.json:
         print(json.dumps(out, indent=2))
@@ -89,8 +94,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(
                 f"{'at threshold':>14}: {value['threshold']:.4f} flags {value['flagged']} "
                 f"image(s): recall {value['recall']:.4f}, false-alarm rate "
-                f"{value['false_alarm_rate']:.4f}, precision {value['precision']:.4f}"
+                f"{value['false_alarm_rate']:.4f}, precision {value['precision']:.4f} "
+                f"(best recall at this false-alarm rate {value['oracle_recall']:.4f})"
             )
+        elif key == "at_far":
+            for rate, row in value.items():
+                print(
+                    f"{'at FAR ' + format(float(rate), '.0%'):>14}: {row['threshold']:.4f} "
+                    f"flags {row['flagged']} image(s): recall {row['recall']:.4f}, false-alarm "
+                    f"rate {row['false_alarm_rate']:.4f}, precision {row['precision']:.4f}"
+                )
         else:
             print(f"{key:>14}: {value:.4f}" if isinstance(value, float) else f"{key:>14}: {value}")
     return 0

@@ -68,6 +68,7 @@ def _detector_config(args: argparse.Namespace) -> Any:
         blur_sigma=args.blur_sigma,
         image_score=args.image_score,
         threshold_quantile=args.threshold_quantile,
+        threshold_rule=args.threshold_rule,
         refit_with_calibration=args.refit,
         calibration=args.calibration,
         calibration_folds=args.calibration_folds,
@@ -80,7 +81,10 @@ def _detector_config(args: argparse.Namespace) -> Any:
 
 
 def add_detector_options(p: argparse.ArgumentParser) -> None:
+    from feddymem.config import DetectorConfig
     from feddymem.detect.backbones import available_backbones
+
+    DEFAULTS = DetectorConfig()  # the release's settings: one source for the defaults
 
     g = p.add_argument_group("detector")
     g.add_argument(
@@ -149,18 +153,28 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--threshold-quantile",
         type=float,
-        default=0.99,
-        help="threshold = this quantile of held-out normal scores (default: %(default)s)",
+        default=DEFAULTS.threshold_quantile,
+        help="the threshold aims at 1 - this share of false alarms on normal images "
+        "(default: %(default)s, 2%%)",
+    )
+    g.add_argument(
+        "--threshold-rule",
+        default=DEFAULTS.threshold_rule,
+        choices=["quantile", "genpareto"],
+        help="how the calibration normals' scores set the threshold: their empirical quantile, "
+        "or a generalised Pareto fit to their upper tail (default: %(default)s)",
     )
     g.add_argument(
         "--refit",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.refit_with_calibration,
         help="once the threshold is set on the held-out normals, rebuild the memory bank from "
-        "every training image, the held-out ones included (the coreset runs twice)",
+        "every training image, the held-out ones included (the coreset runs twice) "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--calibration",
-        default="holdout",
+        default=DEFAULTS.calibration,
         choices=["holdout", "crossfit"],
         help="holdout: the threshold from a held-out tenth of the normals, kept out of the "
         "memory bank; crossfit: every training image scored against a bank built without its "
@@ -175,9 +189,11 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--tap-balance",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=DEFAULTS.tap_balance,
         help="scale each tapped stage so its channels have the same mean variance over the "
-        "training patches (the scales are fitted and saved with the model)",
+        "training patches (the scales are fitted and saved with the model) "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--tile",

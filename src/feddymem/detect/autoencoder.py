@@ -26,7 +26,11 @@ from torch import nn
 from feddymem.config import ConfigError, FeatureConfig, from_dict
 from feddymem.data import Sample
 from feddymem.detect.base import Detector
-from feddymem.detect.modelfile import ModelFileError, map_floor_from_state
+from feddymem.detect.modelfile import (
+    ModelFileError,
+    calibration_scores_from_state,
+    map_floor_from_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -399,6 +403,7 @@ class AutoencoderDetector(Detector):
         det.image_hw_ = image_hw
         det.threshold_ = None if threshold is None else float(threshold)
         det.map_floor_ = map_floor_from_state(state, where=where)
+        det.calibration_scores_ = calibration_scores_from_state(state, where=where)
         det.train_loss_ = None if loss is None else float(loss)
         det.n_train_ = None if n_train is None else int(n_train)
         return det

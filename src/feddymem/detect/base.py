@@ -95,7 +95,9 @@ class Detector:
     """Base of every detector: subclasses supply `score_patches` and their fitted state.
 
     Fitted state shared by all: `image_hw_` (H_in, W_in), `threshold_` (float or None),
-    `map_floor_` (the median anomaly-map value of held-out normals, where heat maps start).
+    `map_floor_` (the median anomaly-map value of held-out normals, where heat maps start),
+    `calibration_scores_` (the image scores of the normals that set the threshold, (N,), kept so
+    that thresholds for other false-alarm rates come from normals only; None in older files).
     """
 
     kind = "detector"
@@ -123,6 +125,7 @@ class Detector:
         # how images are cut into tiles (None: resized whole); `image_hw_` is then the size
         # images are loaded at and the tile plan's
         self.tiling_: TilePlan | None = None
+        self.calibration_scores_: np.ndarray | None = None
 
     # --- what a subclass supplies ----------------------------------------------------------
     def _is_fitted(self) -> bool:
@@ -413,12 +416,58 @@ class Detector:
             quantile=quantile,
         )
 
+    @property
+    def threshold_rule(self) -> str:
+        """The rule that sets thresholds from normal scores (`threshold.rule_threshold`): the
+        config's `threshold_rule`, 'quantile' for configs without one."""
+        return str(getattr(self.config, "threshold_rule", "quantile"))
+
     def _threshold_from(self, scores: np.ndarray, *, maps: np.ndarray, quantile: float) -> float:
-        """Set the threshold to `quantile` of normal images' `scores` (N,) and the map floor to
+        """Set the threshold from normal images' `scores` (N,) by the config's rule for a
+        false-alarm rate of 1 - `quantile` (kept in `calibration_scores_`), and the map floor to
         the median of their anomaly-map values `maps` (any shape)."""
-        self.threshold_ = thresholds.quantile_threshold(scores, quantile=quantile)
+        self.calibration_scores_ = np.asarray(scores, dtype=np.float32).copy()
+        self.threshold_ = thresholds.rule_threshold(
+            self.calibration_scores_, rule=self.threshold_rule, false_alarm_rate=1.0 - quantile
+        )
         self.map_floor_ = thresholds.map_floor(maps)
         return self.threshold_
+
+    def thresholds_at(
+        self, rates: Sequence[float] = thresholds.REPORTED_RATES
+    ) -> dict[float, float]:
+        """Thresholds for fixed false-alarm `rates`, set like the model's own from the normals'
+        scores kept at fit (normals only); empty when the model file predates them."""
+        if self.calibration_scores_ is None or self.calibration_scores_.size == 0:
+            return {}
+        return {
+            rate: thresholds.rule_threshold(
+                self.calibration_scores_, rule=self.threshold_rule, false_alarm_rate=rate
+            )
+            for rate in rates
+        }
+
+    def operating_points(self, scores: DatasetScores) -> dict[str, Any]:
+        """What the model's threshold flags on a labelled set (`at_threshold`, with the oracle's
+        recall at the same false-alarm rate) and what the thresholds for fixed false-alarm
+        rates flag (`at_far`, keyed by the nominal rate, each with its threshold)."""
+        out: dict[str, Any] = {"at_threshold": None, "at_far": {}}
+        if scores.labels.min() == scores.labels.max():
+            return out  # recall and false alarms need both normal and anomalous images
+        if self.threshold_ is not None:
+            out["at_threshold"] = {
+                **scores.operating_point(self.threshold_),
+                "oracle_recall": thresholds.oracle_recall(
+                    scores.labels, scores.image_scores, threshold=self.threshold_
+                ),
+                "threshold": self.threshold_,
+            }
+        for rate, threshold in self.thresholds_at().items():
+            out["at_far"][f"{rate:g}"] = {
+                **scores.operating_point(threshold),
+                "threshold": threshold,
+            }
+        return out
 
     # --- persistence -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
@@ -439,6 +488,9 @@ class Detector:
                 if self.tiling_ is None
                 else {"tiling": [self.tiling_.tile, self.tiling_.overlap]}
             ),
+            "calibration_scores": None
+            if self.calibration_scores_ is None
+            else torch.from_numpy(self.calibration_scores_),
             **self._state(),
         }
 

@@ -23,7 +23,11 @@ from feddymem.data import Sample
 from feddymem.detect.base import Detector
 from feddymem.detect.features import PatchFeatureExtractor, patch_vectors
 from feddymem.detect.knn import NearestNeighbors
-from feddymem.detect.modelfile import ModelFileError, map_floor_from_state
+from feddymem.detect.modelfile import (
+    ModelFileError,
+    calibration_scores_from_state,
+    map_floor_from_state,
+)
 from feddymem.detect.sampling import subsample
 
 log = logging.getLogger(__name__)
@@ -178,6 +182,7 @@ class MemoryBankDetector(Detector):
         detector._restore_tiling(state, where=where)
         detector.threshold_ = state["threshold"]
         detector.map_floor_ = map_floor_from_state(state, where=where)
+        detector.calibration_scores_ = calibration_scores_from_state(state, where=where)
         return detector
 
 

@@ -26,7 +26,11 @@ import torch
 from feddymem.config import ConfigError, FeatureConfig, from_dict
 from feddymem.data import Sample
 from feddymem.detect.base import Detector
-from feddymem.detect.modelfile import ModelFileError, map_floor_from_state
+from feddymem.detect.modelfile import (
+    ModelFileError,
+    calibration_scores_from_state,
+    map_floor_from_state,
+)
 
 log = logging.getLogger(__name__)
 
@@ -343,5 +347,6 @@ class GaussianDetector(Detector):
         det.grid_hw_, det.image_hw_ = grid_hw, image_hw
         det.threshold_ = None if threshold is None else float(threshold)
         det.map_floor_ = map_floor_from_state(state, where=where)
+        det.calibration_scores_ = calibration_scores_from_state(state, where=where)
         det.n_train_ = None if n_train is None else int(n_train)
         return det

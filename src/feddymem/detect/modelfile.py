@@ -15,6 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from feddymem.outputs import atomic_open
@@ -85,3 +86,18 @@ def map_floor_from_state(state: dict[str, Any], *, where: str) -> float | None:
     if isinstance(floor, bool) or not isinstance(floor, int | float) or not math.isfinite(floor):
         raise ModelFileError(f"{where}: map_floor must be a finite number, got {floor!r}")
     return float(floor)
+
+
+def calibration_scores_from_state(state: dict[str, Any], *, where: str) -> np.ndarray | None:
+    """The saved normals' image scores that set the threshold: a 1-D tensor of finite values,
+    or None (files written before they were kept: no thresholds for other rates)."""
+    scores = state.get("calibration_scores")
+    if scores is None:
+        return None
+    if (
+        not isinstance(scores, torch.Tensor)
+        or scores.ndim != 1
+        or not bool(torch.isfinite(scores).all())
+    ):
+        raise ModelFileError(f"{where}: calibration_scores must be a 1-D tensor of finite values")
+    return scores.float().numpy().copy()

@@ -201,7 +201,8 @@ def build_client_app(*, defaults: Mapping[str, Value] | None = None) -> ClientAp
         data, client, folder = _open_client(
             settings(context), config=config, instructions=instructions
         )
-        metrics = client.evaluate(global_memory).as_dict()
+        detection, at_threshold = client.evaluate_at_threshold(global_memory)
+        metrics = {**detection.as_dict(), **at_threshold}
         model_file = folder / MODEL_FILE
         client.export(
             global_memory,

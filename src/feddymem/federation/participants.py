@@ -53,7 +53,15 @@ _KIND_OF_CODE = {
 }
 DROP_KINDS = ("unavailable", "timeout", "refused", "client_error", "invalid", "identity")
 # the evaluation metrics every client reports (None where it has no masks) and results.json means
-EVAL_METRICS = ("image_auroc", "f1_max", "pixel_auroc", "aupro")
+EVAL_METRICS = (
+    "image_auroc",
+    "f1_max",
+    "pixel_auroc",
+    "aupro",
+    # at each site's own threshold (its held-out normals, the detector's rule)
+    "recall_at_threshold",
+    "false_alarm_rate_at_threshold",
+)
 
 
 class FederationError(RuntimeError):

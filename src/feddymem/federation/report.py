@@ -7,7 +7,16 @@ from typing import Any
 
 __all__ = ["format_results"]
 
-_COLUMNS = ("image_auroc", "pixel_auroc", "aupro", "f1_max")
+_COLUMNS = (
+    "image_auroc",
+    "pixel_auroc",
+    "aupro",
+    "f1_max",
+    "recall_at_threshold",
+    "false_alarm_rate_at_threshold",
+)
+# column heads: the key, or a short name for the operating point at the site's threshold
+_HEADS = {"recall_at_threshold": "recall@thr", "false_alarm_rate_at_threshold": "FAR@thr"}
 
 
 def _number(value: Any, width: int) -> str:
@@ -26,12 +35,13 @@ def _per_round(rounds: Mapping[str, Mapping[str, int]] | None, key: str) -> floa
 
 
 def format_results(results: Mapping[str, Any]) -> str:
-    """Per client: image / pixel AUROC, AUPRO, F1-max, MB up and down per training round
-    (mean over the rounds); then the mean, the whole run's bytes, the rounds, wall time,
-    where each client's model file went and every dropped client with its reason."""
+    """Per client: image / pixel AUROC, AUPRO, F1-max, recall and false-alarm rate at the site's
+    own threshold, MB up and down per training round (mean over the rounds); then the mean, the
+    whole run's bytes, the rounds, wall time, where each client's model file went and every
+    dropped client with its reason."""
     clients = results.get("clients", {})
     name_width = max([len("client"), *(len(n) for n in clients)])
-    head = f"{'client':<{name_width}} " + " ".join(f"{c:>11}" for c in _COLUMNS)
+    head = f"{'client':<{name_width}} " + " ".join(f"{_HEADS.get(c, c):>11}" for c in _COLUMNS)
     lines = [
         f"federation {results.get('federation')}: {results.get('status')}"
         + (f" ({results['error']})" if results.get("error") else ""),

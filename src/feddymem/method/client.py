@@ -322,7 +322,7 @@ class FedDyMemClient:
         det.generator = self.generator.eval() if self.generator is not None else None
         det.set_memory(memory, image_hw=self.image_hw)
         if self.calibration:
-            det.calibrate(self.calibration, quantile=0.99)
+            det.calibrate(self.calibration, quantile=self.config.threshold_quantile)
         self._detector_state = self.rounds_done
         return det
 
@@ -332,16 +332,39 @@ class FedDyMemClient:
         The per-image scores stay at the site, in ``<state_dir>/test_scores.npz`` (labels,
         image scores, file names), for ROC curves; only the metrics travel.
         """
+        return self.evaluate_at_threshold(global_memory)[0]
+
+    def evaluate_at_threshold(
+        self, global_memory: torch.Tensor
+    ) -> tuple[DetectionMetrics, dict[str, float]]:
+        """`evaluate`, plus what the site's own threshold (from its held-out normals, by the
+        config's rule) flags on its test set: `threshold`, `recall_at_threshold`,
+        `false_alarm_rate_at_threshold`, `precision_at_threshold` and the best recall any
+        threshold reaches at that false-alarm rate (`oracle_recall_at_threshold`); empty when
+        the site has no threshold."""
         if not self.test:
             raise ValueError("this client has no test images to evaluate on")
-        metrics, scores = self.detector_with(global_memory).evaluate_with_scores(self.test)
+        det = self.detector_with(global_memory)
+        metrics, scores = det.evaluate_with_scores(self.test)
+        at = det.operating_points(scores)["at_threshold"]
+        flat = (
+            {}
+            if at is None
+            else {
+                "threshold": float(at["threshold"]),
+                "recall_at_threshold": float(at["recall"]),
+                "false_alarm_rate_at_threshold": float(at["false_alarm_rate"]),
+                "precision_at_threshold": float(at["precision"]),
+                "oracle_recall_at_threshold": float(at["oracle_recall"]),
+            }
+        )
         np.savez(
             self.state_dir / SCORES_FILE,
             labels=scores.labels,
             image_scores=scores.image_scores,
             files=np.array([str(s.path) for s in scores.samples]),
         )
-        return metrics
+        return metrics, flat
 
     def export(
         self, global_memory: torch.Tensor, path: Path, *, provenance: dict[str, Any] | None = None

@@ -152,6 +152,17 @@ class FakeClient:
             aupro=score - 0.2 if has_masks else None,
         )
 
+    def evaluate_at_threshold(
+        self, global_memory: torch.Tensor
+    ) -> tuple[FakeMetrics, dict[str, float]]:
+        """`evaluate` and a made-up operating point at the site's threshold."""
+        metrics = self.evaluate(global_memory)
+        return metrics, {
+            "threshold": 1.0,
+            "recall_at_threshold": metrics.image_auroc - 0.3,
+            "false_alarm_rate_at_threshold": 0.02,
+        }
+
     def export(
         self, global_memory: torch.Tensor, path: Path, *, provenance: dict[str, Any] | None = None
     ) -> Path:

@@ -217,6 +217,11 @@ class FedDyMemConfig(FeatureConfig):
     # --- differential privacy of the upload (feddymem.privacy.dp, docs/privacy.md) ---
     dp_clip_norm: float | None = None  # C: clip every patch vector z_ij to L2 norm C; None: off
     dp_noise_multiplier: float = 0.0  # sigma: Gaussian noise std = sigma * sensitivity
+    # --- heuristic upload defences (feddymem.privacy.defences; no formal guarantee) ---
+    upload_noise: float = 0.0  # Gaussian noise on every patch vector before reduce, norm ~ this
+    #                            times the spread of the site's vectors (0: off)
+    upload_margin: float = 0.0  # drop released items nearer than this times that spread to any
+    #                             single training patch vector (0: off)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -254,3 +259,5 @@ class FedDyMemConfig(FeatureConfig):
             self.dp_noise_multiplier == 0 or self.dp_clip_norm is not None,
             "dp_noise_multiplier > 0 needs dp_clip_norm (noise is calibrated to the clip)",
         )
+        _check(self.upload_noise >= 0, f"upload_noise must be >= 0, got {self.upload_noise}")
+        _check(self.upload_margin >= 0, f"upload_margin must be >= 0, got {self.upload_margin}")

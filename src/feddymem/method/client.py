@@ -41,7 +41,22 @@ def build_upload(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> 
     (n, d, H, W): clipped, reduced and noised when the config asks for differential privacy
     (privacy.py), else reduced by the configured memory-reduce; seeded by the config's seed and
     the round. The one place that maps `memory_reduce` to a reducer (the privacy audit builds
-    its counterfactual uploads with it too)."""
+    its counterfactual uploads with it too). The heuristic defences `upload_noise` and
+    `upload_margin` (privacy/defences.py) act before and after the reduce."""
+    if config.upload_noise <= 0 and config.upload_margin <= 0:
+        return _reduce(z, config=config, round_idx=round_idx)
+    from feddymem.privacy import defences
+
+    noisy = defences.noisy_features(
+        z,
+        relative_std=config.upload_noise,
+        seed=defences.defence_seed(config.seed, round_idx, 0),
+    )
+    memory = _reduce(noisy, config=config, round_idx=round_idx)
+    return defences.drop_near_copies(memory, z, relative_margin=config.upload_margin)
+
+
+def _reduce(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> ReducedMemory:
     seed = round_seed(config.seed, round_idx)
     if config.dp_clip_norm is not None:
         from feddymem.privacy.dp import private_memory

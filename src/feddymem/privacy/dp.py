@@ -173,8 +173,8 @@ def private_memory(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -
     """M_k of round `round_idx` with the DP option of `config` (dp_clip_norm must be set).
 
     z (n_k, d, H, W) are the patch vectors z(x) = G_k(p(x)). 'position_average' takes the
-    formal Gaussian mechanism; 'kmeans' and 'none' clip the patch vectors, reduce, then add the
-    heuristic noise of :func:`noisy_vectors`. Noise is seeded by (config.seed, round_idx).
+    formal Gaussian mechanism; 'kmeans', 'coreset' and 'none' clip the patch vectors, reduce,
+    then add the heuristic noise of :func:`noisy_vectors`. Noise is seeded by (config.seed, round_idx).
     """
     clip = config.dp_clip_norm
     if clip is None:
@@ -200,6 +200,8 @@ def private_memory(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -
             seed=base_seed,
             iterations=config.kmeans_iterations,
         )
+    elif config.memory_reduce == "coreset":
+        reduced = REDUCERS["coreset"](clipped, size=config.client_memory_size, seed=base_seed)
     else:
         reduced = REDUCERS["none"](clipped, size=config.client_memory_size, seed=base_seed)
     return noisy_vectors(reduced, clip_norm=clip, noise_multiplier=sigma, seed=seed)

@@ -12,6 +12,8 @@ from tests.conftest import make_texture_tree
 from tests.privacy.audit.conftest import CONFIG
 
 from feddymem.privacy.audit import (
+    format_identification_table,
+    format_membership_table,
     format_table,
     run_audit,
 )
@@ -45,3 +47,12 @@ def test_run_audit_writes_the_summary_grid_and_plot(
     assert saved["data"]["victim_images_in_memory"] == 8
     assert saved["baselines"]["mean_public_patch"]["psnr"] > 0
     assert "| (c) c_noise |" in format_table(report)
+    # membership inference on every release: the raw bank holds its members' exact vectors
+    assert set(a["membership"]) == {"M_k round 1", "M_g after round 0", "M_g after round 1"}
+    assert a["membership"]["M_k round 1"]["distance"]["auc"] > 0.9
+    assert a["membership"]["M_k round 1"]["calibrated"]["n_nonmembers"] == 6
+    assert a["whole_image"]["identify"]["identification"] >= 0.0
+    base = report["baselines"]["membership_public_raw_bank"]["distance"]["auc"]
+    assert base < a["membership"]["M_k round 1"]["distance"]["auc"]
+    assert "raw bank of public images" in format_membership_table(report)
+    assert "mean public image" in format_identification_table(report)

@@ -102,7 +102,11 @@ from feddymem.privacy.audit.data import (
 )
 from feddymem.privacy.audit.decoder import PatchDecoder, train_decoder
 from feddymem.privacy.audit.figures import save_grid, save_plot
-from feddymem.privacy.audit.report import format_table
+from feddymem.privacy.audit.report import (
+    format_identification_table,
+    format_membership_table,
+    format_table,
+)
 from feddymem.privacy.audit.run import run_audit
 from feddymem.privacy.audit.scores import (
     MatchScores,
@@ -129,6 +133,8 @@ __all__ = [
     "best_match",
     "build_upload",
     "extract_patches",
+    "format_identification_table",
+    "format_membership_table",
     "format_table",
     "load_audit_config",
     "load_patch_set",

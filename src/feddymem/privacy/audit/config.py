@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 from feddymem.config import ConfigError, FedDyMemConfig, from_dict, to_dict
 
-Group = Literal["a", "b", "c"]
+Group = Literal["a", "b", "c", "d"]
 _FEATURE_KEYS = frozenset({"backbone", "layers", "image_size", "keep_aspect", "seed"})
 _SECTIONS = frozenset({"audit", "data", "attack", "model", "settings"})
 
@@ -61,6 +61,8 @@ class AttackSpec:
     items: int = 384
     grid_items: int = 6
     whole_images: int = 16
+    membership_positions: int = 196
+    shadows: int = 3
 
     def __post_init__(self) -> None:
         _need(
@@ -75,6 +77,11 @@ class AttackSpec:
         _need(self.items >= 1, f"items must be >= 1, got {self.items}")
         _need(self.grid_items >= 1, f"grid_items must be >= 1, got {self.grid_items}")
         _need(self.whole_images >= 1, f"whole_images must be >= 1, got {self.whole_images}")
+        _need(
+            self.membership_positions >= 1,
+            f"membership_positions must be >= 1, got {self.membership_positions}",
+        )
+        _need(self.shadows >= 0, f"shadows must be >= 0, got {self.shadows}")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -169,8 +176,8 @@ def parse_audit_config(raw: dict[str, Any], *, base: Path) -> AuditConfig:
             raise ConfigError(f"[[settings]] #{i} name: letters, digits, '_', '.', '-' needed")
         where = f"[[settings]] {name}"
         group = entry.pop("group", None)
-        if group not in ("a", "b", "c"):
-            raise ConfigError(f"{where} group: must be 'a', 'b' or 'c', got {group!r}")
+        if group not in ("a", "b", "c", "d"):
+            raise ConfigError(f"{where} group: must be 'a', 'b', 'c' or 'd', got {group!r}")
         quantile = entry.pop("clip_quantile", None)
         if quantile is not None:
             if not isinstance(quantile, int | float) or not 0.0 < float(quantile) <= 1.0:

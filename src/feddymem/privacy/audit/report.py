@@ -47,3 +47,76 @@ def format_table(report: dict[str, Any]) -> str:
             f"| baseline: {key} | — | {b[key]['psnr']:.2f} | {b[key]['ssim']:.3f} | — | — | — | — |"
         )
     return "\n".join(lines)
+
+
+def _eps(g: dict[str, Any]) -> str:
+    if g["formal"]:
+        eps = g["epsilon"]
+        value = f"{eps:.3g}" if isinstance(eps, float) else str(eps)
+        return f"{value} ({g['delta']:g}, {g['releases']})"
+    return "no formal bound" if g["clip_norm"] is not None else "—"
+
+
+def _mia_cells(result: dict[str, Any]) -> str:
+    cells = []
+    for attack in ("distance", "calibrated"):
+        r = result.get(attack)
+        cells.append(
+            "— | — | —"
+            if r is None
+            else f"{r['auc']:.3f} | {100 * r['tpr_at_0.1%']:.1f} | {100 * r['tpr_at_1%']:.1f}"
+        )
+    return " | ".join(cells)
+
+
+def format_membership_table(report: dict[str, Any]) -> str:
+    """Markdown table of the membership-inference results: per setting and released memory
+    (the last upload M_k, the server's M_g after the first and the last round) the AUC and the
+    TPR (%) at 0.1 % and 1 % FPR of both attacks, the setting's image AUROC and epsilon; the
+    raw bank of public images (knows nothing of the victim) last."""
+    lines = [
+        "| setting | released | items | distance AUC | TPR@0.1% | TPR@1% "
+        "| calibrated AUC | TPR@0.1% | TPR@1% | image AUROC | ε (δ, releases) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in report["settings"]:
+        for name, result in (s.get("membership") or {}).items():
+            lines.append(
+                f"| ({s['group']}) {s['name']} | {name} | {result['items']} | "
+                f"{_mia_cells(result)} | {s['image_auroc']:.3f} | {_eps(s['guarantee'])} |"
+            )
+    base = report["baselines"].get("membership_public_raw_bank")
+    if base is not None:
+        lines.append(
+            f"| baseline: raw bank of public images | — | {base['items']} | {_mia_cells(base)} "
+            "| — | — |"
+        )
+    return "\n".join(lines)
+
+
+def format_identification_table(report: dict[str, Any]) -> str:
+    """Markdown table of whole-image reconstruction: identification accuracy (does the
+    reconstruction pick out its own image among its nearest images?) beside PSNR / SSIM against
+    the true image, for every setting that keeps the image layout and the know-nothing
+    baselines."""
+    lines = [
+        "| reconstruction | images | identification (chance) | PSNR vs true (dB) | SSIM vs true |",
+        "|---|---|---|---|---|",
+    ]
+    rows = [
+        (f"({s['group']}) {s['name']}", (s.get("whole_image") or {}).get("identify"))
+        for s in report["settings"]
+    ]
+    b = report["baselines"]
+    rows += [
+        ("baseline: mean public image", b.get("whole_image_mean_public")),
+        ("baseline: random public image", b.get("whole_image_random_public")),
+    ]
+    for name, r in rows:
+        if r is None:
+            continue
+        lines.append(
+            f"| {name} | {r['images']:.0f} | {r['identification']:.2f} ({r['chance']:.2f}) "
+            f"| {r['psnr_true']:.2f} | {r['ssim_true']:.3f} |"
+        )
+    return "\n".join(lines)

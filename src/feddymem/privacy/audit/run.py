@@ -18,7 +18,14 @@ from feddymem.privacy.audit.attack import Attacker, sample_items
 from feddymem.privacy.audit.config import AuditConfig, SettingSpec, load_audit_config
 from feddymem.privacy.audit.data import AuditData, PatchSet, load_patch_set, select_data
 from feddymem.privacy.audit.figures import save_grid, save_plot
-from feddymem.privacy.audit.scores import attack_summary, psnr, score_reconstructions
+from feddymem.privacy.audit.membership import query_positions
+from feddymem.privacy.audit.releases import MembershipData, Release, release_membership
+from feddymem.privacy.audit.scores import (
+    attack_summary,
+    identification,
+    psnr,
+    score_reconstructions,
+)
 from feddymem.privacy.audit.setting import audit_setting
 
 log = logging.getLogger(__name__)
@@ -81,6 +88,50 @@ def _patch_sets(
     return probe, (sets[0], sets[1], sets[2]), time.perf_counter() - t0
 
 
+def _membership_data(
+    config: AuditConfig, public: PatchSet, victim: PatchSet, reference: PatchSet
+) -> MembershipData:
+    """Members: the images the memory is built from; non-members: the held-out reference
+    images of the same kind; shadows from the attacker's public images."""
+    h, w = public.features.shape[2:]
+    spec = config.attack
+    return MembershipData(
+        members=victim.features,
+        nonmembers=reference.features,
+        public=public.features,
+        positions=query_positions(h * w, spec.membership_positions, seed=config.run.seed + 17),
+        shadows=spec.shadows,
+        seed=config.run.seed,
+        image_pool=torch.cat([victim.images, reference.images]),
+    )
+
+
+def _know_nothing(
+    config: AuditConfig, membership: MembershipData, public: PatchSet, victim: PatchSet
+) -> dict[str, Any]:
+    """What attacks score on uploads that know nothing of the victim: membership inference on
+    a raw bank of public images (should be about 0.5), and whole-image identification by the
+    mean public image and by a random public image (chance)."""
+    base = from_dict(FedDyMemConfig, dict(config.model), where="[model]")
+    raw = dataclasses.replace(
+        base, generator=False, memory_reduce="none", client_memory_size=10**9, dp_clip_norm=None
+    )
+    n = membership.members.shape[0]
+    bank = public.features[:n].permute(0, 2, 3, 1).reshape(-1, public.features.shape[1])
+    mia = release_membership([Release("public raw bank", bank, None, 0)], raw, membership)
+    k = min(config.attack.whole_images, victim.images.shape[0])
+    truth = victim.images[:k]
+    gen = torch.Generator().manual_seed(config.run.seed + 19)
+    random_pick = public.images[torch.randint(0, public.images.shape[0], (k,), generator=gen)]
+    mean_image = public.images.mean(dim=0, keepdim=True).expand_as(truth)
+    pool = membership.image_pool
+    return {
+        "membership_public_raw_bank": mia["public raw bank"],
+        "whole_image_mean_public": identification(mean_image, truth, pool),
+        "whole_image_random_public": identification(random_pick, truth, pool),
+    }
+
+
 def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
     """Run the audit of `config_path`; write audit.json, grid.png, auroc_vs_psnr.png to `out_dir`.
 
@@ -109,6 +160,8 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
     attacker = Attacker(config=config, public=public, victim=victim)
 
     baselines = _baselines(attacker, public, reference, config=config)
+    membership = _membership_data(config, public, victim, reference)
+    baselines.update(_know_nothing(config, membership, public, victim))
 
     settings = _resolve_clip(config.settings, public.flat_features.norm(dim=1))
     twin_features = reference.features[: len(in_memory)]
@@ -122,6 +175,7 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
             work=work,
             grid_hw=grid_hw,
             extractor=extractor,
+            membership=membership,
         )
         for s in settings
     ]

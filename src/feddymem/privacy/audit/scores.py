@@ -126,3 +126,31 @@ def attack_summary(victim: MatchScores, twin: MatchScores | None) -> dict[str, A
         "delta_psnr_se": _delta_se(victim.psnr, twin.psnr),
         "delta_ssim": v["ssim"] - t["ssim"],
     }
+
+
+def identification(
+    recon: torch.Tensor, truth: torch.Tensor, pool: torch.Tensor, *, neighbours: int = 9
+) -> dict[str, float]:
+    """Does each whole-image reconstruction pick out its own image among its neighbours?
+
+    `recon` (K, 3, H, W) are reconstructions of the images `truth` (K, 3, H, W); `pool`
+    (N, 3, H, W) holds other images of the kind (the victim's others and held-out ones; copies
+    of a truth image are ignored). For image k the candidates are image k and its `neighbours`
+    nearest pool images (pixel MSE); the reconstruction identifies it when image k is the
+    candidate nearest to it. Chance is 1 / (neighbours + 1). Also PSNR / SSIM against the true
+    image (not the best match).
+    """
+    t, p, r = truth.flatten(1).float(), pool.flatten(1).float(), recon.flatten(1).float()
+    d_tp = torch.cdist(t, p).pow(2)
+    d_tp[d_tp <= 1e-12] = float("inf")  # the truth image itself, if the pool holds it
+    near = d_tp.topk(neighbours, dim=1, largest=False).indices  # (K, neighbours)
+    cand = torch.cat([t.unsqueeze(1), p[near]], dim=1)  # (K, 1 + neighbours, F)
+    d_rc = (cand - r.unsqueeze(1)).pow(2).mean(dim=2)
+    hit = d_rc.argmin(dim=1) == 0
+    return {
+        "identification": float(hit.float().mean()),
+        "chance": 1.0 / (neighbours + 1),
+        "psnr_true": float(psnr(recon, truth).mean()),
+        "ssim_true": float(ssim(recon, truth).mean()),
+        "images": float(recon.shape[0]),
+    }

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from feddymem.detect.features import PatchFeatureExtractor
 from feddymem.method.aggregate import aggregate_memories
@@ -21,7 +23,13 @@ from feddymem.privacy.audit.attack import Attacker, embed, sample_items
 from feddymem.privacy.audit.config import AuditConfig, SettingSpec
 from feddymem.privacy.audit.data import AuditData, tile_patches
 from feddymem.privacy.audit.decoder import PatchDecoder
-from feddymem.privacy.audit.scores import MatchScores, attack_summary, image_match
+from feddymem.privacy.audit.releases import MembershipData, Release, release_membership
+from feddymem.privacy.audit.scores import (
+    MatchScores,
+    attack_summary,
+    identification,
+    image_match,
+)
 from feddymem.privacy.dp import privacy_guarantee
 
 log = logging.getLogger(__name__)
@@ -40,17 +48,21 @@ class SettingResult:
 
 
 def run_client(
-    client: FedDyMemClient, *, rounds: int
+    client: FedDyMemClient, *, rounds: int, released: list[Release] | None = None
 ) -> tuple[ReducedMemory, list[dict[str, float]]]:
     """Round 0 and R rounds of a single-client federation; the last upload and round metrics.
 
     The server step is the real one (aggregate_memories over the one upload), so G_k trains
-    against a global memory as it would in a federation of one.
+    against a global memory as it would in a federation of one. `released`, when given,
+    receives every M_g the server sends (after round t = 1..R) and, last, the server's M_g
+    after round R, each with a copy of the G_k that built the upload it came from.
     """
     cfg = client.config
     memory, metrics = client.fit_round(round_idx=0, global_memory=None)
     history = [metrics]
-    for t in range(1, rounds + 1):
+    for t in range(1, rounds + 2):
+        if released is None and t > rounds:
+            break
         global_memory = aggregate_memories(
             [memory],
             num_centers=cfg.global_memory_size,
@@ -58,9 +70,19 @@ def run_client(
             seed=cfg.seed * 1_000 + t,
             iterations=cfg.kmeans_iterations,
         )
+        if released is not None:
+            released.append(
+                Release(f"M_g after round {t - 1}", global_memory, _frozen(client), t - 1, t)
+            )
+        if t > rounds:
+            break
         memory, metrics = client.fit_round(round_idx=t, global_memory=global_memory)
         history.append(metrics)
     return memory, history
+
+
+def _frozen(client: FedDyMemClient) -> nn.Module | None:
+    return None if client.generator is None else copy.deepcopy(client.generator).eval()
 
 
 def _generator_moved(client: FedDyMemClient) -> bool:
@@ -235,6 +257,7 @@ def audit_setting(
     work: Path,
     grid_hw: tuple[int, int],
     extractor: PatchFeatureExtractor | None = None,
+    membership: MembershipData | None = None,
 ) -> SettingResult:
     """Run one setting: federate, evaluate its detector, attack its upload and its twin's.
 
@@ -249,11 +272,17 @@ def audit_setting(
     t0 = time.perf_counter()
     cfg = setting.model
     client = _new_client(setting, data=data, work=work, extractor=extractor)
-    memory, history = run_client(client, rounds=config.run.rounds)
+    released: list[Release] = []
+    memory, history = run_client(client, rounds=config.run.rounds, released=released)
     metrics = client.evaluate(memory.vectors)
     log.info(
         "%s: image AUROC %.4f (%d items)", setting.name, metrics.image_auroc, len(memory.vectors)
     )
+    mia = None
+    if membership is not None:
+        last = config.run.rounds
+        upload = Release(f"M_k round {last}", memory.vectors, _frozen(client), last)
+        mia = release_membership([upload, released[0], released[-1]], cfg, membership)
     generator = client.generator.eval() if client.generator is not None else None
     twin_cfg = dataclasses.replace(cfg, seed=cfg.seed + 7_919)
     twin = build_upload(
@@ -262,7 +291,7 @@ def audit_setting(
     pa = _attack_patches(client, memory, twin, attacker=attacker, config=config)
 
     tiled = None
-    image_scores: dict[str, float | None] | None = None
+    image_scores: dict[str, Any] | None = None
     h, w = grid_hw
     layouts = _layouts(
         memory,
@@ -282,6 +311,10 @@ def audit_setting(
         )
         tiled = own[0]
         image_scores = image_match(own, other, attacker.victim.images)
+        if cfg.memory_reduce == "none" and membership is not None:
+            # an ordered raw bank: reconstruction k is of the memory's image k
+            truth = attacker.victim.images[: own.shape[0]]
+            image_scores["identify"] = identification(own, truth, membership.image_pool)
 
     summary = _summary(
         setting,
@@ -294,6 +327,7 @@ def audit_setting(
         config=config,
         num_positions=h * w,
     )
+    summary["membership"] = mia
     summary["wall_s"] = time.perf_counter() - t0
     g = config.attack.grid_items
     return SettingResult(

@@ -12,6 +12,7 @@ from tests.conftest import make_texture_tree
 from tests.privacy.audit.conftest import CONFIG
 
 from feddymem.privacy.audit import (
+    format_defence_table,
     format_identification_table,
     format_membership_table,
     format_table,
@@ -56,3 +57,4 @@ def test_run_audit_writes_the_summary_grid_and_plot(
     assert base < a["membership"]["M_k round 1"]["distance"]["auc"]
     assert "raw bank of public images" in format_membership_table(report)
     assert "mean public image" in format_identification_table(report)
+    assert "| (a) a_full |" in format_defence_table(report, reference="b_pa")

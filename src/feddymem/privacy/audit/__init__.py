@@ -103,6 +103,7 @@ from feddymem.privacy.audit.data import (
 from feddymem.privacy.audit.decoder import PatchDecoder, train_decoder
 from feddymem.privacy.audit.figures import save_grid, save_plot
 from feddymem.privacy.audit.report import (
+    format_defence_table,
     format_identification_table,
     format_membership_table,
     format_table,
@@ -133,6 +134,7 @@ __all__ = [
     "best_match",
     "build_upload",
     "extract_patches",
+    "format_defence_table",
     "format_identification_table",
     "format_membership_table",
     "format_table",

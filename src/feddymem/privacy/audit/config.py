@@ -61,8 +61,8 @@ class AttackSpec:
     items: int = 384
     grid_items: int = 6
     whole_images: int = 16
-    membership_positions: int = 196
-    shadows: int = 3
+    membership_positions: int = 64
+    shadows: int = 2
 
     def __post_init__(self) -> None:
         _need(

@@ -120,3 +120,34 @@ def format_identification_table(report: dict[str, Any]) -> str:
             f"| {r['psnr_true']:.2f} | {r['ssim_true']:.3f} |"
         )
     return "\n".join(lines)
+
+
+def _worst(result: dict[str, Any]) -> tuple[float, float]:
+    """The strongest attack on one release: (AUC, TPR at 1 % FPR), each the max over attacks."""
+    attacks = [result[a] for a in ("distance", "calibrated") if a in result]
+    return max(a["auc"] for a in attacks), max(a["tpr_at_1%"] for a in attacks)
+
+
+def format_defence_table(report: dict[str, Any], *, reference: str = "coreset_4096") -> str:
+    """Markdown table, one row per setting: image AUROC and its change against `reference`
+    (FedDyMem's default), and the strongest membership attack over both attacks and every
+    release (AUC, TPR at 1 % FPR) with epsilon: what each option buys and costs."""
+    by_name = {s["name"]: s for s in report["settings"]}
+    ref = by_name.get(reference, {}).get("image_auroc")
+    lines = [
+        f"| setting | image AUROC | Δ vs {reference} (points) | worst MI AUC | worst TPR@1% "
+        "| ε (δ, releases) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for s in report["settings"]:
+        mia = s.get("membership") or {}
+        if not mia:
+            continue
+        worst = [_worst(r) for r in mia.values()]
+        delta = "—" if ref is None else f"{100 * (s['image_auroc'] - ref):+.1f}"
+        lines.append(
+            f"| ({s['group']}) {s['name']} | {s['image_auroc']:.3f} | {delta} "
+            f"| {max(w[0] for w in worst):.3f} | {100 * max(w[1] for w in worst):.1f} "
+            f"| {_eps(s['guarantee'])} |"
+        )
+    return "\n".join(lines)

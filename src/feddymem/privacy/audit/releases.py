@@ -119,11 +119,15 @@ def release_membership(
             "items": int(release.vectors.shape[0]),
             "wall_s": time.perf_counter() - t0,
         }
+        dist, cal = results[release.name]["distance"], results[release.name].get("calibrated", {})
         log.info(
-            "  membership on %s: distance AUC %.3f, calibrated AUC %.3f (%.0f s)",
+            "  membership on %s: distance AUC %.3f (TPR@1%% %.3f), calibrated AUC %.3f "
+            "(TPR@1%% %.3f) (%.0f s)",
             release.name,
-            results[release.name]["distance"]["auc"],
-            results[release.name].get("calibrated", {}).get("auc", float("nan")),
+            dist["auc"],
+            dist["tpr_at_1%"],
+            cal.get("auc", float("nan")),
+            cal.get("tpr_at_1%", float("nan")),
             results[release.name]["wall_s"],
         )
     return results

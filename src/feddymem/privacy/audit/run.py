@@ -165,8 +165,9 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
 
     settings = _resolve_clip(config.settings, public.flat_features.norm(dim=1))
     twin_features = reference.features[: len(in_memory)]
-    results = [
-        audit_setting(
+    results = []
+    for s in settings:
+        result = audit_setting(
             s,
             config=config,
             data=data,
@@ -177,8 +178,9 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
             extractor=extractor,
             membership=membership,
         )
-        for s in settings
-    ]
+        results.append(result)
+        partial = {"baselines": baselines, "settings": [r.summary for r in results]}
+        (out / "audit.partial.json").write_text(json.dumps(partial, indent=2, default=str))
 
     whole: list[tuple[str, torch.Tensor]] = [
         ("victim image", victim.images[0]),
@@ -217,5 +219,6 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
         "files": {"grid": "grid.png", "plot": "auroc_vs_psnr.png"},
     }
     (out / "audit.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "audit.partial.json").unlink(missing_ok=True)  # per-setting progress, now whole
     log.info("audit written to %s in %.0f s", out, report["timing"]["total_s"])
     return report

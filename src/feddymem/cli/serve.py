@@ -86,7 +86,12 @@ def cmd_watch(args: argparse.Namespace) -> int:
         f"({len(watcher.done)} already recorded)",
         flush=True,
     )
-    watcher.run(stop)
+    # scoring on a thread of its own, as in `serve`: PyTorch ran several times slower on the
+    # main thread of a process here (glibc's main arena); the main thread waits for signals
+    thread = threading.Thread(target=watcher.run, args=(stop,), name="folder-watch")
+    thread.start()
+    while thread.is_alive():
+        thread.join(timeout=0.5)
     return 0
 
 

@@ -53,10 +53,11 @@ MAX_BYTES = 2_000_000  # the service's byte cap in this run (the over-cap reques
 
 
 def on_worker_thread(fn: Any, *args: Any) -> Any:
-    """`fn(*args)` on a fresh thread, as the service scores (its scoring thread): on this
-    project's machine PyTorch ran several times slower on a process's main thread than on
-    another thread (glibc's main arena against a thread arena), so the baselines get the
-    same footing as the service."""
+    """`fn(*args)` on a fresh thread, as the service scores (its scoring thread, the model
+    loaded on the main thread). On the 2-core machine under heavy load, PyTorch ran 10-30x
+    slower on the thread that loaded the model than on another thread (cause not pinned down;
+    OpenMP's team of the first thread is the suspect), so the baselines get the service's
+    footing."""
     with ThreadPoolExecutor(1) as pool:
         return pool.submit(fn, *args).result()
 
@@ -113,32 +114,37 @@ def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 300)
 
 # --- baselines in this process -------------------------------------------------------------
 def in_process_latency(model_path: Path, image: bytes, n: int) -> list[float]:
+    """Decode + score one image, `n` times, in this process (the model loaded on the main
+    thread, scored on another, as in the service)."""
     model = load_model(model_path)
-    times = []
-    for _ in range(3):  # warm up, as the service is before its timed requests
-        score_batch(
-            model,
-            [decode_bytes(image, max_bytes=MAX_BYTES, max_pixels=40_000_000)],
-            want_maps=[False],
-        )
-    for _ in range(n):
-        t0 = time.perf_counter()
-        pixels = decode_bytes(image, max_bytes=MAX_BYTES, max_pixels=40_000_000)
-        score_batch(model, [pixels], want_maps=[False])
-        times.append(time.perf_counter() - t0)
-    return times
+
+    def timed() -> list[float]:
+        times = []
+        for i in range(n + 3):  # 3 to warm up, as the service is before its timed requests
+            t0 = time.perf_counter()
+            pixels = decode_bytes(image, max_bytes=MAX_BYTES, max_pixels=40_000_000)
+            score_batch(model, [pixels], want_maps=[False])
+            if i >= 3:
+                times.append(time.perf_counter() - t0)
+        return times
+
+    return on_worker_thread(timed)
 
 
 def batch_throughput(model_path: Path, files: list[Path]) -> float:
     """`evaluate`'s way: the model's loader (threads decode) and batch size, then predict."""
     det = load_model(model_path).detector
     samples = [Sample(path=p, label=0, defect="good") for p in files]
-    t0 = time.perf_counter()
-    n = 0
-    for batch in det.batches(samples):
-        det.predict(batch.images)
-        n += len(batch)
-    return n / (time.perf_counter() - t0)
+
+    def timed() -> float:
+        t0 = time.perf_counter()
+        n = 0
+        for batch in det.batches(samples):
+            det.predict(batch.images)
+            n += len(batch)
+        return n / (time.perf_counter() - t0)
+
+    return on_worker_thread(timed)
 
 
 # --- HTTP load ---------------------------------------------------------------------------
@@ -348,7 +354,7 @@ def main() -> int:
                     t0 = time.perf_counter()
                     assert c.post("/v1/score", content=one).status_code == 200
                     seq.append(time.perf_counter() - t0)
-            local = on_worker_thread(in_process_latency, args.model, one, args.sequential)
+            local = in_process_latency(args.model, one, args.sequential)
             report["sequential"] = {
                 "service_p50_ms": round(pct(seq, 50) * 1000, 1),
                 "service_p99_ms": round(pct(seq, 99) * 1000, 1),
@@ -357,7 +363,7 @@ def main() -> int:
                 "p50_ratio": round(pct(seq, 50) / pct(local, 50), 3),
             }
             print(json.dumps({"sequential": report["sequential"]}), flush=True)
-            batch = on_worker_thread(batch_throughput, args.model, files)
+            batch = batch_throughput(args.model, files)
             levels = {}
             for clients in (1, 4, 16):
                 ips = throughput(url, bodies, clients, args.requests)

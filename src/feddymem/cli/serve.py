@@ -86,8 +86,8 @@ def cmd_watch(args: argparse.Namespace) -> int:
         f"({len(watcher.done)} already recorded)",
         flush=True,
     )
-    # scoring on a thread of its own, as in `serve`: PyTorch ran several times slower on the
-    # main thread of a process here (glibc's main arena); the main thread waits for signals
+    # scoring on a thread of its own, as in `serve`: on a loaded 2-core machine PyTorch ran
+    # many times slower on the thread that loaded the model; the main thread waits for signals
     thread = threading.Thread(target=watcher.run, args=(stop,), name="folder-watch")
     thread.start()
     while thread.is_alive():

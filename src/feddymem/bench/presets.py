@@ -76,7 +76,16 @@ PRESETS: dict[str, Preset] = {
         # Where sites need each other (feddymem.data.generated.protocols): few training normals
         # per site, and a test split holding a source only other sites trained on.
         datasets=("elpv-cells.few-8", "elpv-cells.few-16", "elpv-cells.new-variant"),
-        methods=("local-patchcore", "local-padim", "fedavg", "feddymem"),
+        methods=(
+            "local-patchcore",
+            "local-padim",
+            "fedavg",
+            "feddymem",
+            "fed-padim",
+            "feddymem-own-memory",
+            "feddymem-fp16",
+            "feddymem-fp16-2x",
+        ),
         seeds=(0, 1, 2),
         scale="full",
         rounds=2,

@@ -1,4 +1,7 @@
-"""One real deployment on loopback: a SuperLink with TLS, two SuperNodes, `flwr run`.
+"""One real deployment on loopback: a SuperLink with TLS and SuperNode authentication, two
+registered sites bound to their keys in the spec, an impostor (a registered key claiming
+site-a's name, refused by the ServerApp) and a rogue node (unregistered key, refused by the
+SuperLink), `flwr run`.
 
 Two rounds: round 0 (memories from the untrained generators) and one training round against
 M_g (``rounds = 1`` in the spec), then the evaluation. A deployed SuperNode starts a fresh
@@ -14,19 +17,21 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
-from certs import make_certificates
+from certs import make_certificates, make_node_key
 from fakes import smoke_federation
 from processes import ProcessGroup, descendants, free_port, wait_for_port
 
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "deploy" / "feddymem-app"
 BIN = Path(sys.executable).parent
+SITES = ("site-a", "site-b")
 RUN_DEADLINE_S = 300.0  # about 120 s on an idle 2-core machine
 
 
@@ -45,7 +50,7 @@ def _env(home: Path) -> dict[str, str]:
 
 def _flwr(args: list[str], env: dict[str, str]) -> str:
     done = subprocess.run(
-        [str(BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=60, check=False
+        [str(BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=180, check=False
     )
     if done.returncode != 0:
         raise AssertionError(
@@ -55,7 +60,7 @@ def _flwr(args: list[str], env: dict[str, str]) -> str:
 
 
 @pytest.mark.slow
-def test_two_sites_with_tls_and_flwr_run(tmp_path: Path) -> None:
+def test_two_sites_with_tls_node_auth_and_flwr_run(tmp_path: Path) -> None:
     spec = smoke_federation(tmp_path / "fed")
     spec.write_text(spec.read_text().replace("rounds = 2", "rounds = 1"))
     certs = make_certificates(tmp_path / "certs")
@@ -78,29 +83,11 @@ def test_two_sites_with_tls_and_flwr_run(tmp_path: Path) -> None:
                 "--port",
                 str(link_port),
                 "--disable-runtime-dependency-installation",
+                "--enable-supernode-auth",
             ],
             env=_env(tmp_path / "home-superlink"),
         )
         wait_for_port(link_port, timeout=60, process=link)
-        for site in ("site-a", "site-b"):
-            data, work = spec.parent / "data" / site, tmp_path / "work" / site
-            node_config = f'name="{site}" data="{data}" work-dir="{work}"'
-            group.start(
-                f"supernode-{site}",
-                [
-                    str(BIN / "flower-supernode"),
-                    "--root-certificates",
-                    str(certs.ca),
-                    "--superlink",
-                    f"127.0.0.1:{link_port}",
-                    "--port",
-                    str(free_port()),
-                    "--node-config",
-                    node_config,
-                ],
-                env=_env(tmp_path / f"home-{site}"),
-            )
-
         cli_env = _env(tmp_path / "home-cli")
         (tmp_path / "home-cli" / "config.toml").write_text(
             "[superlink]\n"
@@ -110,6 +97,42 @@ def test_two_sites_with_tls_and_flwr_run(tmp_path: Path) -> None:
             f'root-certificates = "{certs.ca}"\n',
             encoding="utf-8",
         )
+        # every site's key registered; the spec binds each name to its key's node id. An
+        # impostor with a registered key of its own claims site-a's name; a rogue node's key
+        # was never registered.
+        keys = {who: make_node_key(tmp_path / "keys", who) for who in (*SITES, "impostor", "rogue")}
+        node_ids = {}
+        for who in (*SITES, "impostor"):
+            registered = json.loads(
+                _flwr(
+                    ["supernode", "register", str(keys[who][1]), "fed", "--format", "json"], cli_env
+                )
+            )
+            node_ids[who] = int(registered["node-id"])
+        text = spec.read_text()
+        for site in SITES:
+            text = text.replace(f'name = "{site}"', f'name = "{site}"\nnode_id = {node_ids[site]}')
+        spec.write_text(text)
+        nodes = {}
+        for who, claims in (*((s, s) for s in SITES), ("impostor", "site-a"), ("rogue", "site-b")):
+            data, work = spec.parent / "data" / claims, tmp_path / "work" / who
+            nodes[who] = group.start(
+                f"supernode-{who}",
+                [
+                    str(BIN / "flower-supernode"),
+                    "--root-certificates",
+                    str(certs.ca),
+                    "--superlink",
+                    f"127.0.0.1:{link_port}",
+                    "--port",
+                    str(free_port()),
+                    "--auth-supernode-private-key",
+                    str(keys[who][0]),
+                    "--node-config",
+                    f'name="{claims}" data="{data}" work-dir="{work}"',
+                ],
+                env=_env(tmp_path / f"home-{who}"),
+            )
         started = json.loads(
             _flwr(
                 [
@@ -145,7 +168,17 @@ def test_two_sites_with_tls_and_flwr_run(tmp_path: Path) -> None:
         results = json.loads((out / "results.json").read_text())
         assert results["status"] == "completed", results["error"]
         assert results["evaluated_clients"] == ["site-a", "site-b"]
-        assert results["rejected"] == []
+        # the unregistered node never got in (Flower's exit code 305: activation refused)
+        assert nodes["rogue"].wait(timeout=60) != 0
+        rogue_log = (tmp_path / "supernode-rogue.log").read_text(errors="replace")
+        assert "Exit Code: 305" in rogue_log and "Failed to activate SuperNode" in rogue_log
+        # its SuperExec helper, orphaned when the refused SuperNode exited, names it by pid
+        for pid in descendants([nodes["rogue"].pid]):
+            os.kill(pid, signal.SIGTERM)
+        # the impostor's registered key does not buy it site-a's name
+        [refused] = results["rejected"]
+        assert refused["node_id"] == node_ids["impostor"] and refused["kind"] == "identity"
+        assert "impersonation" in refused["reason"]
         assert [r["round"] for r in results["rounds"]] == [0, 1]
         for site in ("site-a", "site-b"):
             client = results["clients"][site]

@@ -1,5 +1,0 @@
-"""`python -m feddymem.cli`."""
-
-from feddymem.cli import main
-
-raise SystemExit(main())

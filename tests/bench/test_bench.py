@@ -11,7 +11,8 @@ from tests.conftest import make_texture_tree
 
 from feddymem.bench import COLUMNS, METHODS, Method, Outcome, Preset, Task, run_bench
 from feddymem.bench.report import summarise
-from feddymem.bench.runner import BenchError, read_rows
+from feddymem.bench.results import read_rows
+from feddymem.bench.runner import BenchError
 
 TINY = Preset(
     name="tiny",

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from feddymem.bench.methods import METHODS
-from feddymem.bench.runner import read_rows, rerun_command
+from feddymem.bench.results import read_rows, rerun_command
 
 __all__ = ["summarise", "write_report"]
 

@@ -15,7 +15,6 @@ A row already in ``results.csv`` is skipped, so an interrupted run resumes where
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
@@ -33,27 +32,12 @@ import psutil
 
 from feddymem.bench.methods import METHODS, METRIC_KEYS, Outcome, Task
 from feddymem.bench.presets import PRESETS, Preset
+from feddymem.bench.results import append_row, drop_rows, read_rows, rerun_command
 
-__all__ = ["COLUMNS", "BenchError", "rerun_command", "run_bench"]
+__all__ = ["BenchError", "run_bench"]
 
 log = logging.getLogger(__name__)
 
-COLUMNS = (
-    "method",
-    "dataset",
-    "clients",
-    "seed",
-    "image_auroc",
-    "pixel_auroc",
-    "aupro",
-    "f1_max",
-    "bytes_up",
-    "bytes_down",
-    "rounds",
-    "wall_s",
-    "peak_rss_mb",
-)
-RESULTS_FILE = "results.csv"
 # Where the real surface sets live on the project's machines: ../shared/data beside the repo.
 DEFAULT_SHARED_DATA = Path(__file__).resolve().parents[3].parent / "shared" / "data"
 
@@ -135,49 +119,6 @@ def row_of(task: Task, method: str, outcome: Outcome, *, wall_s: float, peak_mb:
     return row
 
 
-def read_rows(out: Path) -> list[dict[str, Any]]:
-    """The rows of ``results.csv`` (numbers parsed; empty cells None)."""
-    path = out / RESULTS_FILE
-    if not path.is_file():
-        return []
-    rows = []
-    with path.open(newline="", encoding="utf-8") as f:
-        for raw in csv.DictReader(f):
-            row: dict[str, Any] = {}
-            for key in COLUMNS:
-                value = raw.get(key, "")
-                if key in ("method", "dataset"):
-                    row[key] = value
-                elif value == "":
-                    row[key] = None
-                elif key in ("clients", "seed", "rounds"):
-                    row[key] = int(value)
-                else:
-                    row[key] = float(value)
-            rows.append(row)
-    return rows
-
-
-def _append_row(out: Path, row: Mapping[str, Any]) -> None:
-    path = out / RESULTS_FILE
-    new = not path.is_file()
-    with path.open("a", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=COLUMNS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: ("" if row[k] is None else row[k]) for k in COLUMNS})
-
-
-def _drop_rows(out: Path, keys: set[tuple[str, str, int]]) -> None:
-    """Remove rows about to be re-run (``--force``), keeping the others."""
-    rows = [r for r in read_rows(out) if (r["method"], r["dataset"], r["seed"]) not in keys]
-    path = out / RESULTS_FILE
-    if path.is_file():
-        path.unlink()
-    for row in rows:
-        _append_row(out, row)
-
-
 def _append_json(path: Path, payload: Mapping[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(payload) + "\n")
@@ -193,14 +134,6 @@ def _save_scores(out: Path, task: Task, method: str, outcome: Outcome) -> None:
         arrays[f"{name}__labels"] = np.asarray(labels)
         arrays[f"{name}__scores"] = np.asarray(scores)
     np.savez(folder / f"seed{task.seed}.npz", **arrays)  # type: ignore[arg-type]
-
-
-def rerun_command(preset: str, out: Path, *, method: str, dataset: str, seed: int) -> str:
-    """The command that runs one row again, alone."""
-    return (
-        f"feddymem bench --preset {preset} --out {out} --datasets {dataset} "
-        f"--methods {method} --seeds {seed} --force"
-    )
 
 
 def resolve_datasets(
@@ -323,7 +256,7 @@ def run_bench(
     )
     keys = {(m, d.name, s) for d in resolved for m in method_names for s in seed_list}
     if force:
-        _drop_rows(out, keys)
+        drop_rows(out, keys)
     done = {(r["method"], r["dataset"], r["seed"]) for r in read_rows(out)}
     # Seed by seed, baselines and FedDyMem before ablations: an interrupted run still has every
     # cell of the table for its first seeds.
@@ -371,7 +304,7 @@ def run_bench(
                 },
             )
             continue
-        _append_row(out, row)
+        append_row(out, row)
         _append_json(
             out / "clients.jsonl",
             {"method": method, "dataset": dataset.name, "seed": seed, "clients": outcome.clients},

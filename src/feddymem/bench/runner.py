@@ -241,6 +241,22 @@ def run_bench(
     seed_list = list(preset.seeds if seeds is None else seeds)
 
     resolved = resolve_datasets(preset, out, names=names, specs=specs, shared_data=shared_data)
+    _write_preset(out, preset, resolved)
+    todo = _plan(out, resolved, method_names, seed_list, force=force)
+    for i, (dataset, method, seed) in enumerate(todo, 1):
+        log.info("[%d/%d] %s on %s, seed %d", i, len(todo), method, dataset.name, seed)
+        _run_row(out, preset, dataset, method, seed, keep_work=keep_work)
+    rows = read_rows(out)
+    if any(not math.isfinite(r["image_auroc"] or 0.0) for r in rows):
+        log.warning("some rows have a non-finite image AUROC")
+    from feddymem.bench.report import write_report
+
+    write_report(out, preset=preset.name)
+    return rows
+
+
+def _write_preset(out: Path, preset: Preset, resolved: Sequence[Dataset]) -> None:
+    """``preset.json``: what the rows of this folder were run with."""
     (out / "preset.json").write_text(
         json.dumps(
             {
@@ -254,12 +270,22 @@ def run_bench(
         ),
         encoding="utf-8",
     )
+
+
+def _plan(
+    out: Path,
+    resolved: Sequence[Dataset],
+    method_names: Sequence[str],
+    seed_list: Sequence[int],
+    *,
+    force: bool,
+) -> list[tuple[Dataset, str, int]]:
+    """The rows still to run, in order: seed by seed, baselines and FedDyMem before ablations,
+    so an interrupted run still has every cell of the table for its first seeds."""
     keys = {(m, d.name, s) for d in resolved for m in method_names for s in seed_list}
     if force:
         drop_rows(out, keys)
     done = {(r["method"], r["dataset"], r["seed"]) for r in read_rows(out)}
-    # Seed by seed, baselines and FedDyMem before ablations: an interrupted run still has every
-    # cell of the table for its first seeds.
     main = [m for m in method_names if METHODS[m].family != "ablation"]
     ablations = [m for m in method_names if METHODS[m].family == "ablation"]
     todo = [
@@ -271,59 +297,57 @@ def run_bench(
         if (m, d.name, s) not in done
     ]
     log.info("%d row(s) to run, %d already in %s", len(todo), len(keys) - len(todo), out)
-    for i, (dataset, method, seed) in enumerate(todo, 1):
-        work = out / "work" / dataset.name / method / f"seed{seed}"
-        if work.exists():
-            shutil.rmtree(work)  # a half-finished row must not leak into this one
-        task = Task(
-            dataset=dataset.name,
-            spec_path=dataset.spec_path,
-            seed=seed,
-            rounds=preset.rounds,
-            model=preset.model,
-            work=work,
-            feature_cache=out / "cache",
-        )
-        log.info("[%d/%d] %s on %s, seed %d", i, len(todo), method, dataset.name, seed)
-        try:
-            with _PeakRss() as rss, _timed() as wall:
-                outcome = METHODS[method].run(task)
-            row = row_of(task, method, outcome, wall_s=wall[0], peak_mb=rss.peak / 2**20)
-        except Exception as err:  # one failing row must not lose the others
-            log.exception("%s on %s, seed %d failed", method, dataset.name, seed)
-            _append_json(
-                out / "failures.jsonl",
-                {
-                    "method": method,
-                    "dataset": dataset.name,
-                    "seed": seed,
-                    "error": f"{type(err).__name__}: {err}"[:2000],
-                    "rerun": rerun_command(
-                        preset.name, out, method=method, dataset=dataset.name, seed=seed
-                    ),
-                },
-            )
-            continue
-        append_row(out, row)
-        _append_json(
-            out / "clients.jsonl",
-            {"method": method, "dataset": dataset.name, "seed": seed, "clients": outcome.clients},
-        )
-        _save_scores(out, task, method, outcome)
-        log.info(
-            "%s on %s, seed %d: image AUROC %s in %.0f s",
-            method,
-            dataset.name,
-            seed,
-            "n/a" if row["image_auroc"] is None else f"{row['image_auroc']:.3f}",
-            row["wall_s"],
-        )
-        if not keep_work:
-            shutil.rmtree(work, ignore_errors=True)
-    rows = read_rows(out)
-    if any(not math.isfinite(r["image_auroc"] or 0.0) for r in rows):
-        log.warning("some rows have a non-finite image AUROC")
-    from feddymem.bench.report import write_report
+    return todo
 
-    write_report(out, preset=preset.name)
-    return rows
+
+def _run_row(
+    out: Path, preset: Preset, dataset: Dataset, method: str, seed: int, *, keep_work: bool
+) -> None:
+    """Run one (method, data set, seed) row and append it; a failure goes to failures.jsonl."""
+    work = out / "work" / dataset.name / method / f"seed{seed}"
+    if work.exists():
+        shutil.rmtree(work)  # a half-finished row must not leak into this one
+    task = Task(
+        dataset=dataset.name,
+        spec_path=dataset.spec_path,
+        seed=seed,
+        rounds=preset.rounds,
+        model=preset.model,
+        work=work,
+        feature_cache=out / "cache",
+    )
+    try:
+        with _PeakRss() as rss, _timed() as wall:
+            outcome = METHODS[method].run(task)
+        row = row_of(task, method, outcome, wall_s=wall[0], peak_mb=rss.peak / 2**20)
+    except Exception as err:  # one failing row must not lose the others
+        log.exception("%s on %s, seed %d failed", method, dataset.name, seed)
+        _append_json(
+            out / "failures.jsonl",
+            {
+                "method": method,
+                "dataset": dataset.name,
+                "seed": seed,
+                "error": f"{type(err).__name__}: {err}"[:2000],
+                "rerun": rerun_command(
+                    preset.name, out, method=method, dataset=dataset.name, seed=seed
+                ),
+            },
+        )
+        return
+    append_row(out, row)
+    _append_json(
+        out / "clients.jsonl",
+        {"method": method, "dataset": dataset.name, "seed": seed, "clients": outcome.clients},
+    )
+    _save_scores(out, task, method, outcome)
+    log.info(
+        "%s on %s, seed %d: image AUROC %s in %.0f s",
+        method,
+        dataset.name,
+        seed,
+        "n/a" if row["image_auroc"] is None else f"{row['image_auroc']:.3f}",
+        row["wall_s"],
+    )
+    if not keep_work:
+        shutil.rmtree(work, ignore_errors=True)

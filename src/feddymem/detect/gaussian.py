@@ -130,13 +130,14 @@ class PatchMoments:
         assert first.grid_hw is not None and first.total is not None and first.outer is not None
         total, outer = first.total.clone(), first.outer.clone()
         for m in filled[1:]:
-            if m.grid_hw != first.grid_hw or m.total.shape != total.shape:  # type: ignore[union-attr]
+            assert m.total is not None and m.outer is not None
+            if m.grid_hw != first.grid_hw or m.total.shape != total.shape:
                 raise ValueError(
                     f"moments of grid {m.grid_hw} and {first.grid_hw} (or of other channel "
                     "counts) cannot be pooled: every site needs the same input size"
                 )
-            total += m.total  # type: ignore[operator]
-            outer += m.outer  # type: ignore[operator]
+            total += m.total
+            outer += m.outer
         return cls.from_sums(sum(m.count for m in filled), total, outer, first.grid_hw)
 
     def mean_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:

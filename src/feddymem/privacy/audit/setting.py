@@ -290,32 +290,18 @@ def audit_setting(
     )
     pa = _attack_patches(client, memory, twin, attacker=attacker, config=config)
 
-    tiled = None
-    image_scores: dict[str, Any] | None = None
-    h, w = grid_hw
-    layouts = _layouts(
+    tiled, image_scores = _whole_images(
+        client,
         memory,
         twin,
+        pa,
+        config=config,
+        attacker=attacker,
+        grid_hw=grid_hw,
         memory_reduce=cfg.memory_reduce,
-        n_img=len(client.train_samples),
-        hw=h * w,
-        whole_images=config.attack.whole_images,
+        membership=membership,
     )
-    if layouts is not None:
-        stride = client.detector.extractor.stride
-        own, other = (
-            torch.stack(
-                [tile_patches(pa.decoder.decode(v), grid=grid_hw, stride=stride) for v in vs]
-            )
-            for vs in layouts
-        )
-        tiled = own[0]
-        image_scores = image_match(own, other, attacker.victim.images)
-        if cfg.memory_reduce == "none" and membership is not None:
-            # an ordered raw bank: reconstruction k is of the memory's image k
-            truth = attacker.victim.images[: own.shape[0]]
-            image_scores["identify"] = identification(own, truth, membership.image_pool)
-
+    h, w = grid_hw
     summary = _summary(
         setting,
         client,
@@ -338,6 +324,45 @@ def audit_setting(
         matched=pa.vs_victim.matched[:g],
         tiled=tiled,
     )
+
+
+def _whole_images(
+    client: FedDyMemClient,
+    memory: ReducedMemory,
+    twin: ReducedMemory,
+    pa: _PatchAttack,
+    *,
+    config: AuditConfig,
+    attacker: Attacker,
+    grid_hw: tuple[int, int],
+    memory_reduce: str,
+    membership: MembershipData | None,
+) -> tuple[torch.Tensor | None, dict[str, Any] | None]:
+    """Whole images decoded from an upload whose items keep the image layout (a raw bank or
+    the per-position average): the first victim image's tiles, and their matches and
+    identification against the victim's images; (None, None) for an upload without layout."""
+    h, w = grid_hw
+    layouts = _layouts(
+        memory,
+        twin,
+        memory_reduce=memory_reduce,
+        n_img=len(client.train_samples),
+        hw=h * w,
+        whole_images=config.attack.whole_images,
+    )
+    if layouts is None:
+        return None, None
+    stride = client.detector.extractor.stride
+    own, other = (
+        torch.stack([tile_patches(pa.decoder.decode(v), grid=grid_hw, stride=stride) for v in vs])
+        for vs in layouts
+    )
+    image_scores: dict[str, Any] = dict(image_match(own, other, attacker.victim.images))
+    if memory_reduce == "none" and membership is not None:
+        # an ordered raw bank: reconstruction k is of the memory's image k
+        truth = attacker.victim.images[: own.shape[0]]
+        image_scores["identify"] = identification(own, truth, membership.image_pool)
+    return own[0], image_scores
 
 
 def _guarantee_dict(g: Any) -> dict[str, Any]:

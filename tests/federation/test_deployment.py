@@ -28,6 +28,8 @@ from certs import make_certificates, make_node_key
 from fakes import smoke_federation
 from processes import ProcessGroup, descendants, free_port, wait_for_port
 
+from feddymem.federation.simulation import run_federation
+
 REPO = Path(__file__).resolve().parents[2]
 APP = REPO / "deploy" / "feddymem-app"
 BIN = Path(sys.executable).parent
@@ -50,7 +52,12 @@ def _env(home: Path) -> dict[str, str]:
 
 def _flwr(args: list[str], env: dict[str, str]) -> str:
     done = subprocess.run(
-        [str(BIN / "flwr"), *args], env=env, capture_output=True, text=True, timeout=180, check=False
+        [str(BIN / "flwr"), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     if done.returncode != 0:
         raise AssertionError(
@@ -63,6 +70,8 @@ def _flwr(args: list[str], env: dict[str, str]) -> str:
 def test_two_sites_with_tls_node_auth_and_flwr_run(tmp_path: Path) -> None:
     spec = smoke_federation(tmp_path / "fed")
     spec.write_text(spec.read_text().replace("rounds = 2", "rounds = 1"))
+    clean_spec = spec.with_name("clean.toml")  # the same federation, with nobody attacking it
+    clean_spec.write_text(spec.read_text())
     certs = make_certificates(tmp_path / "certs")
     out = tmp_path / "run"
     link_port = free_port()
@@ -197,6 +206,16 @@ def test_two_sites_with_tls_node_auth_and_flwr_run(tmp_path: Path) -> None:
     assert all(s.process.poll() is not None for s in group.started)
     assert helpers and not descendants([s.process.pid for s in group.started])
     assert not [pid for pid in helpers if Path(f"/proc/{pid}").exists() and _state(pid) != "Z"]
+
+    # The attacks changed nothing: the same two sites federated on Flower's simulation engine,
+    # with no impostor and no rogue node, reach the same detection.
+    clean = run_federation(clean_spec, tmp_path / "clean", num_cpus=2, cpus_per_client=1.0)
+    assert clean["status"] == "completed" and clean["rejected"] == []
+    for site in SITES:
+        attacked, alone = results["clients"][site], clean["clients"][site]
+        print(site, attacked["image_auroc"], alone["image_auroc"])
+        for key in ("image_auroc", "pixel_auroc"):
+            assert attacked[key] == pytest.approx(alone[key], abs=1e-3), (site, key)
 
 
 def _state(pid: int) -> str:

@@ -258,6 +258,9 @@ def test_cli_fit_evaluate_predict(
     flagged = sum(int(r["anomalous"]) for r in scored)
     assert point["recall"] == pytest.approx(flagged / len(scored))
     assert 0.0 <= point["false_alarm_rate"] <= 1.0
+    low, high = point["false_alarm_rate_ci95"]
+    assert 0.0 <= low <= point["false_alarm_rate"] <= high <= 1.0
+    assert point["normals"] == len(list((texture_tree / "test" / "good").iterdir()))
     assert point["oracle_recall"] >= point["recall"]  # no threshold with as few alarms does worse
     # thresholds for 1%, 2%, 5% false alarms from the normals kept at fit: lower for more alarms
     at_far = metrics["at_far"]

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from feddymem.detect.threshold import (
+    false_alarm_interval,
     genpareto_threshold,
     oracle_recall,
     rule_threshold,
@@ -53,3 +54,18 @@ def test_oracle_recall_counts_the_anomalies_above_the_next_normal_down() -> None
     assert oracle_recall(labels, scores, threshold=0.8) == pytest.approx(0.75)
     # no false alarm at 0.95: the oracle sits at 0.9 and catches 1.0 only
     assert oracle_recall(labels, scores, threshold=0.95) == pytest.approx(0.25)
+
+
+def test_false_alarm_interval_is_the_exact_binomial_interval() -> None:
+    # none of 70: the upper end solves (1 - p)^70 = 0.025
+    low, high = false_alarm_interval(0, 70)
+    assert low == 0.0 and high == pytest.approx(1 - 0.025 ** (1 / 70), rel=1e-6)
+    # 6 of 176 (3.4%) is consistent with a true 2%; 20 of 176 (11.4%) is not
+    low, high = false_alarm_interval(6, 176)
+    assert low < 0.02 < high
+    assert false_alarm_interval(20, 176)[0] > 0.02
+    # more normals, a narrower interval around the same rate
+    wide, narrow = false_alarm_interval(2, 100), false_alarm_interval(20, 1000)
+    assert narrow[1] - narrow[0] < wide[1] - wide[0]
+    with pytest.raises(ValueError, match="false alarms"):
+        false_alarm_interval(5, 4)

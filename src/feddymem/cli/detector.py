@@ -94,7 +94,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             print(
                 f"{'at threshold':>14}: {value['threshold']:.4f} flags {value['flagged']} "
                 f"image(s): recall {value['recall']:.4f}, false-alarm rate "
-                f"{value['false_alarm_rate']:.4f}, precision {value['precision']:.4f} "
+                f"{value['false_alarm_rate']:.4f} of {value['normals']} normals (95% interval "
+                f"{value['false_alarm_rate_ci95'][0]:.4f}-{value['false_alarm_rate_ci95'][1]:.4f}), "
+                f"precision {value['precision']:.4f} "
                 f"(best recall at this false-alarm rate {value['oracle_recall']:.4f})"
             )
         elif key == "at_far":

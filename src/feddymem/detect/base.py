@@ -455,12 +455,19 @@ class Detector:
         if scores.labels.min() == scores.labels.max():
             return out  # recall and false alarms need both normal and anomalous images
         if self.threshold_ is not None:
+            point = scores.operating_point(self.threshold_)
+            normals = int(np.count_nonzero(scores.labels == 0))
+            low, high = thresholds.false_alarm_interval(
+                round(point["false_alarm_rate"] * normals), normals
+            )
             out["at_threshold"] = {
-                **scores.operating_point(self.threshold_),
+                **point,
                 "oracle_recall": thresholds.oracle_recall(
                     scores.labels, scores.image_scores, threshold=self.threshold_
                 ),
                 "threshold": self.threshold_,
+                "normals": normals,
+                "false_alarm_rate_ci95": [low, high],
             }
         for rate, threshold in self.thresholds_at().items():
             out["at_far"][f"{rate:g}"] = {

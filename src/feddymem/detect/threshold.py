@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from typing import Literal
 
 import numpy as np
+from scipy.stats import binomtest
 
 from feddymem.data import Sample
 
@@ -116,3 +117,19 @@ def oracle_recall(labels: np.ndarray, scores: np.ndarray, *, threshold: float) -
     k = int((normal > threshold).sum())
     best = normal[k] if k < normal.size else -np.inf
     return float((scores[labels] > best).mean()) if labels.any() else float("nan")
+
+
+def false_alarm_interval(
+    false_alarms: int, normals: int, *, level: float = 0.95
+) -> tuple[float, float]:
+    """The exact (Clopper-Pearson) `level` interval of a false-alarm rate observed as
+    `false_alarms` of `normals` test normals (scipy.stats.binomtest).
+
+    Test sets hold tens to hundreds of normals, so an observed rate is itself uncertain: at a
+    true 2% rate, 70 normals give 0, 1, 2 or 3 false alarms with probabilities 0.24, 0.35,
+    0.24, 0.11. The interval says which true rates the observation is consistent with.
+    """
+    if normals < 1 or not 0 <= false_alarms <= normals:
+        raise ValueError(f"{false_alarms} false alarms of {normals} normals")
+    ci = binomtest(false_alarms, normals).proportion_ci(confidence_level=level, method="exact")
+    return float(ci.low), float(ci.high)

@@ -11,6 +11,8 @@ import httpx
 import pytest
 from tests.serve.servekit import REPO, Models, Server
 
+from feddymem.detect.overlay import _legend_layout
+
 pytestmark = pytest.mark.slow
 
 SHOTS = Path(os.environ.get("FEDDYMEM_TEST_OUTPUT", REPO / "tmp" / "test-output"))
@@ -63,7 +65,7 @@ def test_page_scores_an_upload(watched_server: tuple[Server, Path, Path], models
         overlay_loaded = browser.execute_script(
             "const i = document.getElementById('overlay'); return i.complete && i.naturalWidth;"
         )
-        assert overlay_loaded == 64
+        assert overlay_loaded == _legend_layout(64)[0]  # the 64 px image, its legend below
         # the upload reaches the live feed (polled every second)
         wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#feed li")) >= 2)
         assert image.name in browser.find_element(By.ID, "feed").text

@@ -18,6 +18,7 @@ from PIL import Image
 from tests.serve.servekit import REPO, Models, Server, huge_png_header, png_of
 
 from feddymem.detect.modelfile import write_state
+from feddymem.detect.overlay import _legend_layout
 from feddymem.detect.registry import load_detector
 
 
@@ -55,7 +56,10 @@ def test_endpoints(watched_server: tuple[Server, Path, Path], models: Models) ->
             assert body["server_ms"] > 0
         assert "overlay_png" not in raw and multi["name"] == image.name
         overlay = Image.open(io.BytesIO(base64.b64decode(multi["overlay_png"])))
-        assert overlay.size == Image.open(image).size and overlay.mode == "RGB"
+        # predict's picture: the image at its own size, the legend band below it
+        width, height = Image.open(image).size
+        canvas_w, legend_h, _ = _legend_layout(width)
+        assert overlay.size == (canvas_w, height + legend_h) and overlay.mode == "RGB"
 
         feed = c.get("/v1/feed").json()
         assert {e["source"] for e in feed["entries"]} >= {"http"}

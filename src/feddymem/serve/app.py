@@ -144,9 +144,10 @@ class Service:
         }
         if want_map:
             assert original is not None and result.amap is not None
-            drawn = await run_in_threadpool(overlay_image, result.model, original, result.amap)
+            drawn = await run_in_threadpool(overlay_image, result, original)
             body["overlay_png"] = base64.b64encode(png_bytes(drawn)).decode()
-            thumb = await run_in_threadpool(thumbnail_jpeg, drawn)
+            height, width = original.shape[:2]  # the feed's thumbnail: the picture, no legend
+            thumb = await run_in_threadpool(thumbnail_jpeg, drawn[:height, :width])
         self.metrics.decisions.labels(decision=decision, source="http").inc()
         self.feed.add(
             source="http",

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from feddymem.detect.overlay import color_scale, overlay, resample_map
+from feddymem.detect.overlay import Legend, color_scale, overlay_with_legend, resample_map
 from feddymem.serve.models import LoadedModel
 
 
@@ -62,13 +62,22 @@ def score_batch(
     ]
 
 
-def overlay_image(model: LoadedModel, image: np.ndarray, amap: torch.Tensor) -> np.ndarray:
-    """`predict`'s overlay: the anomaly map drawn over the image at its own size, in the
-    colours of the model that made the map."""
-    detector = model.detector
+def overlay_image(result: Scored, image: np.ndarray) -> np.ndarray:
+    """`predict`'s overlay of one scored image: the anomaly map over the image at its own size,
+    in the colours of the model that made it, with the legend below (decision, score against
+    the threshold, colour bar)."""
+    assert result.amap is not None
+    detector = result.model.detector
     vmin, vmax = color_scale(threshold=detector.threshold_, map_floor=detector.map_floor_)
-    full = resample_map(amap, image.shape[:2])
-    return overlay(image, full, vmin=vmin, vmax=vmax or float(full.max()))
+    full = resample_map(result.amap, image.shape[:2])
+    legend = Legend(
+        vmin=vmin,
+        vmax=vmax or float(full.max()),
+        score=result.score,
+        threshold=result.threshold,
+        anomalous=result.anomalous,
+    )
+    return np.asarray(overlay_with_legend(image, full, legend))
 
 
 def png_bytes(image: np.ndarray) -> bytes:

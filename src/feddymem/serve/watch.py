@@ -1,7 +1,7 @@
 """The folder watcher: each new image in a folder scored once, when fully written.
 
 A line that drops files into a folder gets, per image, a row in `<out>/results.jsonl` and
-`<out>/scores.csv` and an overlay `<out>/<stem>_overlay.png` (as `predict` draws it).
+`<out>/scores.csv` and an overlay `<out>/<stem>_overlay.png` (as `predict` draws it, with its legend).
 
 - Once: a file is known by its name; the names recorded in `results.jsonl` are never scored
   again, so a restart resumes where the last run stopped (rows that reached `results.jsonl`
@@ -186,8 +186,7 @@ class FolderWatcher:
     def _score(self, ready: list[tuple[Path, np.ndarray]]) -> int:
         results = self.score([pixels for _, pixels in ready])
         for (path, pixels), res in zip(ready, results, strict=True):
-            assert res.amap is not None
-            drawn = overlay_image(res.model, pixels, res.amap)
+            drawn = overlay_image(res, pixels)
             name = f"{path.stem}_overlay.png"
             tmp = self.out_dir / f".{name}.tmp"
             tmp.write_bytes(png_bytes(drawn))
@@ -204,7 +203,7 @@ class FolderWatcher:
             }
             self._record(row)
             if self.on_row is not None:
-                self.on_row(row, drawn)
+                self.on_row(row, drawn[: pixels.shape[0], : pixels.shape[1]])  # legend left off
         return len(ready)
 
     # --- the loop ----------------------------------------------------------------------------

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from feddymem.data.images import DataError, ImageReadError, MaskSizeError
+from feddymem.data.images import ImageReadError, MaskSizeError
 from feddymem.data.layouts import Sample, scan_mvtec
-from feddymem.data.loader import LoadReport, iter_batches, load_all, resolve_size
+from feddymem.data.loader import LoadReport, iter_batches, load_all
+from feddymem.data.sizing import resolve_size
 
 H, W = 32, 48
 SIZE = (16, 24)
@@ -40,36 +41,6 @@ def _normal(path: Path, value: int = 128) -> Sample:
 
 def _anomalous(path: Path, mask: Path | None) -> Sample:
     return Sample(path=_image(path, 200), label=1, defect="crack", mask_path=mask)
-
-
-def test_resolve_size_square_without_aspect() -> None:
-    assert resolve_size([], image_size=224, keep_aspect=False) == (224, 224)
-    with pytest.raises(ValueError, match="positive"):
-        resolve_size([], image_size=0, keep_aspect=False)
-    with pytest.raises(DataError, match="no image paths"):
-        resolve_size([], image_size=224, keep_aspect=True)
-
-
-def test_resolve_size_keeps_the_ratio_of_tall_and_wide_images(tmp_path: Path) -> None:
-    # KolektorSDD-like: 500 wide, 1250 tall (a little spread in height, as in the real set).
-    tall = [_image(tmp_path / f"t{i}.png", hw=(1240 + 5 * i, 500)) for i in range(5)]
-    size = resolve_size(tall, image_size=224, keep_aspect=True, multiple=32)
-    # 224 * 1250 / 500 = 560 = 17.5 * 32, rounded half up to 18 * 32.
-    assert size == (576, 224)
-    assert abs(size[0] - 224 * 2.5) <= 32
-
-    wide = [_image(tmp_path / f"w{i}.png", hw=(50, 125)) for i in range(3)]
-    assert resolve_size(wide, image_size=64, keep_aspect=True, multiple=16) == (64, 160)
-    assert resolve_size(wide, image_size=224, keep_aspect=False) == (224, 224)
-
-
-def test_resolve_size_skips_unreadable_headers(tmp_path: Path) -> None:
-    broken = tmp_path / "broken.png"
-    broken.write_bytes(b"nope")
-    good = _image(tmp_path / "ok.png", hw=(64, 32))
-    assert resolve_size([broken, good], image_size=32, keep_aspect=True) == (64, 32)
-    with pytest.raises(DataError, match="none of 1 probed"):
-        resolve_size([broken], image_size=32, keep_aspect=True)
 
 
 def test_iter_batches_shapes_dtypes_and_order(tmp_path: Path) -> None:
@@ -212,16 +183,3 @@ def test_real_magnetic_tile_counts_and_zero_masks() -> None:
     flags = zip(batch.samples, batch.has_mask.tolist(), strict=True)
     no_mask = {s.path.stem for s, ok in flags if not ok}
     assert no_mask == {"exp4_num_45057", "exp4_num_352527", "exp3_num_45042", "exp4_num_124690"}
-
-
-def test_resolve_size_squashes_when_aspect_ratios_vary(tmp_path: Path) -> None:
-    from PIL import Image
-
-    from feddymem.data import resolve_size
-
-    paths = []
-    for i, (h, w) in enumerate([(40, 100), (100, 40), (60, 60), (90, 50), (50, 90)]):
-        path = tmp_path / f"{i}.png"
-        Image.new("L", (w, h)).save(path)
-        paths.append(path)
-    assert resolve_size(paths, image_size=64, keep_aspect=True) == (64, 64)

@@ -19,7 +19,8 @@ from feddymem.data.layouts import (
     scan_folder,
     scan_mvtec,
 )
-from feddymem.data.loader import Batch, LoadReport, iter_batches, load_all, resolve_size
+from feddymem.data.loader import Batch, LoadReport, iter_batches, load_all
+from feddymem.data.sizing import resolve_size
 
 __all__ = [
     "ELPV_FOLDERS",

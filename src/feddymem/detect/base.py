@@ -21,7 +21,7 @@ import torch
 
 from feddymem.config import FeatureConfig, to_dict
 from feddymem.data import Batch, LoadReport, Sample, iter_batches, resolve_size
-from feddymem.data.loader import median_image_size
+from feddymem.data.sizing import median_image_size
 from feddymem.detect import threshold as thresholds
 from feddymem.detect.anomaly_map import to_anomaly_maps
 from feddymem.detect.features import PatchFeatureExtractor

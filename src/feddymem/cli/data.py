@@ -27,7 +27,7 @@ def cmd_data_elpv(args: argparse.Namespace) -> int:
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
     from feddymem.data import scan
-    from feddymem.data.generated.synth import synthesize_dataset
+    from feddymem.data.generated.synth.dataset import synthesize_dataset
 
     normals_dir: Path = args.normals
     train: list[Path] = []

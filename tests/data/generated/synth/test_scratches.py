@@ -1,0 +1,14 @@
+"""Scratches: thin lines covering a small part of the image."""
+
+from __future__ import annotations
+
+import numpy as np
+from tests.data.generated.synth.synthkit import IMAGES, N_SEEDS
+
+from feddymem.data.generated.synth.scratches import scratch
+
+
+def test_scratches_are_small() -> None:
+    image = IMAGES["textured"]
+    for seed in range(N_SEEDS):
+        assert scratch(image, np.random.default_rng(seed)).mask.mean() < 0.15

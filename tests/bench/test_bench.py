@@ -123,7 +123,7 @@ def test_protocol_columns_build_their_mixtures(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from feddymem.bench.runner import resolve_datasets
-    from feddymem.data.generated.mixtures import SCALES, ScaleSizes
+    from feddymem.data.generated.mixtures.recipe import SCALES, ScaleSizes
 
     monkeypatch.setitem(SCALES, "quick", ScaleSizes(train=8, good=2, anomalous=2))
     names = ["textures.few-4", "textures.new-variant"]

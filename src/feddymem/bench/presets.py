@@ -36,7 +36,8 @@ class Preset:
 
     Attributes:
         name: ``quick``, ``protocols`` or ``full``.
-        datasets: Mixture names (`feddymem.data.generated.mixtures.MIXTURES`), built at `scale`.
+        datasets: Mixture names (`feddymem.data.generated.mixtures.registry.MIXTURES`), built at
+            `scale`.
         methods: Method names (`feddymem.bench.methods.METHODS`).
         seeds: Method seeds; the table reports mean ± std over them.
         scale: Size of the built mixtures.

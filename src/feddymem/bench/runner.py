@@ -160,7 +160,8 @@ def resolve_datasets(
                 raise BenchError(f"data set {name}: spec file {spec} does not exist")
             datasets.append(Dataset(name, spec))
             continue
-        from feddymem.data.generated.mixtures import MIXTURES, build_mixture
+        from feddymem.data.generated.mixtures.build import build_mixture
+        from feddymem.data.generated.mixtures.registry import MIXTURES
         from feddymem.data.generated.protocols import Protocol, ProtocolError
 
         base, _, tag = name.partition(".")

@@ -111,6 +111,6 @@ def register(sub: Any) -> None:
         help="normal images kept unaltered in test/good (default: half)",
     )
     q.set_defaults(func=cmd_data_synth)
-    from feddymem.data.generated.mixtures import register_cli as register_mixture_cli
+    from feddymem.data.generated.mixtures.cli import register_cli as register_mixture_cli
 
     register_mixture_cli(dsub)

@@ -8,13 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from feddymem.data.generated.mixtures import (
-    SCALES,
-    MixtureError,
-    ScaleSizes,
-    build_mixture,
-    register_cli,
-)
+from feddymem.data.generated.mixtures.build import build_mixture
+from feddymem.data.generated.mixtures.cli import register_cli
+from feddymem.data.generated.mixtures.errors import MixtureError
+from feddymem.data.generated.mixtures.recipe import SCALES, ScaleSizes
 from feddymem.data.generated.protocols import Protocol, ProtocolError
 from feddymem.federation.spec import load_client_data, load_spec
 

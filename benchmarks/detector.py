@@ -161,7 +161,7 @@ def rules(
     separates them from those normals). A row per (fit, rule): false-alarm rate and recall on the
     test set at that threshold, and the best recall any threshold reaches at the same
     false-alarm rate (`oracle_recall`). Nothing here looks at test defects to set anything."""
-    from feddymem.data.generated.synth import synthesize_dataset
+    from feddymem.data.generated.synth.dataset import synthesize_dataset
 
     split = scan(root)
     rows: list[dict[str, object]] = []
@@ -529,7 +529,7 @@ def select(
     scored on the real test set, as `run_one` does. A row per setting; the setting with the best
     validation image AUROC is the one a site would pick (`picked`).
     """
-    from feddymem.data.generated.synth import synthesize_dataset
+    from feddymem.data.generated.synth.dataset import synthesize_dataset
 
     fit, held_out = split_calibration(list(scan(root).train), fraction=fraction, seed=cfg.seed)
     if not held_out:
@@ -704,7 +704,7 @@ def main() -> None:
             else:
                 print(json.dumps({"dataset": name, "skipped": f"not found under {SHARED}"}))
     if "synth" in parts:
-        from feddymem.data.generated.synth import synthesize_dataset
+        from feddymem.data.generated.synth.dataset import synthesize_dataset
 
         mono = scan(args.data_dir / "elpv-mono")
         target = args.data_dir / "elpv-mono-synth"

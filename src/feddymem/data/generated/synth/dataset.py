@@ -249,6 +249,44 @@ def _warn_shortfalls(
             )
 
 
+def _finish(
+    out: Path,
+    settings: dict[str, Any],
+    written: _TestWritten,
+    written_train: int,
+    skipped: list[Path],
+) -> None:
+    """Mark the output complete: the marker with the settings, counts and skipped files."""
+    counts = {
+        "good": written.good,
+        "anomalous": written.anomalous,
+        "per_kind": written.per_kind,
+        "train": written_train,
+        "skipped": len(skipped),
+    }
+    _write_marker(
+        out,
+        {
+            "tool": _MARKER_TOOL,
+            "format": _MARKER_FORMAT,
+            "complete": True,
+            "synthetic": True,
+            "settings": settings,
+            "counts": counts,
+            "skipped": [str(p) for p in skipped],
+        },
+    )
+    logger.info(
+        "Synthetic set in %s: %d good, %d anomalous %s, %d train, %d skipped",
+        out,
+        written.good,
+        written.anomalous,
+        written.per_kind,
+        written_train,
+        len(skipped),
+    )
+
+
 def synthesize_dataset(
     normals: Sequence[Path],
     out: Path,
@@ -317,34 +355,7 @@ def synthesize_dataset(
     written = _write_test_images(out, normal_paths, names, seed, targets, skipped)
     written_train = _write_train_images(out, train_paths, skipped)
     _warn_shortfalls(n_good, n_anomalous, written, len(skipped))
-    counts = {
-        "good": written.good,
-        "anomalous": written.anomalous,
-        "per_kind": written.per_kind,
-        "train": written_train,
-        "skipped": len(skipped),
-    }
-    _write_marker(
-        out,
-        {
-            "tool": _MARKER_TOOL,
-            "format": _MARKER_FORMAT,
-            "complete": True,
-            "synthetic": True,
-            "settings": settings,
-            "counts": counts,
-            "skipped": [str(p) for p in skipped],
-        },
-    )
-    logger.info(
-        "Synthetic set in %s: %d good, %d anomalous %s, %d train, %d skipped",
-        out,
-        written.good,
-        written.anomalous,
-        written.per_kind,
-        written_train,
-        len(skipped),
-    )
+    _finish(out, settings, written, written_train, skipped)
     return SynthSummary(
         out=out,
         seed=seed,

@@ -32,12 +32,11 @@ from feddymem.federation.baselines.client_app import (
     build_param_client_app,
 )
 from feddymem.federation.baselines.methods import DEFAULT_PROXIMAL_MU, run_param_sharing
-from feddymem.federation.baselines.server_app import (
-    GLOBAL_MODEL_FILE,
+from feddymem.federation.baselines.server_app import GLOBAL_MODEL_FILE, serve_param_sharing
+from feddymem.federation.baselines.settings import (
     ParamSettings,
     autoencoder_config,
     feature_channels,
-    serve_param_sharing,
 )
 from feddymem.federation.server_app import FederationError
 from feddymem.federation.spec import SpecError

@@ -11,8 +11,8 @@
    never matters) into M_g (`merge.merge_uploads`: an upload that makes the merge fail is
    dropped and the round goes on), check M_g, write ``checkpoints/round_XXX.pt``.
 3. Evaluate: send the final M_g, collect each client's metrics (it also exports its model file).
-4. Write ``results.json`` (also when the run fails, with ``status = "failed"`` and the error) and
-   ``global_memory.pt``.
+4. Write ``results.json`` (also when the run fails, with ``status = "failed"`` and the error;
+   `server_base`) and ``global_memory.pt``.
 
 Resume (``resume = true``): continue after the latest checkpoint. Clients keep their state per
 run on disk and a client asked again for a round it already finished returns that round's
@@ -29,15 +29,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import flwr
 import torch
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-import feddymem
-from feddymem.allocator import keep_freed_memory
 from feddymem.federation import wire
-from feddymem.federation.applog import ensure_app_logging
 from feddymem.federation.checkpoint import (
     CHECKPOINT_DIR,
     CheckpointError,
@@ -48,8 +44,9 @@ from feddymem.federation.checkpoint import (
 )
 from feddymem.federation.limits import UploadLimits, upload_limits
 from feddymem.federation.merge import merge_uploads
-from feddymem.federation.participants import FederationError, Participants, write_json
+from feddymem.federation.participants import FederationError, Participants
 from feddymem.federation.runconfig import ServerSettings, Value, server_settings
+from feddymem.federation.server_base import Evaluation, build_app, record_run, results_document
 from feddymem.federation.spec import FederationSpec, load_spec
 from feddymem.method.aggregate import aggregate_memories
 from feddymem.method.reduce import ReducedMemory
@@ -58,7 +55,6 @@ from feddymem.outputs import atomic_open
 
 __all__ = [
     "GLOBAL_MEMORY_FILE",
-    "RESULTS_FILE",
     "FederationError",
     "app",
     "build_server_app",
@@ -68,7 +64,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-RESULTS_FILE = "results.json"
 GLOBAL_MEMORY_FILE = "global_memory.pt"
 _OPERATIONAL_KEYS = frozenset({"round_timeout_s", "connect_timeout_s"})
 
@@ -105,9 +100,7 @@ class _Run:
         self.out = settings.out
         self.t_start = time.perf_counter()
         self.resumed_from: int | None = None
-        self.evaluation: dict[str, dict[str, Any]] = {}
-        self.eval_bytes: dict[str, dict[str, int]] = {}
-        self.eval_wall_s = 0.0
+        self.evaluation = Evaluation()
         self.limits = upload_limits(spec.model, max_items=spec.federation.max_memory_items)
         self.state = self._initial_state()
         # the checkpoint's own lists: who is still in, who was dropped and why
@@ -181,6 +174,22 @@ class _Run:
         replies = self.participants.exchange(
             messages, timeout=self.fed.round_timeout_s, what=f"round {round_idx}", names=roster
         )
+        accepted, rows, nodes_of = self._read_uploads(roster, round_idx, messages, replies)
+        self.participants.require(len(accepted), when=f"round {round_idx}")
+        global_memory = self._merge(accepted, nodes_of, round_idx)
+        self.participants.require(len(accepted), when=f"round {round_idx}")
+        self._finish_round(global_memory, accepted, rows, round_idx, started=t0)
+        return {node: name for node, name in roster.items() if name in accepted}
+
+    def _read_uploads(
+        self,
+        roster: dict[int, str],
+        round_idx: int,
+        messages: Mapping[int, Message],
+        replies: Mapping[int, Message],
+    ) -> tuple[dict[str, ReducedMemory], dict[str, dict[str, Any]], dict[str, int]]:
+        """The memories that pass `read_upload` (the others rejected with why), each client's
+        row of the round (bytes, size, metrics) and each client's node, by client name."""
         accepted: dict[str, ReducedMemory] = {}
         rows: dict[str, dict[str, Any]] = {}
         nodes_of: dict[str, int] = {}
@@ -208,7 +217,13 @@ class _Run:
                 memory_items=int(memory.vectors.shape[0]),
                 metrics=wire.metrics_from_content(reply.content),
             )
-        self.participants.require(len(accepted), when=f"round {round_idx}")
+        return accepted, rows, nodes_of
+
+    def _merge(
+        self, accepted: dict[str, ReducedMemory], nodes_of: Mapping[str, int], round_idx: int
+    ) -> torch.Tensor:
+        """M_g of the `accepted` memories; an upload that makes the merge fail is removed from
+        `accepted` and rejected."""
         cfg = self.spec.model
         global_memory, dropped = merge_uploads(
             accepted,
@@ -226,11 +241,22 @@ class _Run:
             self.participants.reject(
                 phase="train", round_idx=round_idx, node=nodes_of[name], name=name, reason=reason
             )
-        self.participants.require(len(accepted), when=f"round {round_idx}")
+        return global_memory
+
+    def _finish_round(
+        self,
+        global_memory: torch.Tensor,
+        accepted: Mapping[str, ReducedMemory],
+        rows: dict[str, dict[str, Any]],
+        round_idx: int,
+        *,
+        started: float,
+    ) -> None:
+        """Keep M_g and the clients that passed, log the round and write its checkpoint."""
         self.state.global_memory = global_memory
         self.state.round_idx = round_idx
         self.participants.keep(accepted)
-        wall = time.perf_counter() - t0
+        wall = time.perf_counter() - started
         self.state.rounds.append(
             {
                 "round": round_idx,
@@ -248,7 +274,6 @@ class _Run:
             tuple(self.state.global_memory.shape),
             wall,
         )
-        return {node: name for node, name in roster.items() if name in accepted}
 
     # --- evaluation ---------------------------------------------------------------------------
     def evaluate(self, roster: dict[int, str]) -> None:
@@ -262,38 +287,13 @@ class _Run:
         replies = self.participants.exchange(
             messages, timeout=self.fed.round_timeout_s, what="evaluation", names=roster
         )
-        for node, name in sorted(roster.items(), key=lambda item: item[1]):
-            sizes = {"down": wire.message_size(messages[node]), "up": 0}
-            self.eval_bytes[name] = sizes
-            reply = self.participants.usable_reply(
-                replies, phase="evaluate", round_idx=None, node=node, name=name
-            )
-            if reply is None:
-                continue
-            sizes["up"] = wire.message_size(reply)
-            try:
-                identity = wire.identity_from_content(reply.content)
-                metrics: dict[str, Any] = dict(wire.metrics_from_content(reply.content))
-            except wire.WireError as err:
-                self.participants.reject(
-                    phase="evaluate", round_idx=None, node=node, name=name, reason=str(err)
-                )
-                continue
-            for key in ("pixel_auroc", "aupro"):
-                metrics.setdefault(key, None)
-            metrics["model_file"] = identity.model_file
-            self.evaluation[name] = metrics
-        self.eval_wall_s = time.perf_counter() - t0
-        if not self.evaluation:
-            raise FederationError("evaluation: no client returned metrics")
+        self.evaluation.collect(
+            self.participants, roster, messages, replies, started=t0, fill=("pixel_auroc", "aupro")
+        )
 
     # --- results ------------------------------------------------------------------------------
     def results(self, *, status: str, error: str | None) -> dict[str, Any]:
         """The results.json document."""
-        clients, mean, per_round = self.participants.summary(
-            self.state.rounds, evaluation=self.evaluation, eval_bytes=self.eval_bytes
-        )
-        round_walls = [float(r["wall_s"]) for r in self.state.rounds]
         restored = sum(
             float(r["wall_s"])
             for r in self.state.rounds
@@ -302,34 +302,22 @@ class _Run:
         memory_shape = (
             None if self.state.global_memory is None else list(self.state.global_memory.shape)
         )
-        return {
-            "status": status,
-            "error": error,
-            "federation": self.fed.name,
-            "run_id": self.state.run_id,
-            "rounds_completed": self.state.round_idx,
-            "resumed_from_round": self.resumed_from,
-            "clients": clients,
-            "mean": mean,
-            "evaluated_clients": sorted(self.evaluation),
-            "rejected": self.state.rejected,
-            "bytes": {
-                "per_client_per_round": per_round,
-                "identify": self.participants.identify_bytes,
-                "evaluate": self.eval_bytes,
-                "total_up": sum(c["bytes_up"] for c in clients.values()),
-                "total_down": sum(c["bytes_down"] for c in clients.values()),
-            },
-            "wall_s": {
-                "per_round": round_walls,
-                "evaluation": self.eval_wall_s,
-                "total": restored + (time.perf_counter() - self.t_start),
-            },
-            "rounds": self.state.rounds,
-            "global_memory": {"file": GLOBAL_MEMORY_FILE, "shape": memory_shape},
-            "settings": self.state.settings,
-            "versions": {"feddymem": feddymem.__version__, "flwr": flwr.__version__},
-        }
+        return results_document(
+            status=status,
+            error=error,
+            federation=self.fed.name,
+            method=None,
+            run_id=self.state.run_id,
+            rounds_completed=self.state.round_idx,
+            resumed_from=self.resumed_from,
+            participants=self.participants,
+            rounds=self.state.rounds,
+            evaluation=self.evaluation,
+            started=self.t_start,
+            restored_s=restored,
+            model={"global_memory": {"file": GLOBAL_MEMORY_FILE, "shape": memory_shape}},
+            settings=self.state.settings,
+        )
 
     def save_global_memory(self) -> Path:
         """``<out>/global_memory.pt``: M_g, the round it comes from and the settings."""
@@ -356,25 +344,20 @@ def serve(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
     spec = load_spec(settings.spec)
     settings.out.mkdir(parents=True, exist_ok=True)
     run = _Run(grid, settings, spec)
-    try:
+
+    def work() -> None:
         roster = run.participants.connect()
         for round_idx in range(run.state.round_idx + 1, spec.federation.rounds + 1):
             roster = run.train_round(roster, round_idx)
         run.save_global_memory()
         run.evaluate(roster)
-    except Exception as err:  # any failure still leaves a results.json that says so
-        log.error("federation %s failed: %s", spec.federation.name, err)
-        write_json(
-            settings.out / RESULTS_FILE,
-            run.results(status="failed", error=f"{type(err).__name__}: {err}"),
-        )
-        raise
-    results = run.results(status="completed", error=None)
-    path = write_json(settings.out / RESULTS_FILE, results)
+
+    what = f"federation {spec.federation.name}"
+    results, path = record_run(settings.out, work, run.results, what=what, logger=log)
     auroc = results["mean"]["image_auroc"]
     log.info(
-        "federation %s done: mean image AUROC %s -> %s",
-        spec.federation.name,
+        "%s done: mean image AUROC %s -> %s",
+        what,
         f"{auroc:.4f}" if isinstance(auroc, float) else auroc,
         path,
     )
@@ -383,16 +366,7 @@ def serve(grid: Grid, settings: ServerSettings) -> dict[str, Any]:
 
 def build_server_app(*, defaults: Mapping[str, Value] | None = None) -> ServerApp:
     """A ServerApp whose run-config values fall back to `defaults` (a simulation sets them)."""
-    fallback: dict[str, Value] = dict(defaults or {})
-    keep_freed_memory()  # the process that runs the app reuses freed memory
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        ensure_app_logging()
-        serve(grid, server_settings(context.run_config, defaults=fallback))
-
-    return app
+    return build_app(serve, server_settings, defaults=defaults)
 
 
 # The app `flwr run` loads (deploy/feddymem-app/pyproject.toml points here).

@@ -26,13 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from feddymem.federation.baselines.client_app import build_param_client_app
-from feddymem.federation.baselines.server_app import (
+from feddymem.federation.baselines.server_app import build_param_server_app
+from feddymem.federation.baselines.settings import (
     DEFAULT_PROXIMAL_MU,
     LOCAL_EPOCHS,
     METHOD,
     PROXIMAL_MU,
     ROUNDS,
-    build_param_server_app,
 )
 from feddymem.federation.baselines.wire import METHODS, Method
 from feddymem.federation.runconfig import FEATURE_CACHE, OUT, SPEC, WORK_DIR, Value

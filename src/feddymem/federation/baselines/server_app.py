@@ -36,168 +36,41 @@ import math
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import flwr
 import numpy as np
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
-from flwr.serverapp.strategy import FedAvg, FedProx
 from flwr.supercore.run import Run
 
-import feddymem
-from feddymem.allocator import keep_freed_memory
-from feddymem.config import FeatureConfig, FedDyMemConfig, to_dict
-from feddymem.detect.autoencoder import AutoencoderConfig, FeatureAutoencoder
-from feddymem.detect.backbones import BackboneError, get_backbone
+from feddymem.config import to_dict
+from feddymem.detect.autoencoder import FeatureAutoencoder
 from feddymem.federation import wire
-from feddymem.federation.applog import ensure_app_logging
 from feddymem.federation.baselines import wire as param_wire
-from feddymem.federation.baselines.wire import Method, Phase
-from feddymem.federation.participants import (
-    EVAL_METRICS,
-    FederationError,
-    Participants,
-    write_json,
+from feddymem.federation.baselines.settings import (
+    ParamSettings,
+    autoencoder_config,
+    feature_channels,
+    make_strategy,
+    param_settings,
 )
-from feddymem.federation.runconfig import OUT, SPEC, RunConfigError, Value
-from feddymem.federation.server_app import RESULTS_FILE
+from feddymem.federation.baselines.wire import Method, Phase
+from feddymem.federation.participants import EVAL_METRICS, FederationError, Participants
+from feddymem.federation.runconfig import Value
+from feddymem.federation.server_base import Evaluation, build_app, record_run, results_document
 from feddymem.federation.spec import FederationSpec, load_spec
 from feddymem.method.generator import MemoryGenerator
 from feddymem.outputs import atomic_open
 
-__all__ = [
-    "DEFAULT_PROXIMAL_MU",
-    "GLOBAL_MODEL_FILE",
-    "METHOD",
-    "PROXIMAL_MU",
-    "ParamSettings",
-    "autoencoder_config",
-    "build_param_server_app",
-    "feature_channels",
-    "make_strategy",
-    "param_settings",
-    "serve_param_sharing",
-]
+__all__ = ["GLOBAL_MODEL_FILE", "build_param_server_app", "serve_param_sharing"]
 
 log = logging.getLogger(__name__)
 
 GLOBAL_MODEL_FILE = "global_model.pt"
-# run-config keys (next to runconfig's `spec` / `out`)
-METHOD = "method"
-ROUNDS = "rounds"
-LOCAL_EPOCHS = "local-epochs"
-PROXIMAL_MU = "proximal-mu"
-# FedProx's mu, weighed against the unscaled metric loss (the client divides the proximal term by
-# nu like the loss). The FedProx paper's grid (0.001-1) assumes SGD; our clients train G with
-# Adam, whose steps are about lr whatever the gradient's scale, so G's weights move little in a
-# round and a small mu barely pulls on them. 1000 is the smallest power of ten at which the term
-# measurably holds G back (by 3% or more in tests/federation/test_baselines.py's drift test); chosen
-# that way, not on AUROC.
-DEFAULT_PROXIMAL_MU = 1000.0
-
 # The autoencoder's standardisation buffers (`FeatureAutoencoder`): set by the server once.
 _NORM_KEYS = ("feature_mean", "feature_std", "norm_count")
-
-
-@dataclass(frozen=True, kw_only=True)
-class ParamSettings:
-    """What the parameter-sharing ServerApp reads from the run config.
-
-    Attributes:
-        spec: the federation spec TOML.
-        out: the output folder (results.json, global_model.pt).
-        method: ``fedavg``, ``fedprox`` or ``fedae``.
-        rounds: R, or None for the spec's ``[federation] rounds``.
-        local_epochs: E, or None for the spec's ``[model] local_epochs``.
-        proximal_mu: FedProx's mu (ignored by the others).
-    """
-
-    spec: Path
-    out: Path
-    method: Method
-    rounds: int | None = None
-    local_epochs: int | None = None
-    proximal_mu: float = DEFAULT_PROXIMAL_MU
-
-
-def param_settings(
-    run_config: Mapping[str, Value], *, defaults: Mapping[str, Value]
-) -> ParamSettings:
-    """Resolve the server's settings (run config first, then `defaults`); -1 = from the spec."""
-    values = {**defaults, **{k: v for k, v in run_config.items() if v != ""}}
-
-    def path(key: str) -> Path:
-        value = values.get(key, "")
-        if not isinstance(value, str) or not value:
-            raise RunConfigError(f"run config: '{key}' must be set to a path (got {value!r})")
-        return Path(value).expanduser().resolve()
-
-    def optional_int(key: str) -> int | None:
-        value = values.get(key, -1)
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RunConfigError(f"run config: '{key}' must be an integer, got {value!r}")
-        return None if value < 0 else value
-
-    method = values.get(METHOD, "")
-    if method not in param_wire.METHODS:
-        raise RunConfigError(f"run config: '{METHOD}' must be one of {list(param_wire.METHODS)}")
-    mu = values.get(PROXIMAL_MU, DEFAULT_PROXIMAL_MU)
-    if isinstance(mu, bool) or not isinstance(mu, (int, float)) or not (math.isfinite(mu)):
-        raise RunConfigError(f"run config: '{PROXIMAL_MU}' must be a number, got {mu!r}")
-    if mu < 0:
-        raise RunConfigError(f"run config: '{PROXIMAL_MU}' must be >= 0, got {mu}")
-    return ParamSettings(
-        spec=path(SPEC),
-        out=path(OUT),
-        method=method,  # checked against METHODS above
-        rounds=optional_int(ROUNDS),
-        local_epochs=optional_int(LOCAL_EPOCHS),
-        proximal_mu=float(mu),
-    )
-
-
-def make_strategy(method: Method, *, proximal_mu: float, min_clients: int) -> FedAvg:
-    """Flower's FedProx for ``fedprox``, FedAvg otherwise; every client takes part each round."""
-    options: dict[str, Any] = {
-        "fraction_train": 1.0,
-        "fraction_evaluate": 1.0,
-        "min_train_nodes": min_clients,
-        "min_evaluate_nodes": min_clients,
-        "min_available_nodes": min_clients,
-        "weighted_by_key": param_wire.NUM_EXAMPLES,
-        "arrayrecord_key": param_wire.ARRAYS,
-        "configrecord_key": param_wire.CONFIG,
-    }
-    if method == "fedprox":
-        return FedProx(proximal_mu=proximal_mu, **options)
-    return FedAvg(**options)
-
-
-def feature_channels(config: FeatureConfig) -> int:
-    """D, the channels of p(x) for `config`'s backbone and taps (no weights are loaded)."""
-    spec = get_backbone(config.backbone)
-    layers = tuple(config.layers) if config.layers else spec.default_layers
-    unknown = [layer for layer in layers if layer not in spec.taps]
-    if unknown:
-        raise BackboneError(f"{config.backbone} has no tap(s) {unknown}; taps: {sorted(spec.taps)}")
-    return sum(spec.taps[layer].channels for layer in layers)
-
-
-def autoencoder_config(model: FedDyMemConfig) -> AutoencoderConfig:
-    """FedAE's settings: the spec's feature settings (backbone, taps, size, image score, blur),
-    its seed, local epochs (per round) and training batch size; the autoencoder's own defaults
-    for the architecture, learning rate and threshold."""
-    features = {f.name: getattr(model, f.name) for f in dataclasses.fields(FeatureConfig)}
-    return AutoencoderConfig(
-        **features,
-        epochs=model.local_epochs,
-        train_batch_size=model.train_batch_size,
-        seed=model.seed,
-    )
 
 
 class _RosterGrid(Grid):
@@ -264,9 +137,7 @@ class _ParamRun:
         self.participants = Participants(grid, spec)
         self.rounds_log: list[dict[str, Any]] = []
         self.rounds_done = -1
-        self.evaluation: dict[str, dict[str, Any]] = {}
-        self.eval_bytes: dict[str, dict[str, int]] = {}
-        self.eval_wall_s = 0.0
+        self.evaluation = Evaluation()
         self.arrays: ArrayRecord | None = None
         self.normalisation: dict[str, torch.Tensor] | None = None
 
@@ -462,34 +333,15 @@ class _ParamRun:
         for message in messages.values():
             message.metadata.group_id = "evaluate"
         replies = self.participants.exchange(messages, timeout=self.fed.round_timeout_s)
-        for node, name in sorted(self.roster.items(), key=lambda item: item[1]):
-            if node not in messages:
-                continue
-            sizes = {"down": wire.message_size(messages[node]), "up": 0}
-            self.eval_bytes[name] = sizes
-            reply = self.participants.usable_reply(
-                replies, phase="evaluate", round_idx=None, node=node, name=name
-            )
-            if reply is None:
-                continue
-            sizes["up"] = wire.message_size(reply)
-            try:
-                identity = wire.identity_from_content(reply.content)
-                metrics: dict[str, Any] = dict(wire.metrics_from_content(reply.content))
-            except wire.WireError as err:
-                self.participants.reject(
-                    phase="evaluate", round_idx=None, node=node, name=name, reason=str(err)
-                )
-                continue
-            for key in EVAL_METRICS:
-                metrics.setdefault(key, None)
-            if "n_test" in metrics:
-                metrics["n_test"] = int(metrics["n_test"])
-            metrics["model_file"] = identity.model_file
-            self.evaluation[name] = metrics
-        self.eval_wall_s = time.perf_counter() - t0
-        if not self.evaluation:
-            raise FederationError("evaluation: no client returned metrics")
+        self.evaluation.collect(
+            self.participants,
+            self.roster,
+            messages,
+            replies,
+            started=t0,
+            fill=EVAL_METRICS,
+            whole=("n_test",),
+        )
 
     # --- results ------------------------------------------------------------------------------
     def settings_dict(self) -> dict[str, Any]:
@@ -510,9 +362,6 @@ class _ParamRun:
 
     def results(self, *, status: str, error: str | None) -> dict[str, Any]:
         """The results.json document (the FedDyMem server's keys, plus ``method``, ``model``)."""
-        clients, mean, per_round = self.participants.summary(
-            self.rounds_log, evaluation=self.evaluation, eval_bytes=self.eval_bytes
-        )
         model_info: dict[str, Any] = {"file": GLOBAL_MODEL_FILE, "parameters": None, "bytes": None}
         if self.arrays is not None:
             arrays = [self.arrays[k].numpy() for k in self.arrays]
@@ -521,35 +370,21 @@ class _ParamRun:
                 bytes=int(sum(a.nbytes for a in arrays)),
                 keys=sorted(self.arrays.keys()),
             )
-        return {
-            "status": status,
-            "error": error,
-            "federation": self.fed.name,
-            "method": self.method,
-            "run_id": self.run_id,
-            "rounds_completed": self.rounds_done,
-            "resumed_from_round": None,
-            "clients": clients,
-            "mean": mean,
-            "evaluated_clients": sorted(self.evaluation),
-            "rejected": self.participants.rejected,
-            "bytes": {
-                "per_client_per_round": per_round,
-                "identify": self.participants.identify_bytes,
-                "evaluate": self.eval_bytes,
-                "total_up": sum(c["bytes_up"] for c in clients.values()),
-                "total_down": sum(c["bytes_down"] for c in clients.values()),
-            },
-            "wall_s": {
-                "per_round": [float(r["wall_s"]) for r in self.rounds_log],
-                "evaluation": self.eval_wall_s,
-                "total": time.perf_counter() - self.t_start,
-            },
-            "rounds": self.rounds_log,
-            "model": model_info,
-            "settings": self.settings_dict(),
-            "versions": {"feddymem": feddymem.__version__, "flwr": flwr.__version__},
-        }
+        return results_document(
+            status=status,
+            error=error,
+            federation=self.fed.name,
+            method=self.method,
+            run_id=self.run_id,
+            rounds_completed=self.rounds_done,
+            resumed_from=None,
+            participants=self.participants,
+            rounds=self.rounds_log,
+            evaluation=self.evaluation,
+            started=self.t_start,
+            model={"model": model_info},
+            settings=self.settings_dict(),
+        )
 
     def save_model(self) -> Path:
         """``<out>/global_model.pt``: the final global state, its method and settings."""
@@ -577,42 +412,22 @@ def serve_param_sharing(grid: Grid, settings: ParamSettings) -> dict[str, Any]:
     spec = load_spec(settings.spec)
     settings.out.mkdir(parents=True, exist_ok=True)
     run = _ParamRun(grid, settings, spec)
-    try:
+
+    def work() -> None:
         run.connect()
         run.train()
         run.save_model()
         run.evaluate()
-    except Exception as err:  # any failure still leaves a results.json that says so
-        log.error("%s on %s failed: %s", settings.method, spec.federation.name, err)
-        write_json(
-            settings.out / RESULTS_FILE,
-            run.results(status="failed", error=f"{type(err).__name__}: {err}"),
-        )
-        raise
-    results = run.results(status="completed", error=None)
-    path = write_json(settings.out / RESULTS_FILE, results)
-    log.info(
-        "%s on %s done: mean image AUROC %s -> %s",
-        settings.method,
-        spec.federation.name,
-        results["mean"]["image_auroc"],
-        path,
-    )
+
+    what = f"{settings.method} on {spec.federation.name}"
+    results, path = record_run(settings.out, work, run.results, what=what, logger=log)
+    log.info("%s done: mean image AUROC %s -> %s", what, results["mean"]["image_auroc"], path)
     return results
 
 
 def build_param_server_app(*, defaults: Mapping[str, Value] | None = None) -> ServerApp:
     """The parameter-sharing ServerApp; run-config values fall back to `defaults`."""
-    fallback: dict[str, Value] = dict(defaults or {})
-    keep_freed_memory()  # the process that runs the app reuses freed memory
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        ensure_app_logging()
-        serve_param_sharing(grid, param_settings(context.run_config, defaults=fallback))
-
-    return app
+    return build_app(serve_param_sharing, param_settings, defaults=defaults)
 
 
 # The app `flwr run` could load for a deployment of the baselines.

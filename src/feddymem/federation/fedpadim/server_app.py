@@ -21,31 +21,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import flwr
-from flwr.app import Context, Message, RecordDict
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-import feddymem
-from feddymem.allocator import keep_freed_memory
 from feddymem.config import FeatureConfig, from_dict, to_dict
 from feddymem.detect.gaussian import GaussianConfig, PatchMoments
 from feddymem.federation import wire
-from feddymem.federation.applog import ensure_app_logging
 from feddymem.federation.fedpadim import wire as padim_wire
-from feddymem.federation.participants import (
-    EVAL_METRICS,
-    FederationError,
-    Participants,
-    write_json,
-)
-from feddymem.federation.runconfig import Value, server_settings
+from feddymem.federation.participants import EVAL_METRICS, FederationError, Participants
+from feddymem.federation.runconfig import ServerSettings, Value, server_settings
+from feddymem.federation.server_base import build_app, failure, versions, write_results
 from feddymem.federation.spec import FederationSpec, load_spec
 
-__all__ = ["RESULTS_FILE", "build_fedpadim_server_app", "gaussian_config", "serve_fed_padim"]
+__all__ = ["build_fedpadim_server_app", "gaussian_config", "serve_fed_padim"]
 
 log = logging.getLogger(__name__)
-
-RESULTS_FILE = "results.json"
 
 
 def gaussian_config(spec: FederationSpec) -> GaussianConfig:
@@ -149,32 +139,23 @@ def serve_fed_padim(grid: Grid, spec: FederationSpec, out: Path) -> dict[str, An
         "image_hw": list(image_hw),
         "settings": {"gaussian": to_dict(orders.config), "spec": spec.to_dict()},
         "wall_s": {"total": time.perf_counter() - t0},
-        "versions": {"feddymem": feddymem.__version__, "flwr": flwr.__version__},
+        "versions": versions(),
     }
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / RESULTS_FILE, results)
+    write_results(out, results)
     return results
+
+
+def _serve(grid: Grid, settings: ServerSettings) -> None:
+    spec = load_spec(settings.spec)
+    settings.out.mkdir(parents=True, exist_ok=True)
+    try:
+        serve_fed_padim(grid, spec, settings.out)
+    except Exception as err:  # still leave a results.json that says so
+        write_results(settings.out, {"status": "failed", "error": failure(err)})
+        raise
 
 
 def build_fedpadim_server_app(*, defaults: Mapping[str, Value] | None = None) -> ServerApp:
     """The fed-padim ServerApp; run-config values fall back to `defaults`."""
-    fallback: dict[str, Value] = dict(defaults or {})
-    keep_freed_memory()
-    app = ServerApp()
-
-    @app.main()
-    def main(grid: Grid, context: Context) -> None:
-        ensure_app_logging()
-        settings = server_settings(context.run_config, defaults=fallback)
-        spec = load_spec(settings.spec)
-        settings.out.mkdir(parents=True, exist_ok=True)
-        try:
-            serve_fed_padim(grid, spec, settings.out)
-        except Exception as err:  # still leave a results.json that says so
-            write_json(
-                settings.out / RESULTS_FILE,
-                {"status": "failed", "error": f"{type(err).__name__}: {err}"},
-            )
-            raise
-
-    return app
+    return build_app(_serve, server_settings, defaults=defaults)

@@ -27,10 +27,8 @@ from feddymem.detect.autoencoder import FeatureAutoencoder
 from feddymem.federation import wire
 from feddymem.federation.baselines import client_app as param_client
 from feddymem.federation.baselines import wire as param_wire
-from feddymem.federation.baselines.client_app import (
-    GeneratorSharingClient,
-    build_param_client_app,
-)
+from feddymem.federation.baselines.client_app import build_param_client_app
+from feddymem.federation.baselines.clients import GeneratorSharingClient
 from feddymem.federation.baselines.methods import DEFAULT_PROXIMAL_MU, run_param_sharing
 from feddymem.federation.baselines.server_app import GLOBAL_MODEL_FILE, serve_param_sharing
 from feddymem.federation.baselines.settings import (

@@ -12,7 +12,8 @@ from flwr.app import ArrayRecord, Context, Message, RecordDict, UserConfigValue
 
 from feddymem.config import FedDyMemConfig
 from feddymem.federation import wire
-from feddymem.federation.client_app import CLIENT_ERROR_CODE, MODEL_FILE, build_client_app
+from feddymem.federation.client_app import build_client_app
+from feddymem.federation.client_base import CLIENT_ERROR_CODE, MODEL_FILE
 from feddymem.federation.limits import upload_limits
 
 CONFIG = FedDyMemConfig(image_size=64, client_memory_size=ITEMS, seed=3)

@@ -85,6 +85,7 @@ class FedDyMemClient:
         feature_cache: Path | None = None,
         extractor: PatchFeatureExtractor | None = None,
     ) -> None:
+        self.check_config(config)
         if not train:
             raise ValueError("a FedDyMem client needs at least one normal training image")
         self.config = config
@@ -142,6 +143,12 @@ class FedDyMemClient:
         self._load_state()
 
     # --- state on disk ---------------------------------------------------------------------
+
+    @classmethod
+    def check_config(cls, config: FedDyMemConfig) -> None:
+        """Raise ValueError when this kind of client cannot work with `config` (FedDyMem's own
+        client works with any; a subclass may need more)."""
+
     @property
     def dim(self) -> int:
         """d, the length of a memory vector."""

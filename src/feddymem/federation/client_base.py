@@ -1,0 +1,132 @@
+"""What every ClientApp here shares: the app factory with its ``query`` handler, the site's
+settings, its name and data, and the guard that turns a failing handler into an Error reply.
+
+FedDyMem's ClientApp (`feddymem.federation.client_app`), the parameter-sharing baselines'
+(`feddymem.federation.baselines.client_app`) and fed-padim's
+(`feddymem.federation.fedpadim.client_app`) differ only in their ``train`` and ``evaluate``
+handlers (`build_site_app`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.clientapp import ClientApp
+
+from feddymem.allocator import keep_freed_memory
+from feddymem.federation import wire
+from feddymem.federation.applog import ensure_app_logging
+from feddymem.federation.runconfig import SiteSettings, Value, site_settings
+from feddymem.federation.spec import ClientData, load_client_data, load_site_data, load_spec
+
+__all__ = [
+    "CLIENT_ERROR_CODE",
+    "MODEL_FILE",
+    "ClientStateError",
+    "Handler",
+    "SiteHandler",
+    "SiteOf",
+    "build_site_app",
+    "client_data",
+    "client_name",
+    "guarded",
+    "identity_record",
+]
+
+# every ClientApp's handler failures log under the FedDyMem ClientApp's logger
+log = logging.getLogger("feddymem.federation.client_app")
+
+# Error code of a reply whose handler failed (Flower's own codes are small integers).
+CLIENT_ERROR_CODE = 100
+MODEL_FILE = "feddymem_model.pt"
+
+Handler = Callable[[Message, Context], Message]
+# how a handler reads its site's settings from the context
+SiteOf = Callable[[Context], SiteSettings]
+# a ``train`` / ``evaluate`` handler of `build_site_app`
+SiteHandler = Callable[[Message, Context, SiteOf], Message]
+
+
+class ClientStateError(RuntimeError):
+    """The client's state on disk does not fit what the server asks (e.g. it is rounds ahead)."""
+
+
+def client_name(site: SiteSettings) -> str:
+    if site.name is not None:
+        return site.name
+    assert site.spec is not None and site.partition_id is not None
+    names = load_spec(site.spec).client_names
+    if not 0 <= site.partition_id < len(names):
+        raise ClientStateError(
+            f"partition-id {site.partition_id} has no client in {site.spec} ({len(names)} defined)"
+        )
+    return names[site.partition_id]
+
+
+def client_data(site: SiteSettings) -> ClientData:
+    if site.name is not None:
+        return load_site_data(site.name, site.roots)
+    assert site.spec is not None and site.partition_id is not None
+    return load_client_data(load_spec(site.spec), site.partition_id)
+
+
+def identity_record(name: str, model_file: str | None = None) -> ConfigRecord:
+    """The record that names the replying client (and the model file it wrote)."""
+    return wire.identity_to_record(wire.ClientIdentity(name=name, model_file=model_file))
+
+
+def guarded(handler: Handler, *, app: str = "FedDyMem") -> Handler:
+    """Reply a short Error (logged with its traceback here) instead of crashing the ClientApp."""
+
+    def run(message: Message, context: Context) -> Message:
+        ensure_app_logging()
+        try:
+            return handler(message, context)
+        except Exception as err:
+            log.exception("%s %s handler failed", app, message.metadata.message_type)
+            reason = f"{type(err).__name__}: {err}"
+            return Message(Error(code=CLIENT_ERROR_CODE, reason=reason[:2000]), reply_to=message)
+
+    run.__name__ = handler.__name__
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def _identify(message: Message, context: Context, settings: SiteOf) -> Message:
+    """Reply this client's name."""
+    name = client_name(settings(context))
+    return Message(RecordDict({wire.CLIENT: identity_record(name)}), reply_to=message)
+
+
+def build_site_app(
+    *,
+    train: SiteHandler,
+    evaluate: SiteHandler,
+    defaults: Mapping[str, Value] | None = None,
+    app: str = "FedDyMem",
+) -> ClientApp:
+    """A ClientApp answering ``query`` with the client's name and ``train`` / ``evaluate`` with
+    the handlers given, each `guarded` (its failures logged under `app`). A handler reads its
+    site's settings with the function it is passed; run-config values fall back to
+    `defaults` (a simulation sets them)."""
+    fallback: dict[str, Value] = dict(defaults or {})
+    keep_freed_memory()  # the process that runs the app reuses freed memory
+    client_app = ClientApp()
+
+    def settings(context: Context) -> SiteSettings:
+        return site_settings(context.node_config, context.run_config, defaults=fallback)
+
+    def handle(handler: SiteHandler) -> Handler:
+        def run(message: Message, context: Context) -> Message:
+            return handler(message, context, settings)
+
+        run.__name__ = handler.__name__.lstrip("_")
+        run.__doc__ = handler.__doc__
+        return guarded(run, app=app)
+
+    client_app.query()(handle(_identify))
+    client_app.train()(handle(train))
+    client_app.evaluate()(handle(evaluate))
+    return client_app

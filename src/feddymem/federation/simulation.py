@@ -10,8 +10,9 @@ from __future__ import annotations
 import json
 import logging
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import ray
 from flwr.clientapp import ClientApp
@@ -26,7 +27,7 @@ from feddymem.federation.server_app import build_server_app
 from feddymem.federation.server_base import RESULTS_FILE
 from feddymem.federation.spec import FederationSpec, describe_clients, load_spec
 
-__all__ = ["CLIENT_DIR", "run_federation", "simulate"]
+__all__ = ["CLIENT_DIR", "Resources", "run_defaults", "run_federation", "simulate"]
 
 log = logging.getLogger(__name__)
 
@@ -53,16 +54,50 @@ class _QuietFlower(logging.Filter):
         self.logger.propagate = self.propagate
 
 
+class Resources(TypedDict, total=False):
+    """What a simulation may use (`simulate`'s defaults where not given).
+
+    Attributes:
+        num_cpus: CPUs Ray may use in all (2).
+        cpus_per_client: CPUs reserved per simulated client (1.0: on 2 cores, two at a time).
+        object_store_mb: Ray's object store size (256; memories and models are small).
+        verbose: Let Flower and Ray log at DEBUG level (False).
+    """
+
+    num_cpus: int
+    cpus_per_client: float
+    object_store_mb: int
+    verbose: bool
+
+
+def run_defaults(
+    spec_file: Path,
+    out: Path,
+    *,
+    feature_cache: str | Path | None,
+    extra: Mapping[str, Value] | None = None,
+) -> dict[str, Value]:
+    """The run-config defaults a simulation gives its apps: the spec, the output folder, the
+    clients' folder ``<out>/clients``, the method's `extra` keys and the feature cache (when
+    given; else each client's own under its folder)."""
+    defaults: dict[str, Value] = {
+        SPEC: str(spec_file),
+        OUT: str(out),
+        WORK_DIR: str(out / CLIENT_DIR),
+        **(extra or {}),
+    }
+    if feature_cache is not None:
+        defaults[FEATURE_CACHE] = str(Path(feature_cache).expanduser().resolve())
+    return defaults
+
+
 def run_federation(
     spec_path: str | Path,
     out_dir: str | Path,
     *,
     resume: bool = False,
-    num_cpus: int = 2,
-    cpus_per_client: float = 1.0,
-    object_store_mb: int = 256,
     feature_cache: str | Path | None = None,
-    verbose: bool = False,
+    **resources: Unpack[Resources],
 ) -> dict[str, Any]:
     """Simulate the federation of `spec_path`, writing into `out_dir`; returns results.json.
 
@@ -70,12 +105,9 @@ def run_federation(
         spec_path: Federation spec TOML (`feddymem.federation.spec`).
         out_dir: Output folder: checkpoints, results.json, global_memory.pt, clients' state.
         resume: Continue after the latest checkpoint in `out_dir`.
-        num_cpus: CPUs Ray may use in all.
-        cpus_per_client: CPUs reserved per simulated client (2 cores, 1.0: two at a time).
-        object_store_mb: Ray's object store size (memories are small; keep it small).
         feature_cache: Folder of cached patch features shared across runs (default:
             ``<out>/clients/feature-cache``, this run's own).
-        verbose: Let Flower and Ray log at DEBUG level.
+        **resources: CPUs, Ray's object store, verbosity (`Resources`).
 
     Raises:
         SpecError / DataError / PartitionError: the spec or a client's data is unusable
@@ -86,25 +118,14 @@ def run_federation(
     out = Path(out_dir).expanduser().resolve()
     spec = load_spec(spec_file)
     results_file = prepare_output(spec, out)
-
-    defaults: dict[str, Value] = {
-        SPEC: str(spec_file),
-        OUT: str(out),
-        WORK_DIR: str(out / CLIENT_DIR),
-        RESUME: resume,
-    }
-    if feature_cache is not None:
-        defaults[FEATURE_CACHE] = str(Path(feature_cache).expanduser().resolve())
+    defaults = run_defaults(spec_file, out, feature_cache=feature_cache, extra={RESUME: resume})
     return simulate(
         server_app=build_server_app(defaults=defaults),
         client_app=build_client_app(defaults=defaults),
         num_supernodes=spec.num_clients,
         results_file=results_file,
         what="federation",
-        num_cpus=num_cpus,
-        cpus_per_client=cpus_per_client,
-        object_store_mb=object_store_mb,
-        verbose=verbose,
+        **resources,
     )
 
 

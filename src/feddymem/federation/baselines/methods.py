@@ -23,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 from feddymem.federation.baselines.client_app import build_param_client_app
 from feddymem.federation.baselines.server_app import build_param_server_app
@@ -35,8 +35,7 @@ from feddymem.federation.baselines.settings import (
     ROUNDS,
 )
 from feddymem.federation.baselines.wire import METHODS, Method
-from feddymem.federation.runconfig import FEATURE_CACHE, OUT, SPEC, WORK_DIR, Value
-from feddymem.federation.simulation import CLIENT_DIR, prepare_output, simulate
+from feddymem.federation.simulation import Resources, prepare_output, run_defaults, simulate
 from feddymem.federation.spec import SpecError, load_spec
 
 __all__ = ["DEFAULT_PROXIMAL_MU", "METHODS", "Method", "run_param_sharing"]
@@ -52,11 +51,8 @@ def run_param_sharing(
     rounds: int | None = None,
     local_epochs: int | None = None,
     proximal_mu: float = DEFAULT_PROXIMAL_MU,
-    num_cpus: int = 2,
-    cpus_per_client: float = 1.0,
-    object_store_mb: int = 256,
     feature_cache: str | Path | None = None,
-    verbose: bool = False,
+    **resources: Unpack[Resources],
 ) -> dict[str, Any]:
     """Simulate one parameter-sharing baseline on the federation of `spec_path`.
 
@@ -67,12 +63,9 @@ def run_param_sharing(
         rounds: R training rounds (default: the spec's ``[federation] rounds``).
         local_epochs: E local epochs per round (default: the spec's ``[model] local_epochs``).
         proximal_mu: FedProx's mu (ignored by ``fedavg`` / ``fedae``).
-        num_cpus: CPUs Ray may use in all.
-        cpus_per_client: CPUs reserved per simulated client.
-        object_store_mb: Ray's object store size.
         feature_cache: Folder of cached patch features shared across runs and methods
             (default: ``<out>/clients/feature-cache``).
-        verbose: Let Flower and Ray log at DEBUG level.
+        **resources: CPUs, Ray's object store, verbosity (`Resources`).
 
     Returns:
         The parsed results.json (keys as the FedDyMem server's: status, error,
@@ -98,17 +91,17 @@ def run_param_sharing(
         raise SpecError(f"{spec_file} [model]: {method} shares G's weights: needs generator = true")
     results_file = prepare_output(spec, out)  # fails fast, before Ray starts
 
-    defaults: dict[str, Value] = {
-        SPEC: str(spec_file),
-        OUT: str(out),
-        WORK_DIR: str(out / CLIENT_DIR),
-        METHOD: method,
-        ROUNDS: -1 if rounds is None else int(rounds),
-        LOCAL_EPOCHS: -1 if local_epochs is None else int(local_epochs),
-        PROXIMAL_MU: float(proximal_mu),
-    }
-    if feature_cache is not None:
-        defaults[FEATURE_CACHE] = str(Path(feature_cache).expanduser().resolve())
+    defaults = run_defaults(
+        spec_file,
+        out,
+        feature_cache=feature_cache,
+        extra={
+            METHOD: method,
+            ROUNDS: -1 if rounds is None else int(rounds),
+            LOCAL_EPOCHS: -1 if local_epochs is None else int(local_epochs),
+            PROXIMAL_MU: float(proximal_mu),
+        },
+    )
     log.info("%s on %s: simulating %d client(s)", method, spec.federation.name, spec.num_clients)
     return simulate(
         server_app=build_param_server_app(defaults=defaults),
@@ -116,8 +109,5 @@ def run_param_sharing(
         num_supernodes=spec.num_clients,
         results_file=results_file,
         what=method,
-        num_cpus=num_cpus,
-        cpus_per_client=cpus_per_client,
-        object_store_mb=object_store_mb,
-        verbose=verbose,
+        **resources,
     )

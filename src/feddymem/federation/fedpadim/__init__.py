@@ -11,8 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from feddymem.federation.runconfig import FEATURE_CACHE, OUT, SPEC, WORK_DIR, Value
-from feddymem.federation.simulation import CLIENT_DIR, prepare_output, simulate
+from feddymem.federation.simulation import prepare_output, run_defaults, simulate
 from feddymem.federation.spec import load_spec
 
 __all__ = ["run_fed_padim"]
@@ -35,13 +34,7 @@ def run_fed_padim(
     out = Path(out_dir).expanduser().resolve()
     spec = load_spec(spec_file)
     results_file = prepare_output(spec, out)
-    defaults: dict[str, Value] = {
-        SPEC: str(spec_file),
-        OUT: str(out),
-        WORK_DIR: str(out / CLIENT_DIR),
-    }
-    if feature_cache is not None:
-        defaults[FEATURE_CACHE] = str(Path(feature_cache).expanduser().resolve())
+    defaults = run_defaults(spec_file, out, feature_cache=feature_cache)
     log.info("fed-padim on %s: simulating %d client(s)", spec.federation.name, spec.num_clients)
     return simulate(
         server_app=build_fedpadim_server_app(defaults=defaults),

@@ -11,10 +11,11 @@ from tests.federation.test_baselines import InProcessGrid, task_identity
 
 from feddymem.detect.gaussian import GaussianDetector, PatchMoments
 from feddymem.detect.registry import load_detector
+from feddymem.federation.client_data import load_client_data
 from feddymem.federation.fedpadim.client_app import build_fedpadim_client_app
 from feddymem.federation.fedpadim.server_app import gaussian_config, serve_fed_padim
 from feddymem.federation.runconfig import SPEC, WORK_DIR
-from feddymem.federation.spec import load_client_data, load_spec
+from feddymem.federation.spec import load_spec
 
 __all__ = ["task_identity"]  # the autouse fixture Flower's message stamping needs
 

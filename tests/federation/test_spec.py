@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from fakes import make_tree
 
-from feddymem.federation.spec import SpecError, load_client_data, load_spec
+from feddymem.federation.spec import SpecError, load_spec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -19,7 +18,7 @@ min_clients = 1
 """
 
 
-def _write(tmp_path: Path, text: str) -> Path:
+def write_spec(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "spec.toml"
     path.write_text(text, encoding="utf-8")
     return path
@@ -37,7 +36,7 @@ def test_shipped_specs_parse(name: str) -> None:
 
 def test_explicit_clients_resolve_relative_paths(tmp_path: Path) -> None:
     spec = load_spec(
-        _write(
+        write_spec(
             tmp_path,
             BASE
             + """
@@ -115,80 +114,10 @@ data = ["data/a", "/abs/b"]
 )
 def test_errors_name_the_key(tmp_path: Path, text: str, match: str) -> None:
     with pytest.raises(SpecError, match=match) as info:
-        load_spec(_write(tmp_path, text))
+        load_spec(write_spec(tmp_path, text))
     assert "spec.toml" in str(info.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SpecError, match="not found"):
         load_spec(tmp_path / "nope.toml")
-
-
-def test_explicit_client_data_is_the_union_of_its_roots(tmp_path: Path) -> None:
-    make_tree(tmp_path / "data" / "a", n_train=3)
-    make_tree(tmp_path / "data" / "b", n_train=2, n_bad=1)
-    spec = load_spec(
-        _write(
-            tmp_path,
-            BASE + "[[clients]]\nname='mix'\ndata=['data/a','data/b']\n"
-            "[[clients]]\nname='nodata'\n",
-        )
-    )
-    data = load_client_data(spec, 0)
-    assert len(data.train) == 5 and len(data.test) == 4 + 3
-    assert data.sources == ("a", "b")
-    with pytest.raises(SpecError, match="'data' is required"):
-        load_client_data(spec, 1)
-    with pytest.raises(SpecError, match="no client #5"):
-        load_client_data(spec, 5)
-
-
-def test_partition_clients_are_disjoint_and_evaluated_on_their_sources(tmp_path: Path) -> None:
-    make_tree(tmp_path / "data" / "mono", n_train=20, seed=1)
-    make_tree(tmp_path / "data" / "poly", n_train=20, seed=2, n_bad=3)
-    spec = load_spec(
-        _write(
-            tmp_path,
-            BASE.replace("min_clients = 1", "min_clients = 3")
-            + """
-[partition]
-sources = ["data/mono", "data/poly"]
-num_clients = 4
-scheme = "dirichlet"
-alpha = 0.3
-by = "source"
-""",
-        )
-    )
-    assert spec.client_names == ("client-0", "client-1", "client-2", "client-3")
-    shares = [load_client_data(spec, i) for i in range(4)]
-    train = [s.path for d in shares for s in d.train]
-    assert len(train) == len(set(train)) == 40
-    for data in shares:
-        assert data.train
-        held = {s.source for s in data.train}
-        assert set(data.sources) == held
-        assert {s.source for s in data.test} == held
-        expected = sum(4 if src == "mono" else 5 for src in held)
-        assert len(data.test) == expected
-    # the same spec gives the same partition (every simulated client recomputes it)
-    again = load_client_data(load_spec(spec.path), 2)
-    assert [s.path for s in again.train] == [s.path for s in shares[2].train]
-
-
-def test_iid_partition(tmp_path: Path) -> None:
-    make_tree(tmp_path / "data" / "mono", n_train=9)
-    spec = load_spec(
-        _write(
-            tmp_path,
-            BASE
-            + """
-[partition]
-sources = ["data/mono"]
-num_clients = 3
-scheme = "iid"
-""",
-        )
-    )
-    sizes = [len(load_client_data(spec, i).train) for i in range(3)]
-    assert sizes == [3, 3, 3]

@@ -36,7 +36,8 @@ import numpy as np
 from feddymem.config import DetectorConfig, FeatureConfig, FedDyMemConfig, from_dict
 from feddymem.detect.base import DatasetScores
 from feddymem.detect.detector import PatchCoreDetector
-from feddymem.federation.spec import ClientData, load_client_data, load_spec
+from feddymem.federation.client_data import ClientData, load_client_data
+from feddymem.federation.spec import load_spec
 from feddymem.metrics import DetectionMetrics
 
 __all__ = ["METHODS", "Method", "Outcome", "Task", "client_data"]

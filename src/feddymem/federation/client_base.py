@@ -18,8 +18,9 @@ from flwr.clientapp import ClientApp
 from feddymem.allocator import keep_freed_memory
 from feddymem.federation import wire
 from feddymem.federation.applog import ensure_app_logging
+from feddymem.federation.client_data import ClientData, load_client_data, load_site_data
 from feddymem.federation.runconfig import SiteSettings, Value, site_settings
-from feddymem.federation.spec import ClientData, load_client_data, load_site_data, load_spec
+from feddymem.federation.spec import load_spec
 
 __all__ = [
     "CLIENT_ERROR_CODE",

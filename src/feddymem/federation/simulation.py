@@ -20,12 +20,13 @@ from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
 
 from feddymem.federation.client_app import build_client_app
+from feddymem.federation.client_data import describe_clients
 from feddymem.federation.localray import LOOPBACK_INIT_ARGS, contained_ray
 from feddymem.federation.participants import FederationError
 from feddymem.federation.runconfig import FEATURE_CACHE, OUT, RESUME, SPEC, WORK_DIR, Value
 from feddymem.federation.server_app import build_server_app
 from feddymem.federation.server_base import RESULTS_FILE
-from feddymem.federation.spec import FederationSpec, describe_clients, load_spec
+from feddymem.federation.spec import FederationSpec, load_spec
 
 __all__ = ["CLIENT_DIR", "Resources", "run_defaults", "run_federation", "simulate"]
 

@@ -34,7 +34,8 @@ test sets are not partitioned, because a client's share of a test split could ho
 nothing, no client trains on them.
 
 In a deployment the sites bring their own data (node config), so `[[clients]]` there may list
-only the expected names and omit `data`.
+only the expected names and omit `data`. A client's samples are loaded by
+`feddymem.federation.client_data`.
 """
 
 from __future__ import annotations
@@ -48,20 +49,14 @@ from pathlib import Path
 from typing import Any
 
 from feddymem.config import ConfigError, FedDyMemConfig, from_dict, to_dict
-from feddymem.data import Sample, scan
-from feddymem.data.partition import dirichlet, iid
 
 __all__ = [
-    "ClientData",
     "ClientSpec",
     "FederationSettings",
     "FederationSpec",
     "PartitionSpec",
     "SpecError",
     "check_client_name",
-    "describe_clients",
-    "load_client_data",
-    "load_site_data",
     "load_spec",
     "parse_spec",
 ]
@@ -169,16 +164,6 @@ class FederationSpec:
                 for c in self.clients
             ]
         return out
-
-
-@dataclass(frozen=True)
-class ClientData:
-    """One client's samples: training normals and the test set it is evaluated on."""
-
-    name: str
-    train: tuple[Sample, ...]
-    test: tuple[Sample, ...]
-    sources: tuple[str, ...]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -399,80 +384,3 @@ def _partition(table: Mapping[str, Any], base: Path, where: str) -> PartitionSpe
     return PartitionSpec(
         sources=sources, num_clients=num_clients, scheme=scheme, alpha=alpha, by=by
     )
-
-
-# ----------------------------------------------------------------------------------------------
-# data
-
-
-def load_site_data(name: str, roots: Sequence[Path]) -> ClientData:
-    """A client's data from its roots: the union of their train and test splits."""
-    if not roots:
-        raise SpecError(f"client {name!r}: no data roots given")
-    train: list[Sample] = []
-    test: list[Sample] = []
-    sources: list[str] = []
-    for root in roots:
-        split = scan(root)
-        train.extend(split.train)
-        test.extend(split.test)
-        sources.append(split.name)
-    return ClientData(name=name, train=tuple(train), test=tuple(test), sources=tuple(sources))
-
-
-def load_client_data(spec: FederationSpec, index: int) -> ClientData:
-    """The data of client `index` (0-based, spec order) of a simulation.
-
-    Raises SpecError when the client has no data in the spec, DataError when a root is unusable,
-    PartitionError when the partition cannot give every client a training normal.
-    """
-    names = spec.client_names
-    if not 0 <= index < len(names):
-        raise SpecError(f"{spec.path}: no client #{index}; the spec defines {len(names)}")
-    if spec.partition is None:
-        client = spec.clients[index]
-        if not client.data:
-            raise SpecError(
-                f"{spec.path} clients[{index}] ({client.name}): 'data' is required to run it here"
-            )
-        return load_site_data(client.name, client.data)
-    part = spec.partition
-    splits = [scan(root) for root in part.sources]
-    pool = [s for split in splits for s in split.train]
-    if part.scheme == "iid":
-        shares = iid(pool, num_clients=part.num_clients, seed=spec.federation.seed)
-    else:
-        assert part.alpha is not None
-        shares = dirichlet(
-            pool,
-            num_clients=part.num_clients,
-            alpha=part.alpha,
-            by="label" if part.by == "label" else "source",
-            seed=spec.federation.seed,
-        )
-    mine = shares[index]
-    held = {s.source for s in mine}
-    test = tuple(s for split in splits if split.name in held for s in split.test)
-    return ClientData(
-        name=names[index],
-        train=tuple(mine),
-        test=test,
-        sources=tuple(split.name for split in splits if split.name in held),
-    )
-
-
-def describe_clients(spec: FederationSpec) -> list[dict[str, Any]]:
-    """Per client: name, sources, training and test counts (for results.json); needs the data."""
-    out = []
-    for i in range(spec.num_clients):
-        data = load_client_data(spec, i)
-        out.append(
-            {
-                "name": data.name,
-                "sources": list(data.sources),
-                "n_train": len(data.train),
-                "n_test": len(data.test),
-                "n_test_anomalous": sum(1 for s in data.test if s.label == 1),
-            }
-        )
-    return out

@@ -13,7 +13,8 @@ from feddymem.data.generated.mixtures.cli import register_cli
 from feddymem.data.generated.mixtures.errors import MixtureError
 from feddymem.data.generated.mixtures.recipe import SCALES, ScaleSizes
 from feddymem.data.generated.protocols import Protocol, ProtocolError
-from feddymem.federation.spec import load_client_data, load_spec
+from feddymem.federation.client_data import load_client_data
+from feddymem.federation.spec import load_spec
 
 TINY = ScaleSizes(train=8, good=4, anomalous=4)
 

@@ -28,8 +28,8 @@ from feddymem.federation.client_base import (
     client_data,
     identity_record,
 )
+from feddymem.federation.client_data import ClientData
 from feddymem.federation.runconfig import SiteSettings, Value
-from feddymem.federation.spec import ClientData
 
 __all__ = ["app", "build_param_client_app"]
 

@@ -12,7 +12,8 @@ from PIL import Image
 from feddymem.data.generated.mixtures.recipe import ScaleSizes
 from feddymem.data.generated.mixtures.registry import MIXTURES
 from feddymem.data.images import read_image_size, read_mask
-from feddymem.federation.spec import load_client_data, load_spec
+from feddymem.federation.client_data import load_client_data
+from feddymem.federation.spec import load_spec
 
 TINY = ScaleSizes(train=8, good=4, anomalous=4)
 

@@ -14,7 +14,7 @@ from feddymem.config import FedDyMemConfig
 from feddymem.federation import wire
 from feddymem.federation.client_app import build_client_app
 from feddymem.federation.client_base import CLIENT_ERROR_CODE, MODEL_FILE
-from feddymem.federation.limits import upload_limits
+from feddymem.federation.limits import upload_limits, validate_memory
 
 CONFIG = FedDyMemConfig(image_size=64, client_memory_size=ITEMS, seed=3)
 
@@ -69,7 +69,7 @@ def test_train_round_zero_then_one(site: Context, tmp_path: Path) -> None:
     assert not reply.has_error()
     assert set(reply.content.keys()) == {wire.CLIENT, wire.MEMORY, wire.MEMORY_INFO, wire.METRICS}
     memory = wire.memory_from_content(reply.content)
-    wire.validate_memory(memory, upload_limits(FedDyMemConfig(image_size=64), max_items=100))
+    validate_memory(memory, upload_limits(FedDyMemConfig(image_size=64), max_items=100))
     assert memory.n_images == 4 + 5  # the union of both roots' training normals
     assert (tmp_path / "work" / "site-a" / "fed-r1" / "state.json").is_file()
     metrics = wire.metrics_from_content(reply.content)

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
-
 import numpy as np
 import pytest
 import torch
@@ -19,7 +16,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from feddymem.config import ConfigError, FedDyMemConfig
 from feddymem.federation import wire
-from feddymem.federation.limits import UploadLimits, expected_dim, upload_limits
+from feddymem.federation.limits import UploadLimits, validate_memory
 from feddymem.method.reduce import ReducedMemory
 
 LIMITS = UploadLimits(
@@ -33,7 +30,7 @@ LIMITS = UploadLimits(
 )
 
 
-def _memory(items: int = 7, dim: int = 5, n: int = 3) -> ReducedMemory:
+def make_memory(items: int = 7, dim: int = 5, n: int = 3) -> ReducedMemory:
     gen = torch.Generator().manual_seed(0)
     return ReducedMemory(
         vectors=torch.randn(items, dim, generator=gen),
@@ -47,7 +44,7 @@ def _through_protobuf(content: RecordDict) -> RecordDict:
 
 
 def test_memory_round_trip_is_exact() -> None:
-    memory = _memory()
+    memory = make_memory()
     arrays, info = wire.memory_to_records(memory)
     content = _through_protobuf(RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}))
     back = wire.memory_from_content(content)
@@ -55,11 +52,11 @@ def test_memory_round_trip_is_exact() -> None:
     assert torch.equal(back.weights, memory.weights)
     assert back.n_images == 3
     assert back.vectors.dtype == torch.float32
-    wire.validate_memory(back, LIMITS)
+    validate_memory(back, LIMITS)
 
 
 def test_float16_memories_travel_at_half_the_bytes_and_decode_to_float32() -> None:
-    memory = _memory()
+    memory = make_memory()
     sizes = {}
     for dtype in ("float32", "float16"):
         arrays, info = wire.memory_to_records(memory, dtype=dtype)
@@ -67,7 +64,7 @@ def test_float16_memories_travel_at_half_the_bytes_and_decode_to_float32() -> No
         sizes[dtype] = len(arrays["vectors"].data)
         back = wire.memory_from_content(_through_protobuf(content))
         assert back.vectors.dtype == torch.float32
-        wire.validate_memory(back, LIMITS)
+        validate_memory(back, LIMITS)
         tolerance = 0.0 if dtype == "float32" else 1e-3 * float(memory.vectors.abs().max())
         assert float((back.vectors - memory.vectors).abs().max()) <= tolerance
         record = wire.global_memory_to_record(memory.vectors, dtype=dtype)
@@ -137,121 +134,13 @@ def test_missing_and_extra_keys_are_wire_errors() -> None:
     )
     with pytest.raises(wire.WireError, match="unexpected arrays"):
         wire.global_memory_from_content(RecordDict({wire.GLOBAL_MEMORY: extra}))
-    arrays, _ = wire.memory_to_records(_memory())
+    arrays, _ = wire.memory_to_records(make_memory())
     with pytest.raises(wire.MemoryRejected, match="memory-info"):
         wire.memory_from_content(RecordDict({wire.MEMORY: arrays}))
 
 
-@pytest.mark.parametrize(
-    ("mutate", "match"),
-    [
-        (lambda m: ReducedMemory(m.vectors[None], m.weights, m.n_images), "2-D"),
-        (lambda m: ReducedMemory(m.vectors[:, :4], m.weights, m.n_images), "expected 5"),
-        (lambda m: ReducedMemory(m.vectors.double(), m.weights, m.n_images), "float32"),
-        (lambda m: ReducedMemory(m.vectors.half(), m.weights, m.n_images), "float32"),
-        (
-            lambda m: ReducedMemory(_set(m.vectors, (2, 1), math.nan), m.weights, m.n_images),
-            "NaN or Inf",
-        ),
-        (
-            lambda m: ReducedMemory(_set(m.vectors, (0, 0), math.inf), m.weights, m.n_images),
-            "NaN or Inf",
-        ),
-        (lambda m: ReducedMemory(m.vectors, _set(m.weights, (1,), 0.0), m.n_images), "> 0"),
-        (lambda m: ReducedMemory(m.vectors, _set(m.weights, (1,), -2.0), m.n_images), "> 0"),
-        (lambda m: ReducedMemory(m.vectors, _set(m.weights, (1,), math.nan), m.n_images), "NaN"),
-        (lambda m: ReducedMemory(m.vectors, m.weights[:-1], m.n_images), "weight count"),
-        (lambda m: ReducedMemory(m.vectors, m.weights[:, None], m.n_images), "1-D"),
-        (lambda m: ReducedMemory(m.vectors, m.weights.double(), m.n_images), "float32"),
-        (lambda m: ReducedMemory(m.vectors, m.weights, 0), "n_images"),
-        (lambda m: ReducedMemory(m.vectors[:0], m.weights[:0], m.n_images), "empty"),
-        (
-            lambda m: ReducedMemory(m.vectors.repeat(3, 1), m.weights.repeat(3), m.n_images),
-            "too many",
-        ),
-    ],
-)
-def test_validate_memory_rejects_with_a_reason(
-    mutate: Callable[[ReducedMemory], ReducedMemory], match: str
-) -> None:
-    with pytest.raises(wire.MemoryRejected, match=match):
-        wire.validate_memory(mutate(_memory()), LIMITS)
-
-
-def _set(t: torch.Tensor, index: tuple[int, ...], value: float) -> torch.Tensor:
-    out = t.clone()
-    out[index] = value
-    return out
-
-
-def test_the_vector_length_comes_from_the_limits_never_from_the_uploads() -> None:
-    """A short vector is refused in round 0 too: no vote among uploads decides d."""
-    for width in (1, 4, 6):
-        with pytest.raises(wire.MemoryRejected, match="vector length"):
-            wire.validate_memory(_memory(dim=width), LIMITS)
-
-
-@pytest.mark.parametrize(
-    ("mutate", "match"),
-    [
-        (lambda m: ReducedMemory(torch.full_like(m.vectors, 1e30), m.weights, 3), "L2 norm"),
-        (lambda m: ReducedMemory(_set(m.vectors, (0, 0), 1e19), m.weights, 3), "L2 norm"),
-        (
-            lambda m: ReducedMemory(_set(m.vectors, (0, 0), 1e19), _set(m.weights, (0,), 3e38), 3),
-            "L2 norm",
-        ),
-        (lambda m: ReducedMemory(m.vectors, _set(m.weights, (0,), 3e38), 3), "weight of"),
-        (lambda m: ReducedMemory(m.vectors, m.weights, 10**9), "n_images"),
-        (lambda m: ReducedMemory(torch.full_like(m.vectors, 3e38), m.weights, 3), "L2 norm"),
-    ],
-)
-def test_extreme_magnitudes_are_rejected_whole(
-    mutate: Callable[[ReducedMemory], ReducedMemory], match: str
-) -> None:
-    with pytest.raises(wire.MemoryRejected, match=match):
-        wire.validate_memory(mutate(_memory()), LIMITS)
-
-
-def test_the_limits_follow_the_spec_and_the_backbone() -> None:
-    config = FedDyMemConfig(image_size=64)
-    limits = upload_limits(config, max_items=50)
-    assert limits.dim == expected_dim(config) == 40 + 112  # Lite0 stage2 + stage4 channels
-    assert limits.max_items == 50
-    assert limits.max_bytes >= 50 * (limits.dim + 1) * 4
-    halved = upload_limits(FedDyMemConfig(image_size=64, gamma_d=2), max_items=50)
-    assert halved.dim == 76
-    assert halved.max_norm == limits.max_norm  # bound from p(x), the generator's input
-    private = upload_limits(
-        FedDyMemConfig(image_size=64, dp_clip_norm=1e5, dp_noise_multiplier=1.0), max_items=50
-    )
-    assert private.max_norm > 1e5 * math.sqrt(limits.dim)
-
-
-def test_real_features_stay_inside_the_norm_bound() -> None:
-    """The bound is derived from the backbone's feature range: Lite0 patch features of noise,
-    flat and saturated images stay well inside it (and inside feature_abs_max)."""
-    from feddymem.detect.backbones import get_backbone
-    from feddymem.detect.features import PatchFeatureExtractor
-
-    config = FedDyMemConfig(image_size=64)
-    limits = upload_limits(config, max_items=10)
-    extractor = PatchFeatureExtractor(backbone=config.backbone, optimize=False)
-    images = torch.cat(
-        [
-            torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0)),
-            torch.zeros(1, 3, 64, 64),
-            torch.ones(1, 3, 64, 64),
-        ]
-    )
-    with torch.no_grad():
-        feats = extractor(images)
-    assert float(feats.abs().max()) < get_backbone(config.backbone).feature_abs_max
-    norms = feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]).norm(dim=1)
-    assert float(norms.max()) * 10 < limits.max_norm
-
-
 def test_the_byte_cap_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch) -> None:
-    memory = _memory(items=500, dim=5)
+    memory = make_memory(items=500, dim=5)
     arrays, info = wire.memory_to_records(memory)
     content = _through_protobuf(RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}))
     decoded: list[int] = []
@@ -295,7 +184,7 @@ def test_bad_dtype_survives_the_wire_and_is_rejected() -> None:
 
 
 def test_message_size_counts_the_payload_as_serialised() -> None:
-    small, large = _memory(items=10, dim=16), _memory(items=1000, dim=16)
+    small, large = make_memory(items=10, dim=16), make_memory(items=1000, dim=16)
     sizes = []
     for memory in (small, large):
         arrays, info = wire.memory_to_records(memory)
@@ -331,7 +220,7 @@ def test_the_vector_dtype_is_the_spec_s_wire_dtype() -> None:
     """float16 travels only when the spec says so; a float32 upload then is refused, and the
     other way round."""
     for sent, expected in (("float32", "float16"), ("float16", "float32")):
-        arrays, info = wire.memory_to_records(_memory(), dtype=sent)
+        arrays, info = wire.memory_to_records(make_memory(), dtype=sent)
         content = _through_protobuf(RecordDict({wire.MEMORY: arrays, wire.MEMORY_INFO: info}))
         with pytest.raises(wire.MemoryRejected, match="wire_dtype"):
             wire.memory_from_content(content, dtype=expected)

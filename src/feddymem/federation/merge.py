@@ -1,8 +1,8 @@
 """One round's merge on the server: M_g from the accepted uploads, and what to do when it fails.
 
-Validation (`wire.validate_memory` against `limits.UploadLimits`) keeps the magnitudes that
+Validation (`limits.validate_memory` against `limits.UploadLimits`) keeps the magnitudes that
 crash or poison faiss's k-means out; this is the second line. Should the aggregation still
-raise, or give an M_g that fails `wire.validate_global_memory`, the upload that causes it is
+raise, or give an M_g that fails `limits.validate_global_memory`, the upload that causes it is
 found (first: an upload that fails on its own; else: the one whose removal lets the rest merge),
 dropped with the error as its reason, and the merge runs again over the rest. Only a failure no
 single upload explains stops the round.
@@ -15,8 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import torch
 
-from feddymem.federation import wire
-from feddymem.federation.limits import UploadLimits
+from feddymem.federation.limits import UploadLimits, validate_global_memory
 from feddymem.federation.participants import FederationError
 from feddymem.method.reduce import ReducedMemory
 
@@ -34,7 +33,7 @@ def _attempt(
     """M_g (float32, contiguous) of `memories`, or the error text when it fails."""
     try:
         merged = aggregate(memories).detach().to("cpu", torch.float32).contiguous()
-        wire.validate_global_memory(merged, limits)
+        validate_global_memory(merged, limits)
     except _FAILURES as err:
         return f"{type(err).__name__}: {err}"
     return merged

@@ -5,7 +5,7 @@
 2. Rounds t = 0..R: send (t, config, M_g) to every client still in the federation, receive with
    ``round_timeout_s``; drop a client whose reply is an error, missing (it died or is too slow)
    or whose memory fails the spec's upload limits (`limits.upload_limits`: byte cap before
-   decoding, then `wire.validate_memory`: d from the backbone, item norms, weights), with a
+   decoding, then `limits.validate_memory`: d from the backbone, item norms, weights), with a
    logged reason naming node and client. Dropped clients stay out. Fewer than ``min_clients``
    left fails the run. Aggregate the accepted memories (sorted by client name, so arrival order
    never matters) into M_g (`merge.merge_uploads`: an upload that makes the merge fail is
@@ -42,7 +42,12 @@ from feddymem.federation.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from feddymem.federation.limits import UploadLimits, upload_limits
+from feddymem.federation.limits import (
+    UploadLimits,
+    upload_limits,
+    validate_global_memory,
+    validate_memory,
+)
 from feddymem.federation.merge import merge_uploads
 from feddymem.federation.participants import FederationError, Participants
 from feddymem.federation.runconfig import ServerSettings, Value, server_settings
@@ -85,7 +90,7 @@ def read_upload(content: RecordDict, *, name: str, limits: UploadLimits) -> Redu
     if reported != name:
         raise wire.MemoryRejected(f"reply names client {reported!r}, expected {name!r}")
     memory = wire.memory_from_content(content, max_bytes=limits.max_bytes, dtype=limits.dtype)
-    wire.validate_memory(memory, limits)
+    validate_memory(memory, limits)
     return memory
 
 
@@ -155,7 +160,7 @@ class _Run:
             }
         )
         if with_memory and self.state.global_memory is not None:
-            wire.validate_global_memory(self.state.global_memory, self.limits)
+            validate_global_memory(self.state.global_memory, self.limits)
             content[wire.GLOBAL_MEMORY] = wire.global_memory_to_record(
                 self.state.global_memory, dtype=self.spec.model.wire_dtype
             )

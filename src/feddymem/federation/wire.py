@@ -46,7 +46,7 @@ from feddymem.config import FedDyMemConfig, from_dict, to_dict
 from feddymem.method.reduce import ReducedMemory
 
 if TYPE_CHECKING:
-    from feddymem.federation.limits import UploadLimits
+    pass
 
 __all__ = [
     "ARRAY_KEYS",
@@ -77,8 +77,6 @@ __all__ = [
     "metrics_to_record",
     "recorddict_size",
     "to_array",
-    "validate_global_memory",
-    "validate_memory",
 ]
 
 # --- record keys (RecordDict level) ---
@@ -287,8 +285,8 @@ def memory_from_content(
     `dtype` (the spec's wire dtype) is the one the vectors must have, float32 or float16.
     `max_bytes` caps the raw bytes of the memory's arrays, checked before numpy parses them
     (the header and shape a sender claims are not trusted). Anything malformed or too large
-    raises MemoryRejected: the server drops the client with the reason. Call `validate_memory`
-    afterwards for the numeric checks.
+    raises MemoryRejected: the server drops the client with the reason. Call
+    `limits.validate_memory` afterwards for the numeric checks.
     """
     try:
         record = _record(content, MEMORY, ArrayRecord)
@@ -373,85 +371,6 @@ def _decode(record: ArrayRecord, key: str, where: str) -> np.ndarray:
     except (TypeError, ValueError, EOFError, OSError, SyntaxError, MemoryError) as err:
         raise WireError(f"array '{where}.{key}' cannot be decoded: {err}") from None
     return array
-
-
-# ----------------------------------------------------------------------------------------------
-# validation
-
-
-def validate_memory(memory: ReducedMemory, limits: UploadLimits) -> None:
-    """Check an uploaded memory against the spec's `limits` before it may enter the k-means.
-
-    M_k must be (C_k, d) float32 with 1 <= C_k <= max_items and d == limits.dim, every item
-    finite with L2 norm <= max_norm; its weights (C_k,) float32, finite, in (0, max_weight];
-    1 <= n_k <= max_images. Raises MemoryRejected naming the first failed check: the upload is
-    refused whole.
-    """
-    _check_shapes(memory, limits)
-    vectors, weights = memory.vectors, memory.weights
-    items = int(vectors.shape[0])
-    if not bool(torch.isfinite(vectors).all()):
-        bad = int((~torch.isfinite(vectors)).any(dim=1).sum())
-        raise MemoryRejected(f"vectors hold NaN or Inf ({bad} of {items} items)")
-    norms = torch.linalg.vector_norm(vectors.double(), dim=1)
-    if bool((norms > limits.max_norm).any()):
-        raise MemoryRejected(
-            f"{int((norms > limits.max_norm).sum())} of {items} items have L2 norm above the "
-            f"bound {limits.max_norm:.4g} (largest {float(norms.max()):.4g})"
-        )
-    if not bool(torch.isfinite(weights).all()):
-        raise MemoryRejected("weights hold NaN or Inf")
-    if not bool((weights > 0).all()):
-        raise MemoryRejected("weights must be > 0")
-    if bool((weights > limits.max_weight).any()):
-        raise MemoryRejected(
-            f"a weight of {float(weights.max()):.4g} exceeds the bound {limits.max_weight:.4g}"
-        )
-    n_images = memory.n_images
-    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
-        raise MemoryRejected(f"n_images must be an integer >= 1, got {n_images!r}")
-    if n_images > limits.max_images:
-        raise MemoryRejected(f"n_images {n_images} exceeds the bound {limits.max_images}")
-
-
-def _check_shapes(memory: ReducedMemory, limits: UploadLimits) -> None:
-    vectors, weights = memory.vectors, memory.weights
-    if not isinstance(vectors, torch.Tensor) or not isinstance(weights, torch.Tensor):
-        raise MemoryRejected("vectors and weights must be tensors")
-    if vectors.ndim != 2:
-        raise MemoryRejected(f"vectors must be 2-D (C, d), got shape {tuple(vectors.shape)}")
-    items, width = vectors.shape
-    if vectors.dtype != torch.float32:
-        raise MemoryRejected(f"vectors dtype must be float32, got {vectors.dtype}")
-    if items < 1:
-        raise MemoryRejected("memory is empty (0 items)")
-    if items > limits.max_items:
-        raise MemoryRejected(f"too many items: {items} > max_memory_items {limits.max_items}")
-    if width != limits.dim:
-        raise MemoryRejected(f"vector length d = {width}, expected {limits.dim}")
-    if weights.ndim != 1:
-        raise MemoryRejected(f"weights must be 1-D (C,), got shape {tuple(weights.shape)}")
-    if weights.dtype != torch.float32:
-        raise MemoryRejected(f"weights dtype must be float32, got {weights.dtype}")
-    if weights.shape[0] != items:
-        raise MemoryRejected(f"weight count {weights.shape[0]} != item count {items}")
-
-
-def validate_global_memory(global_memory: torch.Tensor, limits: UploadLimits) -> None:
-    """Check M_g before it is checkpointed or sent: (C, d) float32, 1 <= C, every centre finite
-    and within the upload norm bound (a centre is a weighted mean of accepted items, so an
-    honest aggregation always passes). Raises MemoryRejected."""
-    if global_memory.ndim != 2 or global_memory.dtype != torch.float32:
-        raise MemoryRejected(
-            f"M_g must be 2-D float32, got {global_memory.dtype} {tuple(global_memory.shape)}"
-        )
-    if global_memory.shape[0] < 1 or global_memory.shape[1] != limits.dim:
-        raise MemoryRejected(f"M_g has shape {tuple(global_memory.shape)}, d must be {limits.dim}")
-    if not bool(torch.isfinite(global_memory).all()):
-        raise MemoryRejected("M_g holds NaN or Inf")
-    largest = float(torch.linalg.vector_norm(global_memory.double(), dim=1).max())
-    if largest > limits.max_norm:
-        raise MemoryRejected(f"M_g has a centre of norm {largest:.4g} > {limits.max_norm:.4g}")
 
 
 # ----------------------------------------------------------------------------------------------

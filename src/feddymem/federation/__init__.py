@@ -1,10 +1,14 @@
 """FedDyMem on Flower: the only package of feddymem that imports `flwr`.
 
-* `spec`        the federation spec (TOML) -> frozen dataclasses
-* `wire`        record keys and converters of every message
-* `client_app`  the ClientApp (train / evaluate / query handlers)
-* `server_app`  the ServerApp (round loop, validation, checkpoints, results.json)
-* `simulation`  `run_federation(spec, out)` on Flower's simulation engine
+* `spec`         the federation spec (TOML) -> frozen dataclasses
+* `client_data`  a client's samples, from the spec or a site's own roots
+* `wire`         record keys and converters of every message
+* `limits`       what an upload may be, and the checks against it
+* `client_base`  what every ClientApp shares (factory, query handler, error guard)
+* `client_app`   the FedDyMem ClientApp (train / evaluate handlers)
+* `server_base`  what every ServerApp shares (factory, evaluation, results.json)
+* `server_app`   the FedDyMem ServerApp (round loop, validation, checkpoints)
+* `simulation`   `run_federation(spec, out)` on Flower's simulation engine
 
 Deployment across machines (SuperLink + SuperNodes with TLS, `flwr run`) is in deploy/README.md.
 """

@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -149,9 +150,16 @@ def batch_throughput(model_path: Path, files: list[Path]) -> float:
 
 # --- HTTP load ---------------------------------------------------------------------------
 async def load(
-    url: str, bodies: list[bytes], *, clients: int, total: int, deadline_s: float
+    url: str,
+    bodies: list[bytes],
+    *,
+    clients: int,
+    total: int,
+    deadline_s: float,
+    until: Callable[[list[tuple[float, float, int, str | None]]], bool] | None = None,
 ) -> list[tuple[float, float, int, str | None]]:
-    """`clients` concurrent clients send `total` requests; (start, latency, status, version)."""
+    """`clients` concurrent clients send `total` requests, or fewer when `deadline_s` passes or
+    `until(results so far)` says so; (start, latency, status, version) per request."""
     out: list[tuple[float, float, int, str | None]] = []
     counter = iter(range(total))
     end = time.monotonic() + deadline_s
@@ -160,7 +168,7 @@ async def load(
 
         async def worker() -> None:
             for i in counter:
-                if time.monotonic() > end:
+                if time.monotonic() > end or (until is not None and until(out)):
                     return
                 t0 = time.perf_counter()
                 try:
@@ -186,10 +194,30 @@ def hot_swap(url: str, bodies: list[bytes], served: Path, n: int) -> dict[str, A
     state = read_state(served)
     state["threshold"] = float(state["threshold"]) * 1.0001  # new content, new version
 
+    swapped_at: list[float] = []
+
+    def new_version_seen_a_while(out: list[tuple[float, float, int, str | None]]) -> bool:
+        """The load goes on until requests have been answered by the new model for 2 s."""
+        if not swapped_at or not out:
+            return False
+        new = [r[0] + r[1] for r in out if r[3] not in (None, out[0][3])]
+        return bool(new) and time.perf_counter() > min(new) + 2.0
+
     async def swap_run() -> tuple[list[tuple[float, float, int, str | None]], float]:
-        task = asyncio.create_task(load(url, bodies, clients=16, total=2 * n, deadline_s=300))
+        # at least 2 n requests; then on until the swap has been seen (at most 120 s in all)
+        task = asyncio.create_task(
+            load(
+                url,
+                bodies,
+                clients=16,
+                total=1_000_000,
+                deadline_s=120,
+                until=lambda out: len(out) >= 2 * n and new_version_seen_a_while(out),
+            )
+        )
         await asyncio.sleep(2.0)
         t_swap = time.perf_counter()
+        swapped_at.append(t_swap)
         await asyncio.to_thread(write_state, state, served)  # temporary file, then rename
         return await task, t_swap
 

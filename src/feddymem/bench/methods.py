@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from feddymem.config import DetectorConfig, FeatureConfig, FedDyMemConfig, from_dict
-from feddymem.detect.base import DatasetScores
+from feddymem.detect.dataset_scores import DatasetScores
 from feddymem.detect.detector import PatchCoreDetector
 from feddymem.federation.client_data import ClientData, load_client_data
 from feddymem.federation.spec import load_spec

@@ -3,12 +3,12 @@
 A `Detector` turns images into patch scores on the feature grid (its subclass says how: the
 distance to a memory bank, a Mahalanobis distance, a reconstruction error), and everything
 after that is shared: anomaly maps upsampled and blurred to the input size, the image score,
-the threshold from normal images, batching, evaluation and the model file's header.
+the threshold from normal images, batching, evaluation (over whole sample lists in
+`dataset_scores`) and the model file's header.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 from collections.abc import Callable, Iterator, Sequence
@@ -22,8 +22,10 @@ import torch
 from feddymem.config import FeatureConfig, to_dict
 from feddymem.data import Batch, LoadReport, Sample, iter_batches, resolve_size
 from feddymem.data.sizing import median_image_size
+from feddymem.detect import dataset_scores
 from feddymem.detect import threshold as thresholds
 from feddymem.detect.anomaly_map import to_anomaly_maps
+from feddymem.detect.dataset_scores import DatasetScores
 from feddymem.detect.features import PatchFeatureExtractor
 from feddymem.detect.modelfile import FORMAT, FORMAT_VERSION, ModelFileError, write_state
 from feddymem.detect.tiling import (
@@ -34,12 +36,7 @@ from feddymem.detect.tiling import (
     plan_tiling,
     stitch,
 )
-from feddymem.metrics import (
-    DetectionMetrics,
-    evaluate,
-    operating_point,
-    per_defect_image_auroc,
-)
+from feddymem.metrics import DetectionMetrics
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +61,6 @@ class Prediction:
     anomaly_maps: torch.Tensor
     is_anomalous: torch.Tensor
     threshold: float
-
-
-@dataclass(frozen=True)
-class DatasetScores:
-    """Scores over a whole sample list, with what loading skipped."""
-
-    samples: list[Sample]
-    labels: np.ndarray  # (N,) int
-    image_scores: np.ndarray  # (N,) float32
-    anomaly_maps: np.ndarray | None  # (N, H, W) float32, kept only when asked for
-    masks: np.ndarray | None  # (N, H, W) bool
-    has_mask: np.ndarray | None  # (N,) bool
-    report: LoadReport
-
-    def per_defect(self) -> dict[str, dict[str, float | int]]:
-        """Image AUROC of each ``test/<defect>`` folder against every good image
-        (:func:`feddymem.metrics.per_defect_image_auroc`)."""
-        return per_defect_image_auroc(
-            self.labels, self.image_scores, [s.defect for s in self.samples]
-        )
-
-    def operating_point(self, threshold: float) -> dict[str, float | int]:
-        """Recall, false-alarm rate, precision and F1 of the images flagged by ``threshold``
-        (:func:`feddymem.metrics.operating_point`)."""
-        return operating_point(self.labels, self.image_scores, threshold=threshold)
 
 
 class Detector:
@@ -275,35 +247,14 @@ class Detector:
         progress: Callable[[int], None] | None = None,
     ) -> DatasetScores:
         """Score every sample; maps and masks are kept only when asked for (memory), the maps
-        at every `map_stride`-th pixel each way (1: whole)."""
-        report = LoadReport(loaded=0, skipped=[])
-        kept: list[Sample] = []
-        labels, scores, maps, masks, has_mask = [], [], [], [], []
-        for batch in self.batches(samples, with_masks=with_masks, report=report):
-            result = self.score(batch.images)
-            kept.extend(batch.samples)
-            labels.append(batch.labels.numpy())
-            scores.append(result.image_scores.numpy())
-            if keep_maps:
-                strided = result.anomaly_maps[:, ::map_stride, ::map_stride]
-                maps.append(strided.numpy().astype(np.float32))
-            if with_masks:
-                masks.append(batch.masks[:, 0].numpy() > 0.5)
-                has_mask.append(batch.has_mask.numpy())
-            if progress is not None:
-                progress(len(batch.samples))
-        if not kept:
-            raise ValueError(
-                f"no image could be loaded out of {len(samples)}: {report.skipped[:3]}"
-            )
-        return DatasetScores(
-            samples=kept,
-            labels=np.concatenate(labels).astype(int),
-            image_scores=np.concatenate(scores).astype(np.float32),
-            anomaly_maps=np.concatenate(maps) if keep_maps else None,
-            masks=np.concatenate(masks) if with_masks else None,
-            has_mask=np.concatenate(has_mask) if with_masks else None,
-            report=report,
+        at every `map_stride`-th pixel each way (1: whole) (`dataset_scores.score_samples`)."""
+        return dataset_scores.score_samples(
+            self,
+            samples,
+            with_masks=with_masks,
+            keep_maps=keep_maps,
+            map_stride=map_stride,
+            progress=progress,
         )
 
     def evaluate(
@@ -316,19 +267,8 @@ class Detector:
         self, samples: Sequence[Sample], *, progress: Callable[[int], None] | None = None
     ) -> tuple[DetectionMetrics, DatasetScores]:
         """`evaluate`, plus the image scores it was computed from (maps dropped), for ROC
-        curves and per-image reports."""
-        with_masks = any(s.mask_path is not None for s in samples)
-        scores = self.score_samples(
-            samples, with_masks=with_masks, keep_maps=with_masks, progress=progress
-        )
-        metrics = evaluate(
-            labels=scores.labels,
-            image_scores=scores.image_scores,
-            masks=scores.masks,
-            maps=scores.anomaly_maps,
-            has_mask=scores.has_mask,
-        )
-        return metrics, dataclasses.replace(scores, anomaly_maps=None, masks=None)
+        curves and per-image reports (`dataset_scores.evaluate_with_scores`)."""
+        return dataset_scores.evaluate_with_scores(self, samples, progress=progress)
 
     # --- fitting, shared by the fitted detectors (PatchCore, Gaussian, autoencoder) ----------
     def _fit_split(
@@ -450,31 +390,9 @@ class Detector:
     def operating_points(self, scores: DatasetScores) -> dict[str, Any]:
         """What the model's threshold flags on a labelled set (`at_threshold`, with the oracle's
         recall at the same false-alarm rate) and what the thresholds for fixed false-alarm
-        rates flag (`at_far`, keyed by the nominal rate, each with its threshold)."""
-        out: dict[str, Any] = {"at_threshold": None, "at_far": {}}
-        if scores.labels.min() == scores.labels.max():
-            return out  # recall and false alarms need both normal and anomalous images
-        if self.threshold_ is not None:
-            point = scores.operating_point(self.threshold_)
-            normals = int(np.count_nonzero(scores.labels == 0))
-            low, high = thresholds.false_alarm_interval(
-                round(point["false_alarm_rate"] * normals), normals
-            )
-            out["at_threshold"] = {
-                **point,
-                "oracle_recall": thresholds.oracle_recall(
-                    scores.labels, scores.image_scores, threshold=self.threshold_
-                ),
-                "threshold": self.threshold_,
-                "normals": normals,
-                "false_alarm_rate_ci95": [low, high],
-            }
-        for rate, threshold in self.thresholds_at().items():
-            out["at_far"][f"{rate:g}"] = {
-                **scores.operating_point(threshold),
-                "threshold": threshold,
-            }
-        return out
+        rates flag (`at_far`, keyed by the nominal rate, each with its threshold)
+        (`dataset_scores.operating_points`)."""
+        return dataset_scores.operating_points(self, scores)
 
     # --- persistence -----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:

@@ -26,7 +26,7 @@ from feddymem.privacy.audit.scores import (
     psnr,
     score_reconstructions,
 )
-from feddymem.privacy.audit.setting import audit_setting
+from feddymem.privacy.audit.setting import SettingResult, audit_setting
 
 log = logging.getLogger(__name__)
 
@@ -132,39 +132,24 @@ def _know_nothing(
     }
 
 
-def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
-    """Run the audit of `config_path`; write audit.json, grid.png, auroc_vs_psnr.png to `out_dir`.
-
-    Returns the JSON summary (also written to `<out>/audit.json`).
-    """
-    t_start = time.perf_counter()
-    config = load_audit_config(Path(config_path))
-    out = Path(out_dir)
-    work = out / "work"
-    work.mkdir(parents=True, exist_ok=True)
-    seed = config.run.seed
-    data = select_data(config.data, seed=seed)
-    log.info(
-        "audit %s: %d victim, %d reference, %d public, %d test images",
-        config.run.name,
-        len(data.victim),
-        len(data.reference),
-        len(data.public),
-        len(data.test),
-    )
-    probe, (public, victim, reference), features_s = _patch_sets(config, data, work)
-    image_hw = probe.image_hw
-    extractor = probe.detector.extractor
-    in_memory = probe.train_samples
+def _audit_settings(
+    config: AuditConfig,
+    data: AuditData,
+    *,
+    attacker: Attacker,
+    public: PatchSet,
+    reference: PatchSet,
+    membership: MembershipData,
+    probe: FedDyMemClient,
+    baselines: dict[str, Any],
+    work: Path,
+    out: Path,
+) -> list[SettingResult]:
+    """Every setting of the audit in turn (clip norms resolved from the public features),
+    the summaries so far written to `<out>/audit.partial.json` after each."""
     grid_hw = (int(public.features.shape[2]), int(public.features.shape[3]))
-    attacker = Attacker(config=config, public=public, victim=victim)
-
-    baselines = _baselines(attacker, public, reference, config=config)
-    membership = _membership_data(config, public, victim, reference)
-    baselines.update(_know_nothing(config, membership, public, victim))
-
     settings = _resolve_clip(config.settings, public.flat_features.norm(dim=1))
-    twin_features = reference.features[: len(in_memory)]
+    twin_features = reference.features[: len(probe.train_samples)]
     results = []
     for s in settings:
         result = audit_setting(
@@ -175,13 +160,20 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
             twin_features=twin_features,
             work=work,
             grid_hw=grid_hw,
-            extractor=extractor,
+            extractor=probe.detector.extractor,
             membership=membership,
         )
         results.append(result)
         partial = {"baselines": baselines, "settings": [r.summary for r in results]}
         (out / "audit.partial.json").write_text(json.dumps(partial, indent=2, default=str))
+    return results
 
+
+def _save_figures(
+    out: Path, results: Sequence[SettingResult], victim: PatchSet, baselines: dict[str, Any]
+) -> None:
+    """grid.png (the victim's image, its mean image and each upload decoded, with every
+    setting's reconstructions) and auroc_vs_psnr.png."""
     whole: list[tuple[str, torch.Tensor]] = [
         ("victim image", victim.images[0]),
         ("victim mean image", victim.images.mean(dim=0)),
@@ -190,17 +182,29 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
         (f"({r.group}) {r.name}\nupload decoded", r.tiled) for r in results if r.tiled is not None
     ]
     save_grid(out / "grid.png", results, whole=whole)
-    summaries = [r.summary for r in results]
-    save_plot(out / "auroc_vs_psnr.png", summaries, baselines)
+    save_plot(out / "auroc_vs_psnr.png", [r.summary for r in results], baselines)
 
-    report: dict[str, Any] = {
+
+def _report(
+    config: AuditConfig,
+    data: AuditData,
+    *,
+    probe: FedDyMemClient,
+    attacker: Attacker,
+    public: PatchSet,
+    baselines: dict[str, Any],
+    results: Sequence[SettingResult],
+    timing: dict[str, float],
+) -> dict[str, Any]:
+    """The JSON summary of the audit (audit.json)."""
+    return {
         "name": config.run.name,
-        "image_hw": list(image_hw),
-        "grid_hw": list(grid_hw),
+        "image_hw": list(probe.image_hw),
+        "grid_hw": [int(public.features.shape[2]), int(public.features.shape[3])],
         "data": {
             "victim_root": str(config.data.victim),
             "public_root": str(config.data.public),
-            "victim_images_in_memory": len(in_memory),
+            "victim_images_in_memory": len(probe.train_samples),
             "victim_images_calibration": len(probe.calibration),
             "public_images": len(data.public),
             "reference_images": len(data.reference),
@@ -213,11 +217,62 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
             "pairs": int(attacker.public_x.shape[0]),
         },
         "baselines": baselines,
-        "settings": summaries,
-        "timing": {"features_s": features_s, "total_s": time.perf_counter() - t_start},
+        "settings": [r.summary for r in results],
+        "timing": timing,
         "config": config.as_dict(),
         "files": {"grid": "grid.png", "plot": "auroc_vs_psnr.png"},
     }
+
+
+def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
+    """Run the audit of `config_path`; write audit.json, grid.png, auroc_vs_psnr.png to `out_dir`.
+
+    Returns the JSON summary (also written to `<out>/audit.json`).
+    """
+    t_start = time.perf_counter()
+    config = load_audit_config(Path(config_path))
+    out = Path(out_dir)
+    work = out / "work"
+    work.mkdir(parents=True, exist_ok=True)
+    data = select_data(config.data, seed=config.run.seed)
+    log.info(
+        "audit %s: %d victim, %d reference, %d public, %d test images",
+        config.run.name,
+        len(data.victim),
+        len(data.reference),
+        len(data.public),
+        len(data.test),
+    )
+    probe, (public, victim, reference), features_s = _patch_sets(config, data, work)
+    attacker = Attacker(config=config, public=public, victim=victim)
+
+    baselines = _baselines(attacker, public, reference, config=config)
+    membership = _membership_data(config, public, victim, reference)
+    baselines.update(_know_nothing(config, membership, public, victim))
+
+    results = _audit_settings(
+        config,
+        data,
+        attacker=attacker,
+        public=public,
+        reference=reference,
+        membership=membership,
+        probe=probe,
+        baselines=baselines,
+        work=work,
+        out=out,
+    )
+    _save_figures(out, results, victim, baselines)
+    report = _report(
+        config,
+        data,
+        probe=probe,
+        attacker=attacker,
+        public=public,
+        baselines=baselines,
+        results=results,
+        timing={"features_s": features_s, "total_s": time.perf_counter() - t_start},
+    )
     (out / "audit.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "audit.partial.json").unlink(missing_ok=True)  # per-setting progress, now whole
     log.info("audit written to %s in %.0f s", out, report["timing"]["total_s"])

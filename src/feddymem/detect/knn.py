@@ -40,7 +40,7 @@ rather than with the distance of the data from the origin.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -65,6 +65,20 @@ _U_BF16 = 2.0**-8
 # The screen's score of a padding item, and the largest scale (|q| + R)^2 the bound is trusted at.
 _NEVER_BF16 = 1.0e30
 _SCREEN_MAX_SCALE = 1.0e28
+
+
+class _Screen(NamedTuple):
+    """One chunk's screened scores: `scores` (c, M_padded) bfloat16, every entry positive, their
+    16-bit integer `keys`, the keys' minima per block of _BLOCK items `block_keys` (c, M_padded /
+    _BLOCK), and per query (c,) float64: the centred query's squared norm `qsq`, the rounding
+    `bound` and the constant `const` (``qsq`` + the offset 2 `bound`)."""
+
+    scores: Tensor
+    keys: Tensor
+    block_keys: Tensor
+    qsq: Tensor
+    bound: Tensor
+    const: Tensor
 
 
 def native_bfloat16() -> bool:
@@ -245,15 +259,34 @@ class NearestNeighbors:
         """Fill ``out_rows`` and ``out_dist`` ``(c, k)`` with the k nearest rows and their
         distances through the bfloat16 screen; False (both untouched) when this chunk must go to
         the float32 search instead."""
-        c, d, m = q.shape[0], self.dim, self.n_memory
+        screen = self._screen_scores(q)
+        if screen is None:
+            self.screen_fallbacks += 1
+            return False
+        c = q.shape[0]
+        # The screened k best rows A, and their squared distances in float32: the true k-th
+        # nearest is at most as far as the farthest of A.
+        screened = self._screened_best(screen, k)
+        screened_d2 = self._squared_distances(q, screened.reshape(-1)).view(c, k)
+        theta32 = self._screen_reach(screen, screened_d2)
+        cq, rows = self._screen_candidates(screen, theta32, screened)
+        self.screen_candidates += int(cq.numel()) + c * k
+        self.screened_queries += c
+        self._nearest_candidates(q, screened, screened_d2, cq, rows, out_rows, out_dist)
+        return True
+
+    def _screen_scores(self, q: Tensor) -> _Screen | None:
+        """The bfloat16 product of the centred queries ``q`` (c, D) with the screen's bank:
+        ``||qc - m||^2 + offset`` for every row, with the per-query rounding bound; None when the
+        bound cannot be trusted (non-finite or huge norms, or a non-positive score)."""
+        c, d = q.shape[0], self.dim
         qc = q - self._centre
         qn = torch.linalg.vector_norm(qc, dim=1).double()  # float32: within the gamma term
         qsq = qn.square()
         r = self._radius
         scale = (qn + r).square()
         if not bool(torch.isfinite(scale).all()) or float(scale.max()) > _SCREEN_MAX_SCALE:
-            self.screen_fallbacks += 1
-            return False
+            return None
         u, n = _U_BF16, d + 4
         gamma = n * 2.0**-24 / (1.0 - n * 2.0**-24)  # float32 accumulation of n products
         # |accumulated score - (||qc - m||^2 + offset)| <= bound: the rounded products (each
@@ -273,40 +306,69 @@ class NearestNeighbors:
         keys = scores.view(torch.int16)
         block_keys = keys.view(c, -1, _BLOCK).amin(dim=2)
         if bool((block_keys <= 0).any()):  # a non-positive score: the bound was not kept
-            self.screen_fallbacks += 1
-            return False
-        # The screened k best rows A, and their squared distances in float32: the true k-th
-        # nearest is at most as far as the farthest of A (d_A). A row j with d_j <= d_A has an
-        # accumulated score <= d_A + offset + bound, the offset is 2 bound up to the rounding
-        # of ||qc||^2 and of its bfloat16 split (slack), and its screened score is at most
-        # (1 + u) times that: every row over that threshold is farther than all of A.
-        nb = block_keys.shape[1]
+            return None
+        return _Screen(scores, keys, block_keys, qsq, bound, const)
+
+    def _screened_best(self, screen: _Screen, k: int) -> Tensor:
+        """(c, k) rows with the smallest screened scores (A), by the scores' integer keys."""
+        c, nb = screen.block_keys.shape
         if k == 1:
-            best_block = block_keys.argmin(dim=1)
-            inside_best = keys.view(-1, _BLOCK).index_select(0, torch.arange(c) * nb + best_block)
-            screened = (best_block * _BLOCK + inside_best.argmin(dim=1)).unsqueeze(1)
-        else:
-            screened = torch.topk(keys[:, :m], k, dim=1, largest=False, sorted=False).indices
-        screened_d2 = self._squared_distances(q, screened.reshape(-1)).view(c, k)
+            best_block = screen.block_keys.argmin(dim=1)
+            inside_best = screen.keys.view(-1, _BLOCK).index_select(
+                0, torch.arange(c) * nb + best_block
+            )
+            return (best_block * _BLOCK + inside_best.argmin(dim=1)).unsqueeze(1)
+        return torch.topk(
+            screen.keys[:, : self.n_memory], k, dim=1, largest=False, sorted=False
+        ).indices
+
+    def _screen_reach(self, screen: _Screen, screened_d2: Tensor) -> Tensor:
+        """(c,) float32 screened-score threshold, rounded up, beyond which a row is farther than
+        all of A (whose squared distances are `screened_d2`, (c, k)).
+
+        The farthest of A is at d_A. A row j with d_j <= d_A has an accumulated score
+        <= d_A + offset + bound, the offset is 2 bound up to the rounding of ||qc||^2 and of its
+        bfloat16 split (slack), and its screened score is at most (1 + u) times that: every row
+        over that threshold is farther than all of A."""
+        d, u = self.dim, _U_BF16
         gamma_d = (d + 2) * 2.0**-24 / (1.0 - (d + 2) * 2.0**-24)
-        slack = gamma_d * qsq + u * u * const
+        slack = gamma_d * screen.qsq + u * u * screen.const
         reach = screened_d2.amax(dim=1).double() * (1.0 + gamma_d)
-        theta = (reach + 3.0 * bound + slack) * (1.0 + u) * (1.0 + 1e-6)
-        theta32 = torch.nextafter(theta.float(), torch.tensor(float("inf")))  # rounded up
-        block_min = block_keys.view(torch.bfloat16)
+        theta = (reach + 3.0 * screen.bound + slack) * (1.0 + u) * (1.0 + 1e-6)
+        return torch.nextafter(theta.float(), torch.tensor(float("inf")))  # rounded up
+
+    def _screen_candidates(
+        self, screen: _Screen, theta32: Tensor, screened: Tensor
+    ) -> tuple[Tensor, Tensor]:
+        """(query, row) pairs of the real rows, not in A (`screened`), whose screened score is
+        within `theta32`: first the blocks whose minimum is, then the rows inside them."""
+        m = self.n_memory
+        nb = screen.block_keys.shape[1]
+        block_min = screen.block_keys.view(torch.bfloat16)
         # (index_select on flat views throughout: several times faster than fancy indexing)
         qi, bi = (block_min <= theta32[:, None]).nonzero(as_tuple=True)
-        inside = scores.view(-1, _BLOCK).index_select(0, qi * nb + bi)
+        inside = screen.scores.view(-1, _BLOCK).index_select(0, qi * nb + bi)
         pi, ri = (inside <= theta32.index_select(0, qi)[:, None]).nonzero(as_tuple=True)
         cq = qi.index_select(0, pi)
         rows = bi.index_select(0, pi) * _BLOCK + ri
         # Other candidates: real rows not in A already.
         other = (rows < m) & (rows[:, None] != screened.index_select(0, cq)).all(dim=1)
-        cq, rows = cq[other], rows[other]
-        self.screen_candidates += int(cq.numel()) + c * k
-        self.screened_queries += c
-        # The k nearest of A and the other candidates per query, from a (c, k + most others)
-        # table: A's columns first, then the others in row order.
+        return cq[other], rows[other]
+
+    def _nearest_candidates(
+        self,
+        q: Tensor,
+        screened: Tensor,
+        screened_d2: Tensor,
+        cq: Tensor,
+        rows: Tensor,
+        out_rows: Tensor,
+        out_dist: Tensor,
+    ) -> None:
+        """Write the k nearest of A (`screened`, (c, k), at `screened_d2`) and the other
+        candidates (query `cq`, row `rows`) per query into ``out_rows`` and ``out_dist``, from a
+        (c, k + most others) table: A's columns first, then the others in row order."""
+        c, k = screened.shape
         table, row_table = screened_d2, screened
         if cq.numel():
             counts = torch.bincount(cq, minlength=c)
@@ -324,7 +386,6 @@ class NearestNeighbors:
         else:
             best = torch.topk(table, k, dim=1, largest=False, sorted=False).indices
         self._sorted(table.gather(1, best), row_table.gather(1, best), out_rows, out_dist)
-        return True
 
     def _squared_distances(
         self, q: Tensor, rows: Tensor, *, queries: Tensor | None = None

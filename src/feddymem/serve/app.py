@@ -13,7 +13,7 @@ import hmac
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -185,9 +185,19 @@ def create_app(service: Service) -> FastAPI:
         await service.shutdown()
 
     app = FastAPI(title="feddymem serve", lifespan=lifespan, docs_url=None, redoc_url=None)
-    settings = service.settings
-    metrics = service.metrics
-    token = settings.token
+    authorized = _bearer_check(service.settings.token)
+    _add_unauthorized_handler(app)
+    _add_request_counting(app, service.metrics)
+    _add_probes(app, service)
+    _add_model_routes(app, service, authorized)
+    _add_score_route(app, service, authorized)
+    _add_page(app)
+    return app
+
+
+def _bearer_check(token: str | None) -> Callable[[Request], None]:
+    """The dependency that refuses a request without ``Authorization: Bearer <token>`` (none
+    when `token` is None)."""
 
     def authorized(request: Request) -> None:
         if token is None:
@@ -196,6 +206,12 @@ def create_app(service: Service) -> FastAPI:
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
             raise _Unauthorized()
 
+    return authorized
+
+
+def _add_unauthorized_handler(app: FastAPI) -> None:
+    """401 with a ``WWW-Authenticate: Bearer`` header for a refused token."""
+
     @app.exception_handler(_Unauthorized)
     async def unauthorized(_request: Request, _exc: _Unauthorized) -> JSONResponse:
         return JSONResponse(
@@ -203,6 +219,10 @@ def create_app(service: Service) -> FastAPI:
             status_code=401,
             headers={"WWW-Authenticate": "Bearer"},
         )
+
+
+def _add_request_counting(app: FastAPI, metrics: ServiceMetrics) -> None:
+    """Every response counted by endpoint (known paths, 'static', 'other') and status."""
 
     @app.middleware("http")
     async def count(request: Request, call_next: Any) -> Response:
@@ -213,6 +233,10 @@ def create_app(service: Service) -> FastAPI:
         )
         metrics.requests.labels(endpoint=endpoint, status=str(response.status_code)).inc()
         return response
+
+
+def _add_probes(app: FastAPI, service: Service) -> None:
+    """/healthz (the process answers) and /readyz (a model is loaded), without a token."""
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -225,9 +249,15 @@ def create_app(service: Service) -> FastAPI:
             return _error(503, "no model loaded")
         return JSONResponse({"status": "ready", "model_version": model.version})
 
+
+def _add_model_routes(
+    app: FastAPI, service: Service, authorized: Callable[[Request], None]
+) -> None:
+    """/metrics, /v1/model and /v1/feed: what the service and its model are doing."""
+
     @app.get("/metrics", dependencies=[Depends(authorized)])
     async def prometheus() -> Response:
-        return Response(metrics.render(), media_type=CONTENT_TYPE_LATEST)
+        return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/model", dependencies=[Depends(authorized)])
     async def model() -> dict[str, Any]:
@@ -241,6 +271,13 @@ def create_app(service: Service) -> FastAPI:
             "model": {"version": current.version, "loaded_at": current.loaded_at},
             "last_error": service.holder.last_error,
         }
+
+
+def _add_score_route(app: FastAPI, service: Service, authorized: Callable[[Request], None]) -> None:
+    """POST /v1/score: one image scored; a refused or failed request answers with the reason
+    and the service keeps serving."""
+    settings = service.settings
+    metrics = service.metrics
 
     @app.post("/v1/score", dependencies=[Depends(authorized)])
     async def score(
@@ -266,12 +303,15 @@ def create_app(service: Service) -> FastAPI:
         body["server_ms"] = round(elapsed * 1000.0, 3)
         return JSONResponse(body)
 
+
+def _add_page(app: FastAPI) -> None:
+    """The operator's page at / and its files under /static."""
+
     @app.get("/")
     async def page() -> FileResponse:
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    return app
 
 
 class _Unauthorized(Exception):

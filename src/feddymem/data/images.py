@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,6 +99,20 @@ def _check_file(path: Path) -> None:
         raise ImageReadError(f"{path}: file is empty (0 bytes)")
 
 
+@contextmanager
+def _read_errors(file: Path, failure: str) -> Iterator[None]:
+    """Pillow's errors for unreadable content inside the block, as :class:`ImageReadError`
+    naming `file`: not an image, or `failure` (e.g. "cannot decode image") and the reason."""
+    try:
+        yield
+    except ImageReadError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageReadError(f"{file}: not a recognised image file") from None
+    except _DECODE_ERRORS as err:
+        raise ImageReadError(f"{file}: {failure} ({err})") from err
+
+
 def _stretch_to_uint8(values: np.ndarray) -> np.ndarray:
     """Map a wide-range array onto 0..255 by its own minimum and maximum.
 
@@ -165,7 +181,7 @@ def decode_image(
     """
     file = Path(path)
     _check_file(file)
-    try:
+    with _read_errors(file, "cannot decode image"):
         with Image.open(file) as img:
             full_hw = (img.height, img.width)
             if size_hint is not None and img.format == "JPEG":
@@ -179,12 +195,6 @@ def decode_image(
                 if (img.height, img.width) != (height, width):
                     ready = img.resize((width, height), Image.Resampling.BILINEAR)
             pixels = to_rgb_array(ready, file)
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{file}: not a recognised image file") from None
-    except _DECODE_ERRORS as err:
-        raise ImageReadError(f"{file}: cannot decode image ({err})") from err
     return DecodedImage(pixels=pixels, full_hw=full_hw)
 
 
@@ -224,13 +234,9 @@ def read_image_size(path: str | os.PathLike[str]) -> tuple[int, int]:
     """
     file = Path(path)
     _check_file(file)
-    try:
+    with _read_errors(file, "cannot read image header"):
         with Image.open(file) as img:
             return (img.height, img.width)
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{file}: not a recognised image file") from None
-    except _DECODE_ERRORS as err:
-        raise ImageReadError(f"{file}: cannot read image header ({err})") from err
 
 
 def read_mask(
@@ -255,7 +261,7 @@ def read_mask(
     """
     file = Path(path)
     _check_file(file)
-    try:
+    with _read_errors(file, "cannot decode mask"):
         with Image.open(file) as img:
             img.load()
             mode = img.mode
@@ -268,12 +274,6 @@ def read_mask(
                 values = np.asarray(np.asarray(img.convert("RGB")).any(axis=2))
             else:
                 raise ImageReadError(f"{file}: unsupported mask mode {mode!r}")
-    except ImageReadError:
-        raise
-    except UnidentifiedImageError:
-        raise ImageReadError(f"{file}: not a recognised image file") from None
-    except _DECODE_ERRORS as err:
-        raise ImageReadError(f"{file}: cannot decode mask ({err})") from err
 
     mask_hw = (int(values.shape[0]), int(values.shape[1]))
     if mask_hw != tuple(expected_hw):

@@ -9,19 +9,18 @@ from pathlib import Path
 from typing import Any
 
 
+def _print_summary(summary: Any) -> None:
+    """A data set's summary (a dataclass) as indented JSON on stdout."""
+    print(json.dumps(dataclasses.asdict(summary), indent=2, default=str))
+
+
 def cmd_data_elpv(args: argparse.Namespace) -> int:
     from feddymem.data import export_elpv
 
     summary = export_elpv(
         args.out, cell_type=args.type, seed=args.seed, test_fraction=args.test_fraction
     )
-    print(
-        json.dumps(
-            dataclasses.asdict(summary),
-            indent=2,
-            default=str,
-        )
-    )
+    _print_summary(summary)
     return 0
 
 
@@ -47,13 +46,7 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
         n_good=args.n_good,
         train=train,
     )
-    print(
-        json.dumps(
-            dataclasses.asdict(summary),
-            indent=2,
-            default=str,
-        )
-    )
+    _print_summary(summary)
     return 0
 
 

@@ -653,8 +653,9 @@ def main() -> None:
     parser.add_argument(
         "--calibration",
         choices=["holdout", "crossfit"],
-        default="holdout",
-        help="how the threshold is set (DetectorConfig.calibration)",
+        default=DetectorConfig.calibration,
+        help="how the threshold is set (DetectorConfig.calibration; default: %(default)s; "
+        "--refit needs holdout)",
     )
     parser.add_argument(
         "--tap-balance",
@@ -679,12 +680,11 @@ def main() -> None:
     )
     if args.backbone is not None:
         cfg = dataclasses.replace(cfg, backbone=args.backbone)
+    cfg = dataclasses.replace(cfg, calibration=args.calibration)
     if args.refit:
         cfg = dataclasses.replace(cfg, refit_with_calibration=True)
     if args.tap_balance:
         cfg = dataclasses.replace(cfg, tap_balance=True)
-    if args.calibration != "holdout":
-        cfg = dataclasses.replace(cfg, calibration=args.calibration)
     if args.layers is not None:
         cfg = dataclasses.replace(cfg, layers=tuple(args.layers.split(",")))
     if args.topk_fraction is not None:

@@ -15,7 +15,10 @@ from feddymem.detect.detector import PatchCoreDetector, patch_scores, tap_balanc
 from feddymem.detect.modelfile import ModelFileError
 from feddymem.detect.registry import load_detector
 
-CFG = DetectorConfig(image_size=64, batch_size=8, coreset_ratio=0.1, calibration_fraction=0.2)
+# holdout: these tests count the held-out tenth (the crossfit default has its own tests)
+CFG = DetectorConfig(
+    image_size=64, batch_size=8, coreset_ratio=0.1, calibration_fraction=0.2, calibration="holdout"
+)
 
 
 @pytest.fixture(scope="module")
@@ -373,6 +376,8 @@ def test_crossfit_calibration_scores_every_training_image_once_out_of_its_fold(
     assert det.threshold_ > float(np.quantile(in_sample, 0.99))
     again = PatchCoreDetector(cfg).fit(scan(root).train)
     assert again.threshold_ == det.threshold_  # seeded
+    # the default (docs/detector.md, the operating point): three folds
+    assert (DetectorConfig().calibration, DetectorConfig().calibration_folds) == ("crossfit", 3)
     with pytest.raises(ConfigError, match="refit_with_calibration applies to holdout"):
         DetectorConfig(calibration="crossfit", refit_with_calibration=True)
     with pytest.raises(ConfigError, match="calibration_folds"):

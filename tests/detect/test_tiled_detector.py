@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -93,10 +94,17 @@ def test_tiled_fit_state_and_score_shapes(large: tuple[PatchCoreDetector, Path])
         det.score(torch.rand(1, 3, 64, 64))
 
 
-def test_tiled_bank_is_bounded(large: tuple[PatchCoreDetector, Path]) -> None:
+def test_tiled_bank_is_bounded(
+    large: tuple[PatchCoreDetector, Path], caplog: pytest.LogCaptureFixture
+) -> None:
     _, root = large
     det = PatchCoreDetector(dataclasses.replace(CFG, tile_bank_patches=1024))
-    det.fit(scan(root).train)
+    assert det.config.calibration == "crossfit"  # the default: a tiled fit holds out instead
+    with caplog.at_level(logging.INFO, logger="feddymem.detect.detector"):
+        det.fit(scan(root).train)
+    assert any(
+        "tiled fit: the threshold comes from a held-out" in r.message for r in caplog.records
+    )
     assert det.n_patches_ is not None and 1000 <= det.n_patches_ <= 1100
 
 
@@ -119,6 +127,6 @@ def test_auto_resizes_images_near_the_input_size(texture_tree: Path) -> None:
     assert det.tiling_ is None and det.image_hw_ == (64, 64)
 
 
-def test_tiling_refuses_crossfit() -> None:
+def test_tiling_refuses_refit() -> None:
     with pytest.raises(ConfigError, match="tiling"):
-        dataclasses.replace(CFG, calibration="crossfit")
+        dataclasses.replace(CFG, refit_with_calibration=True)

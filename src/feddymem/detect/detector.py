@@ -241,13 +241,20 @@ class PatchCoreDetector(MemoryBankDetector):
         """Fit on normal training samples (labels must all be 0)."""
         cfg = self.config
         crossfit = cfg.calibration == "crossfit"
+        if crossfit and self._plan_tiling([s.path for s in samples]) is not None:
+            log.info(
+                "tiled fit: the threshold comes from a held-out %.0f%% of the normals "
+                "(cross-fitting needs one grid per image)",
+                100 * cfg.calibration_fraction,
+            )
+            crossfit = False
         train, calib, image_hw = self._fit_split(
             samples, fraction=0.0 if crossfit else cfg.calibration_fraction, seed=cfg.seed
         )
-        if self.tiling_ is not None and (crossfit or cfg.refit_with_calibration):
+        if self.tiling_ is not None and cfg.refit_with_calibration:
             raise ValueError(
-                "tiled fits take the holdout calibration without refit (the images are tiled: "
-                "crossfit and refit need one grid per image); set tile='off' or drop them"
+                "tiled fits take no refit (the images are tiled: refit needs one grid per "
+                "image); set tile='off' or drop refit_with_calibration"
             )
         self.feature_scale_ = None  # the factors (if any) are fitted on the raw features
         bank = self._patch_bank(train, image_hw=image_hw, progress=progress)

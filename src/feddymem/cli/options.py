@@ -184,7 +184,7 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--calibration-folds",
         type=int,
-        default=5,
+        default=DEFAULTS.calibration_folds,
         help="folds of --calibration crossfit (default: %(default)s)",
     )
     g.add_argument(

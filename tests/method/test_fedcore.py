@@ -8,7 +8,7 @@ import torch
 from feddymem.detect.knn import NearestNeighbors
 from feddymem.method.aggregate import aggregate_memories
 from feddymem.method.generator import MemoryGenerator
-from feddymem.method.kmeans import weighted_kmeans
+from feddymem.method.kmeans import FAISS_SEED_RANGE, weighted_kmeans
 from feddymem.method.losses import MetricLoss
 from feddymem.method.reduce import (
     ReducedMemory,
@@ -132,6 +132,19 @@ def test_weighted_kmeans_follows_the_weights() -> None:
     assert torch.allclose(counts, torch.tensor([2.0, 2.0]))
     centres, _ = weighted_kmeans(x, torch.tensor([1.0, 9.0, 1.0, 1.0]), k=2, seed=0)
     assert min(c.item() for c in centres[:, 0]) == pytest.approx(0.9)
+
+
+def test_weighted_kmeans_takes_derived_seeds_beyond_a_c_int() -> None:
+    # A shadow run's round seed ((seed + 50_021) * 1_000) * 100_003 passes 2**31; faiss takes a C
+    # int. Small seeds keep their clustering; a huge one clusters like its folded value.
+    x = torch.randn(200, 8, generator=torch.Generator().manual_seed(0))
+    big = 5_002_100_000 * 100_003
+    c_big, _ = weighted_kmeans(x, None, k=10, seed=big, iterations=5)
+    c_folded, _ = weighted_kmeans(x, None, k=10, seed=big % FAISS_SEED_RANGE, iterations=5)
+    assert torch.equal(c_big, c_folded)
+    c_small, _ = weighted_kmeans(x, None, k=10, seed=7, iterations=5)
+    c_again, _ = weighted_kmeans(x, None, k=10, seed=7 + FAISS_SEED_RANGE, iterations=5)
+    assert torch.equal(c_small, c_again)
 
 
 def test_aggregate_memories_kmeans_over_the_union() -> None:

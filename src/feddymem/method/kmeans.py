@@ -8,6 +8,15 @@ import numpy as np
 import torch
 
 
+FAISS_SEED_RANGE = 2**31 - 1  # faiss takes its seed as a C int
+
+
+def faiss_seed(seed: int) -> int:
+    """`seed` folded into the range faiss accepts: unchanged below 2**31 - 1, so derived seeds
+    (a round's, a shadow run's) of any size give the same clustering they always did when small."""
+    return int(seed) % FAISS_SEED_RANGE
+
+
 def weighted_kmeans(
     x: torch.Tensor,
     weights: torch.Tensor | None,
@@ -32,7 +41,7 @@ def weighted_kmeans(
         d,
         k,
         niter=iterations,
-        seed=seed,
+        seed=faiss_seed(seed),
         verbose=False,
         max_points_per_centroid=max_points_per_centroid,
         min_points_per_centroid=1,

@@ -7,7 +7,6 @@ import faiss
 import numpy as np
 import torch
 
-
 FAISS_SEED_RANGE = 2**31 - 1  # faiss takes its seed as a C int
 
 

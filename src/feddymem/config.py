@@ -202,8 +202,12 @@ class FedDyMemConfig(FeatureConfig):
     weight_decay: float = 5e-4
     local_epochs: int = 1
     train_batch_size: int = 8
-    # --- wire: M_k and M_g vectors travel in this dtype (decoded to float32 on receipt) ---
-    wire_dtype: Literal["float32", "float16"] = "float32"
+    # --- wire: M_k and M_g vectors travel in this dtype (decoded to float32 on receipt); "pq":
+    # product-quantised by faiss, `wire_pq_subdim` values per sub-vector, 2**`wire_pq_bits`
+    # centres per sub-space, the codebook in float16 (federation/pqcodec.py) ---
+    wire_dtype: Literal["float32", "float16", "pq"] = "float32"
+    wire_pq_subdim: int = 4
+    wire_pq_bits: int = 6
     # --- inference ---
     # memory a site scores against: M_g alone (the paper), or M_g and the site's own last M_k
     score_memory: Literal["global", "global+own"] = "global"
@@ -238,8 +242,15 @@ class FedDyMemConfig(FeatureConfig):
         _check(self.score_k >= 1, "score_k must be >= 1")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(
-            self.wire_dtype in ("float32", "float16"),
-            f"wire_dtype must be 'float32' or 'float16', got {self.wire_dtype!r}",
+            self.wire_dtype in ("float32", "float16", "pq"),
+            f"wire_dtype must be 'float32', 'float16' or 'pq', got {self.wire_dtype!r}",
+        )
+        _check(
+            1 <= self.wire_pq_subdim <= 64,
+            f"wire_pq_subdim must be in [1, 64], got {self.wire_pq_subdim}",
+        )
+        _check(
+            1 <= self.wire_pq_bits <= 8, f"wire_pq_bits must be in [1, 8], got {self.wire_pq_bits}"
         )
         _check(
             self.score_memory in ("global", "global+own"),

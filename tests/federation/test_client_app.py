@@ -31,17 +31,20 @@ def _context(
     )
 
 
-def _message(kind: str, round_idx: int, memory: torch.Tensor | None = None) -> Message:
+def _message(
+    kind: str, round_idx: int, memory: torch.Tensor | None = None, config: FedDyMemConfig = CONFIG
+) -> Message:
     content = RecordDict(
         {
             wire.INSTRUCTIONS: wire.instructions_to_record(
                 wire.Instructions(round_idx=round_idx, num_rounds=2, run_name="fed", run_id="r1")
             ),
-            wire.CONFIG: wire.config_to_record(CONFIG),
+            wire.CONFIG: wire.config_to_record(config),
         }
     )
     if memory is not None:
-        content[wire.GLOBAL_MEMORY] = wire.global_memory_to_record(memory)
+        fmt = wire.WireFormat.of(config)
+        content[wire.GLOBAL_MEMORY] = wire.global_memory_to_record(memory, dtype=fmt)
     return Message(content, dst_node_id=7, message_type=kind)
 
 
@@ -61,6 +64,21 @@ def test_query_replies_the_name(site: Context) -> None:
     app = build_client_app()
     reply = app(Message(RecordDict(), dst_node_id=7, message_type="query"), site)
     assert wire.identity_from_content(reply.content).name == "site-a"
+
+
+def test_a_pq_federation_site_decodes_m_g_and_replies_pq_codes(site: Context) -> None:
+    config = FedDyMemConfig(image_size=64, client_memory_size=ITEMS, seed=3, wire_dtype="pq")
+    limits = upload_limits(config, max_items=100)
+    app = build_client_app()
+    app(_message("train", 0, config=config), site)
+    global_memory = torch.randn(ITEMS, DIM, generator=torch.Generator().manual_seed(0))
+    reply = app(_message("train", 1, memory=global_memory, config=config), site)
+    assert not reply.has_error()
+    assert set(reply.content[wire.MEMORY].keys()) == {"pq-codes", "pq-codebook", "weights"}
+    memory = wire.memory_from_content(reply.content, dtype=limits.wire, dim=limits.dim)
+    validate_memory(memory, limits)
+    with pytest.raises(wire.MemoryRejected, match="wire_dtype"):
+        wire.memory_from_content(reply.content, dtype="float32")
 
 
 def test_train_round_zero_then_one(site: Context, tmp_path: Path) -> None:

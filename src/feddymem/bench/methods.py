@@ -394,6 +394,20 @@ _LEVERS = [
         "twice the memory items as float16: the bytes of the float32 memory",
     ),
     Method(
+        "feddymem-pq",
+        "lever",
+        True,
+        _feddymem(wire_dtype="pq"),
+        "M_k and M_g product-quantised by faiss (4 values a sub-vector, 6 bits a code)",
+    ),
+    Method(
+        "feddymem-pq-2x",
+        "lever",
+        True,
+        _feddymem(memory_scale=2, wire_dtype="pq"),
+        "twice the memory items, product-quantised: within FedAvg's bytes",
+    ),
+    Method(
         "feddymem-fp16-2x-own",
         "lever",
         True,

@@ -86,6 +86,8 @@ PRESETS: dict[str, Preset] = {
             "feddymem-own-memory",
             "feddymem-fp16",
             "feddymem-fp16-2x",
+            "feddymem-pq",
+            "feddymem-pq-2x",
         ),
         seeds=(0, 1, 2),
         scale="full",

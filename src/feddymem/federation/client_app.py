@@ -33,7 +33,9 @@ from feddymem.federation.client_base import (
     identity_record,
 )
 from feddymem.federation.client_data import ClientData
+from feddymem.federation.limits import expected_dim
 from feddymem.federation.runconfig import SiteSettings, Value
+from feddymem.method.seeds import round_seed
 
 if TYPE_CHECKING:
     import torch
@@ -111,7 +113,9 @@ def _train(message: Message, context: Context, settings: SiteOf) -> Message:
     t0 = time.perf_counter()
     instructions = wire.instructions_from_content(message.content)
     config = wire.config_from_content(message.content)
-    global_memory = wire.global_memory_from_content(message.content)
+    global_memory = wire.global_memory_from_content(
+        message.content, fmt=wire.WireFormat.of(config), dim=expected_dim(config)
+    )
     data, client, folder = _open_client(settings(context), config=config, instructions=instructions)
     if client.rounds_done > instructions.round_idx:
         raise ClientStateError(
@@ -123,7 +127,11 @@ def _train(message: Message, context: Context, settings: SiteOf) -> Message:
     )
     if global_memory is not None:
         _export_round_model(client, global_memory, folder, instructions, site=data.name)
-    arrays, info = wire.memory_to_records(memory, dtype=config.wire_dtype)
+    arrays, info = wire.memory_to_records(
+        memory,
+        dtype=wire.WireFormat.of(config),
+        seed=round_seed(config.seed, instructions.round_idx),
+    )
     metrics = {**metrics, "client_s": time.perf_counter() - t0}
     content = RecordDict(
         {
@@ -141,7 +149,9 @@ def _evaluate(message: Message, context: Context, settings: SiteOf) -> Message:
     t0 = time.perf_counter()
     instructions = wire.instructions_from_content(message.content)
     config = wire.config_from_content(message.content)
-    global_memory = wire.global_memory_from_content(message.content)
+    global_memory = wire.global_memory_from_content(
+        message.content, fmt=wire.WireFormat.of(config), dim=expected_dim(config)
+    )
     if global_memory is None:
         raise wire.WireError("an evaluate message must carry the global memory")
     data, client, folder = _open_client(settings(context), config=config, instructions=instructions)

@@ -8,7 +8,8 @@ cells an image can have. The server checks every upload against these limits
 and writes them into the run's resolved settings (results.json ``settings.upload_limits``).
 
 Rules (C_max = max_memory_items, D = feature channels of the taps, d = D // gamma_d or D):
-- ``dim`` = d; ``dtype`` = the config's wire dtype (float32 or float16); ``max_items`` = C_max.
+- ``dim`` = d; ``dtype`` = the config's wire dtype (float32, float16 or pq, with its
+  ``pq_subdim`` and ``pq_bits``); ``max_items`` = C_max.
 - ``max_norm`` = NORM_HEADROOM * feature_abs_max * sqrt(D): a p(x) vector cannot exceed
   feature_abs_max * sqrt(D); the headroom leaves G_k room to grow during training. With
   differential privacy the released vector is clipped to C and noised by sigma*C per coordinate:
@@ -16,7 +17,8 @@ Rules (C_max = max_memory_items, D = feature channels of the taps, d = D // gamm
 - ``max_weight`` = max_images * cells, cells = ASPECT_CAP * ceil(image_size / stride)^2 (an item
   absorbs at most every patch of every image); ``max_images`` bounds n_k.
 - ``max_bytes`` = (max_items * (d + 1)) * 4 bytes + BYTES_SLACK: the memory's arrays as sent,
-  checked on the raw bytes before numpy decodes them.
+  checked on the raw bytes before numpy decodes them. For pq: max_items codes and weights and
+  one codebook (pqcodec.encoded_bytes) + BYTES_SLACK.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import torch
 
 from feddymem.config import FedDyMemConfig
 from feddymem.detect.backbones import get_backbone
-from feddymem.federation.wire import MemoryRejected
+from feddymem.federation import pqcodec
+from feddymem.federation.wire import MemoryRejected, WireFormat
 from feddymem.method.reduce import ReducedMemory
 
 __all__ = [
@@ -61,9 +64,16 @@ class UploadLimits:
     max_weight: float
     max_images: int
     max_bytes: int
+    pq_subdim: int = 4  # with dtype "pq": values per sub-vector and bits per code
+    pq_bits: int = 6
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def wire(self) -> WireFormat:
+        """The format uploads must travel in."""
+        return WireFormat(self.dtype, self.pq_subdim, self.pq_bits)
 
 
 def _taps(config: FedDyMemConfig) -> tuple[int, int, float]:
@@ -93,14 +103,20 @@ def upload_limits(config: FedDyMemConfig, *, max_items: int) -> UploadLimits:
         sigma = config.dp_noise_multiplier
         max_norm = max(max_norm, config.dp_clip_norm * (1.0 + sigma * (math.sqrt(dim) + 10.0)))
     cells = ASPECT_CAP * math.ceil(config.image_size / stride) ** 2
+    max_bytes = max_items * (dim + 1) * 4
+    if config.wire_dtype == "pq":
+        sub, bits = config.wire_pq_subdim, config.wire_pq_bits
+        max_bytes = max_items * 4 + pqcodec.encoded_bytes(max_items, dim, subdim=sub, bits=bits)
     return UploadLimits(
         dim=dim,
         dtype=config.wire_dtype,
+        pq_subdim=config.wire_pq_subdim,
+        pq_bits=config.wire_pq_bits,
         max_items=max_items,
         max_norm=float(max_norm),
         max_weight=float(MAX_IMAGES * cells),
         max_images=MAX_IMAGES,
-        max_bytes=int(max_items * (dim + 1) * 4 + BYTES_SLACK),
+        max_bytes=int(max_bytes + BYTES_SLACK),
     )
 
 

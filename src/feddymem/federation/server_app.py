@@ -89,7 +89,9 @@ def read_upload(content: RecordDict, *, name: str, limits: UploadLimits) -> Redu
     reported = wire.identity_from_content(content).name
     if reported != name:
         raise wire.MemoryRejected(f"reply names client {reported!r}, expected {name!r}")
-    memory = wire.memory_from_content(content, max_bytes=limits.max_bytes, dtype=limits.dtype)
+    memory = wire.memory_from_content(
+        content, max_bytes=limits.max_bytes, dtype=limits.wire, dim=limits.dim
+    )
     validate_memory(memory, limits)
     return memory
 
@@ -162,7 +164,9 @@ class _Run:
         if with_memory and self.state.global_memory is not None:
             validate_global_memory(self.state.global_memory, self.limits)
             content[wire.GLOBAL_MEMORY] = wire.global_memory_to_record(
-                self.state.global_memory, dtype=self.spec.model.wire_dtype
+                self.state.global_memory,
+                dtype=self.limits.wire,
+                seed=round_seed(self.fed.seed, round_idx),
             )
         return content
 

@@ -43,6 +43,7 @@ from flwr.app import (
 from flwr.common.serde import message_to_proto, recorddict_to_proto
 
 from feddymem.config import FedDyMemConfig, from_dict, to_dict
+from feddymem.federation import pqcodec
 from feddymem.method.reduce import ReducedMemory
 
 if TYPE_CHECKING:
@@ -61,6 +62,7 @@ __all__ = [
     "Instructions",
     "MemoryRejected",
     "WireError",
+    "WireFormat",
     "config_from_content",
     "config_from_record",
     "config_to_record",
@@ -98,17 +100,39 @@ _CONFIG_JSON = "feddymem-config-json"
 _VECTORS = "vectors"
 _WEIGHTS = "weights"
 _N_IMAGES = "n-images"
+_PQ_CODES = "pq-codes"
+_PQ_CODEBOOK = "pq-codebook"
 _NAME = "name"
 
 # Every array that may ever travel, by record: the check that nothing else does is a test.
+# Vectors travel either as `vectors` (float32 / float16) or product-quantised as codes and
+# their codebook (wire_dtype "pq"), never both.
 ARRAY_KEYS: Mapping[str, frozenset[str]] = {
-    GLOBAL_MEMORY: frozenset({_VECTORS}),
-    MEMORY: frozenset({_VECTORS, _WEIGHTS}),
+    GLOBAL_MEMORY: frozenset({_VECTORS, _PQ_CODES, _PQ_CODEBOOK}),
+    MEMORY: frozenset({_VECTORS, _WEIGHTS, _PQ_CODES, _PQ_CODEBOOK}),
 }
 
 
 _WIRE_DTYPES: Mapping[str, type[np.floating[Any]]] = {"float32": np.float32, "float16": np.float16}
-"""The dtypes memory vectors may travel in (`FedDyMemConfig.wire_dtype`)."""
+"""The dtypes memory vectors may travel in as plain arrays (`FedDyMemConfig.wire_dtype`)."""
+
+
+@dataclass(frozen=True)
+class WireFormat:
+    """How memory vectors travel: ``float32``, ``float16`` or ``pq`` (product-quantised with
+    `pq_subdim` values per sub-vector and 2**`pq_bits` centres per sub-space, pqcodec.py)."""
+
+    dtype: str = "float32"
+    pq_subdim: int = 4
+    pq_bits: int = 6
+
+    @classmethod
+    def of(cls, config: FedDyMemConfig) -> WireFormat:
+        return cls(config.wire_dtype, config.wire_pq_subdim, config.wire_pq_bits)
+
+
+def _format(fmt: WireFormat | str) -> WireFormat:
+    return fmt if isinstance(fmt, WireFormat) else WireFormat(dtype=fmt)
 
 
 class WireError(ValueError):
@@ -220,25 +244,71 @@ def config_from_content(content: RecordDict) -> FedDyMemConfig:
     return config_from_record(_record(content, CONFIG, ConfigRecord))
 
 
-def global_memory_to_record(global_memory: torch.Tensor, *, dtype: str = "float32") -> ArrayRecord:
-    """M_g, (C, d), as an ArrayRecord in `dtype` (``float32`` or ``float16``)."""
+def _vectors_to_arrays(vectors: np.ndarray, fmt: WireFormat, seed: int) -> dict[str, Array]:
+    """(N, d) float32 vectors as the arrays of `fmt`."""
+    if fmt.dtype == "pq":
+        codes, codebook = pqcodec.encode(vectors, subdim=fmt.pq_subdim, bits=fmt.pq_bits, seed=seed)
+        return {_PQ_CODES: to_array(codes), _PQ_CODEBOOK: to_array(codebook)}
+    if fmt.dtype != "float32":  # float32 goes as it is (a wrong dtype is the receiver's to refuse)
+        vectors = vectors.astype(_WIRE_DTYPES[fmt.dtype])
+    return {_VECTORS: to_array(vectors)}
+
+
+def _vectors_from_record(
+    record: ArrayRecord, where: str, fmt: WireFormat | None, dim: int | None
+) -> np.ndarray:
+    """The vectors of `record` as sent: float32 / float16 as they are, pq decoded to float32.
+    With `fmt` given, the record must be in that format (pq needs `dim` to decode)."""
+    coded = _PQ_CODES in record.keys() or _PQ_CODEBOOK in record.keys()
+    if coded and _VECTORS in record.keys():
+        raise WireError(f"record '{where}' holds both plain and coded vectors")
+    if fmt is not None and coded != (fmt.dtype == "pq"):
+        raise WireError(
+            f"'{where}' vectors must be {fmt.dtype} (the spec's wire_dtype), got "
+            f"{'pq codes' if coded else 'plain vectors'}"
+        )
+    if not coded:
+        vectors = _decode(record, _VECTORS, where)
+        if fmt is not None and vectors.dtype != np.dtype(fmt.dtype):
+            raise WireError(
+                f"'{where}' vectors must be {fmt.dtype} (the spec's wire_dtype), got "
+                f"{vectors.dtype}"
+            )
+        if vectors.ndim != 2 or vectors.dtype not in (np.float32, np.float16):
+            raise WireError(
+                f"'{where}' vectors must be 2-D float32 or float16, got {vectors.dtype} "
+                f"{vectors.shape}"
+            )
+        return vectors.astype(np.float32, copy=False)
+    if fmt is None or dim is None:
+        raise WireError(f"'{where}' holds pq codes but the receiver expects no pq format")
+    codes = _decode(record, _PQ_CODES, where)
+    codebook = _decode(record, _PQ_CODEBOOK, where)
+    try:
+        return pqcodec.decode(codes, codebook, dim=dim, subdim=fmt.pq_subdim, max_bits=fmt.pq_bits)
+    except pqcodec.PQError as err:
+        raise WireError(f"'{where}' pq codes: {err}") from None
+
+
+def global_memory_to_record(
+    global_memory: torch.Tensor, *, dtype: WireFormat | str = "float32", seed: int = 0
+) -> ArrayRecord:
+    """M_g, (C, d), as an ArrayRecord in `dtype` (``float32``, ``float16`` or a WireFormat,
+    ``pq`` coded with `seed`)."""
     vectors = global_memory.detach().to("cpu", torch.float32).contiguous().numpy()
-    vectors = vectors.astype(_WIRE_DTYPES[dtype], copy=False)
-    return ArrayRecord({_VECTORS: to_array(vectors)})
+    return ArrayRecord(_vectors_to_arrays(vectors, _format(dtype), seed))
 
 
-def global_memory_from_content(content: RecordDict) -> torch.Tensor | None:
-    """M_g from a message, or None when the message carries none (round 0)."""
+def global_memory_from_content(
+    content: RecordDict, *, fmt: WireFormat | None = None, dim: int | None = None
+) -> torch.Tensor | None:
+    """M_g from a message (float32), or None when the message carries none (round 0). With
+    `fmt`, it must travel in that format; pq codes need `fmt` and `dim` to decode."""
     if GLOBAL_MEMORY not in content:
         return None
     record = _record(content, GLOBAL_MEMORY, ArrayRecord)
     _only_keys(record, GLOBAL_MEMORY)
-    vectors = _decode(record, _VECTORS, GLOBAL_MEMORY)
-    if vectors.ndim != 2 or vectors.dtype not in (np.float32, np.float16):
-        raise WireError(
-            f"global memory must be 2-D float32 or float16, got {vectors.dtype} {vectors.shape}"
-        )
-    return torch.from_numpy(vectors.astype(np.float32, copy=False))
+    return torch.from_numpy(_vectors_from_record(record, GLOBAL_MEMORY, fmt, dim))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,25 +334,30 @@ def identity_from_content(content: RecordDict) -> ClientIdentity:
 
 
 def memory_to_records(
-    memory: ReducedMemory, *, dtype: str = "float32"
+    memory: ReducedMemory, *, dtype: WireFormat | str = "float32", seed: int = 0
 ) -> tuple[ArrayRecord, ConfigRecord]:
-    """M_k (vectors in `dtype`, ``float32`` or ``float16``) with its float32 weights, and n_k,
-    as the ``memory`` and ``memory-info`` records."""
+    """M_k (vectors in `dtype`: ``float32``, ``float16`` or a WireFormat, ``pq`` coded with
+    `seed`) with its float32 weights, and n_k, as the ``memory`` and ``memory-info`` records."""
     vectors = memory.vectors.detach().to("cpu").contiguous().numpy()
-    if dtype != "float32":  # float32 goes as it is (a wrong dtype is the receiver's to refuse)
-        vectors = vectors.astype(_WIRE_DTYPES[dtype])
     weights = memory.weights.detach().to("cpu").contiguous().numpy()
-    arrays = ArrayRecord({_VECTORS: to_array(vectors), _WEIGHTS: to_array(weights)})
+    arrays = ArrayRecord(
+        {**_vectors_to_arrays(vectors, _format(dtype), seed), _WEIGHTS: to_array(weights)}
+    )
     info = ConfigRecord({_N_IMAGES: int(memory.n_images)})
     return arrays, info
 
 
 def memory_from_content(
-    content: RecordDict, *, max_bytes: int | None = None, dtype: str | None = None
+    content: RecordDict,
+    *,
+    max_bytes: int | None = None,
+    dtype: WireFormat | str | None = None,
+    dim: int | None = None,
 ) -> ReducedMemory:
     """Decode an uploaded memory exactly as sent (no dtype or shape coercion).
 
-    `dtype` (the spec's wire dtype) is the one the vectors must have, float32 or float16.
+    `dtype` (the spec's wire format) is the one the vectors must have: float32, float16, or pq
+    codes, decoded to float32 with the receiver's own settings and `dim`.
     `max_bytes` caps the raw bytes of the memory's arrays, checked before numpy parses them
     (the header and shape a sender claims are not trusted). Anything malformed or too large
     raises MemoryRejected: the server drops the client with the reason. Call
@@ -295,23 +370,17 @@ def memory_from_content(
             size = sum(len(record[key].data) for key in record.keys())
             if size > max_bytes:
                 raise MemoryRejected(f"upload of {size} bytes exceeds the cap of {max_bytes} bytes")
-        vectors = _decode(record, _VECTORS, MEMORY)
+        fmt = None if dtype is None else _format(dtype)
+        vectors = _vectors_from_record(record, MEMORY, fmt, dim)
         weights = _decode(record, _WEIGHTS, MEMORY)
         info = _record(content, MEMORY_INFO, ConfigRecord)
         n_images = _value(info, _N_IMAGES, int, MEMORY_INFO)
     except WireError as err:
         raise MemoryRejected(f"malformed memory upload: {err}") from None
-    if dtype is not None and vectors.dtype != np.dtype(dtype):
-        raise MemoryRejected(
-            f"memory vectors must be {dtype} (the spec's wire_dtype), got {vectors.dtype}"
-        )
-    if vectors.dtype not in (np.float32, np.float16) or weights.dtype != np.float32:
-        raise MemoryRejected(
-            "memory vectors must be float32 or float16 and weights float32, got vectors "
-            f"{vectors.dtype}, weights {weights.dtype}"
-        )
+    if weights.dtype != np.float32:
+        raise MemoryRejected(f"memory weights must be float32, got {weights.dtype}")
     return ReducedMemory(
-        vectors=torch.from_numpy(vectors.astype(np.float32, copy=False)),
+        vectors=torch.from_numpy(vectors),
         weights=torch.from_numpy(weights),
         n_images=n_images,
     )

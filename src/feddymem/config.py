@@ -183,7 +183,9 @@ class FedDyMemConfig(FeatureConfig):
     # coreset (default): greedy k-center, keeps rare normal patterns; kmeans: cluster means;
     # position_average: the paper's per-position weighted average; none: raw sample (ablation)
     memory_reduce: Literal["position_average", "kmeans", "coreset", "none"] = "coreset"
-    server_aggregation: Literal["kmeans", "mean"] = "kmeans"
+    # kmeans (the paper): weighted k-means of the uploads' union to global_memory_size items;
+    # union: every accepted item as uploaded, no merge (M_g grows with the sites); mean: ablation
+    server_aggregation: Literal["kmeans", "mean", "union"] = "kmeans"
     # --- memory generator (CoordConv 1x1) ---
     gamma_d: int = 1  # d = D / gamma_d
     generator_init: Literal["identity", "random"] = "identity"

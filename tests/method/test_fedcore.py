@@ -147,6 +147,14 @@ def test_weighted_kmeans_takes_derived_seeds_beyond_a_c_int() -> None:
     assert torch.equal(c_small, c_again)
 
 
+def test_aggregate_memories_union_keeps_every_item_in_upload_order() -> None:
+    gen = torch.Generator().manual_seed(0)
+    a = ReducedMemory(vectors=torch.randn(5, 4, generator=gen), weights=torch.ones(5), n_images=1)
+    b = ReducedMemory(vectors=torch.randn(3, 4, generator=gen), weights=torch.ones(3), n_images=1)
+    g = aggregate_memories([a, b], num_centers=2, method="union")
+    assert torch.equal(g, torch.cat([a.vectors, b.vectors]))
+
+
 def test_aggregate_memories_kmeans_over_the_union() -> None:
     gen = torch.Generator().manual_seed(0)
     a = ReducedMemory(vectors=torch.randn(30, 4, generator=gen), weights=torch.ones(30), n_images=3)

@@ -408,6 +408,13 @@ _LEVERS = [
         "twice the memory items, product-quantised: within FedAvg's bytes",
     ),
     Method(
+        "feddymem-union-pq",
+        "lever",
+        True,
+        _feddymem(server_aggregation="union", wire_dtype="pq"),
+        "M_g is every site's upload as it came (no k-means), product-quantised",
+    ),
+    Method(
         "feddymem-fp16-2x-own",
         "lever",
         True,

@@ -23,8 +23,10 @@ def aggregate_memories(
 ) -> torch.Tensor:
     """M_g (C, d) from the uploaded (M_k, weights): weighted k-means over their union.
 
-    C defaults to the size of the largest client bank. 'mean' (ablation) averages the banks
-    item by item, weighted, which needs banks of one shape (position-aligned memories).
+    C defaults to the size of the largest client bank. 'union' keeps every item of every bank
+    as it came, in upload order (C = the sum of the bank sizes; `num_centers` is not used).
+    'mean' (ablation) averages the banks item by item, weighted, which needs banks of one shape
+    (position-aligned memories).
     """
     if not memories:
         raise ValueError("no client memory to aggregate")
@@ -37,6 +39,8 @@ def aggregate_memories(
         weights = torch.cat([m.weights for m in memories])
         centres, _ = weighted_kmeans(union, weights, k=size, seed=seed, iterations=iterations)
         return centres
+    if method == "union":
+        return torch.cat([m.vectors for m in memories])
     if method == "mean":
         shapes = {tuple(m.vectors.shape) for m in memories}
         if len(shapes) != 1:
@@ -44,4 +48,4 @@ def aggregate_memories(
         stack = torch.stack([m.vectors for m in memories])  # (K, C, d)
         w = torch.stack([m.weights for m in memories]).unsqueeze(-1)  # (K, C, 1)
         return (stack * w).sum(0) / w.sum(0).clamp_min(1e-12)
-    raise ValueError(f"unknown aggregation {method!r}; known: 'kmeans', 'mean'")
+    raise ValueError(f"unknown aggregation {method!r}; known: 'kmeans', 'union', 'mean'")

@@ -206,8 +206,9 @@ class FedDyMemConfig(FeatureConfig):
     train_batch_size: int = 8
     # --- wire: M_k and M_g vectors travel in this dtype (decoded to float32 on receipt); "pq":
     # product-quantised by faiss, `wire_pq_subdim` values per sub-vector, 2**`wire_pq_bits`
-    # centres per sub-space, the codebook in float16 (federation/pqcodec.py) ---
-    wire_dtype: Literal["float32", "float16", "pq"] = "float32"
+    # centres per sub-space, the codebook in float16; "sq8" / "sq4": faiss's scalar quantiser,
+    # 8 or 4 bits a value between each dimension's minimum and maximum (federation/compress.py)
+    wire_dtype: Literal["float32", "float16", "pq", "sq8", "sq4"] = "float32"
     wire_pq_subdim: int = 4
     wire_pq_bits: int = 6
     # --- inference ---
@@ -244,8 +245,9 @@ class FedDyMemConfig(FeatureConfig):
         _check(self.score_k >= 1, "score_k must be >= 1")
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(
-            self.wire_dtype in ("float32", "float16", "pq"),
-            f"wire_dtype must be 'float32', 'float16' or 'pq', got {self.wire_dtype!r}",
+            self.wire_dtype in ("float32", "float16", "pq", "sq8", "sq4"),
+            "wire_dtype must be 'float32', 'float16', 'pq', 'sq8' or 'sq4', got "
+            f"{self.wire_dtype!r}",
         )
         _check(
             1 <= self.wire_pq_subdim <= 64,

@@ -408,6 +408,20 @@ _LEVERS = [
         "twice the memory items, product-quantised: within FedAvg's bytes",
     ),
     Method(
+        "feddymem-sq8",
+        "lever",
+        True,
+        _feddymem(wire_dtype="sq8"),
+        "M_k and M_g scalar-quantised to 8 bits a value (faiss)",
+    ),
+    Method(
+        "feddymem-sq4",
+        "lever",
+        True,
+        _feddymem(wire_dtype="sq4"),
+        "M_k and M_g scalar-quantised to 4 bits a value: every item, within FedAvg's bytes",
+    ),
+    Method(
         "feddymem-union-pq",
         "lever",
         True,

@@ -8,7 +8,7 @@ cells an image can have. The server checks every upload against these limits
 and writes them into the run's resolved settings (results.json ``settings.upload_limits``).
 
 Rules (C_max = max_memory_items, D = feature channels of the taps, d = D // gamma_d or D):
-- ``dim`` = d; ``dtype`` = the config's wire dtype (float32, float16 or pq, with its
+- ``dim`` = d; ``dtype`` = the config's wire dtype (float32, float16, sq8, sq4 or pq, with
   ``pq_subdim`` and ``pq_bits``); ``max_items`` = C_max.
 - ``max_norm`` = NORM_HEADROOM * feature_abs_max * sqrt(D): a p(x) vector cannot exceed
   feature_abs_max * sqrt(D); the headroom leaves G_k room to grow during training. With
@@ -18,7 +18,8 @@ Rules (C_max = max_memory_items, D = feature channels of the taps, d = D // gamm
   absorbs at most every patch of every image); ``max_images`` bounds n_k.
 - ``max_bytes`` = (max_items * (d + 1)) * 4 bytes + BYTES_SLACK: the memory's arrays as sent,
   checked on the raw bytes before numpy decodes them. For pq: max_items codes and weights and
-  one codebook (pqcodec.encoded_bytes) + BYTES_SLACK.
+  one codebook (compress.encoded_bytes) + BYTES_SLACK; for sq8 / sq4 the codes, weights
+  and ranges (compress.sq_bytes) + BYTES_SLACK.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ import torch
 
 from feddymem.config import FedDyMemConfig
 from feddymem.detect.backbones import get_backbone
-from feddymem.federation import pqcodec
+from feddymem.federation import compress
 from feddymem.federation.wire import MemoryRejected, WireFormat
 from feddymem.method.reduce import ReducedMemory
 
@@ -106,7 +107,10 @@ def upload_limits(config: FedDyMemConfig, *, max_items: int) -> UploadLimits:
     max_bytes = max_items * (dim + 1) * 4
     if config.wire_dtype == "pq":
         sub, bits = config.wire_pq_subdim, config.wire_pq_bits
-        max_bytes = max_items * 4 + pqcodec.encoded_bytes(max_items, dim, subdim=sub, bits=bits)
+        max_bytes = max_items * 4 + compress.encoded_bytes(max_items, dim, subdim=sub, bits=bits)
+    elif config.wire_dtype in compress.SQ_BITS:
+        bits = compress.SQ_BITS[config.wire_dtype]
+        max_bytes = max_items * 4 + compress.sq_bytes(max_items, dim, bits=bits)
     return UploadLimits(
         dim=dim,
         dtype=config.wire_dtype,

@@ -43,7 +43,8 @@ from flwr.app import (
 from flwr.common.serde import message_to_proto, recorddict_to_proto
 
 from feddymem.config import FedDyMemConfig, from_dict, to_dict
-from feddymem.federation import pqcodec
+from feddymem.federation import compress
+from feddymem.federation.compress import SQ_BITS
 from feddymem.method.reduce import ReducedMemory
 
 if TYPE_CHECKING:
@@ -102,14 +103,22 @@ _WEIGHTS = "weights"
 _N_IMAGES = "n-images"
 _PQ_CODES = "pq-codes"
 _PQ_CODEBOOK = "pq-codebook"
+_SQ_CODES = "sq-codes"
+_SQ_RANGES = "sq-ranges"
 _NAME = "name"
 
 # Every array that may ever travel, by record: the check that nothing else does is a test.
-# Vectors travel either as `vectors` (float32 / float16) or product-quantised as codes and
-# their codebook (wire_dtype "pq"), never both.
+# Vectors travel in one of three forms, never two: `vectors` (float32 / float16), product-
+# quantised codes and their codebook ("pq"), or scalar-quantised codes and ranges ("sq8", "sq4").
+_FORMS: Mapping[str, frozenset[str]] = {
+    "plain": frozenset({_VECTORS}),
+    "pq": frozenset({_PQ_CODES, _PQ_CODEBOOK}),
+    "sq": frozenset({_SQ_CODES, _SQ_RANGES}),
+}
+_VECTOR_KEYS = frozenset().union(*_FORMS.values())
 ARRAY_KEYS: Mapping[str, frozenset[str]] = {
-    GLOBAL_MEMORY: frozenset({_VECTORS, _PQ_CODES, _PQ_CODEBOOK}),
-    MEMORY: frozenset({_VECTORS, _WEIGHTS, _PQ_CODES, _PQ_CODEBOOK}),
+    GLOBAL_MEMORY: _VECTOR_KEYS,
+    MEMORY: _VECTOR_KEYS | {_WEIGHTS},
 }
 
 
@@ -119,8 +128,9 @@ _WIRE_DTYPES: Mapping[str, type[np.floating[Any]]] = {"float32": np.float32, "fl
 
 @dataclass(frozen=True)
 class WireFormat:
-    """How memory vectors travel: ``float32``, ``float16`` or ``pq`` (product-quantised with
-    `pq_subdim` values per sub-vector and 2**`pq_bits` centres per sub-space, pqcodec.py)."""
+    """How memory vectors travel: ``float32``, ``float16``, ``pq`` (product-quantised with
+    `pq_subdim` values per sub-vector and 2**`pq_bits` centres per sub-space) or ``sq8`` /
+    ``sq4`` (scalar-quantised, 8 or 4 bits a value); compress.py."""
 
     dtype: str = "float32"
     pq_subdim: int = 4
@@ -129,6 +139,11 @@ class WireFormat:
     @classmethod
     def of(cls, config: FedDyMemConfig) -> WireFormat:
         return cls(config.wire_dtype, config.wire_pq_subdim, config.wire_pq_bits)
+
+    @property
+    def form(self) -> str:
+        """``plain``, ``pq`` or ``sq``: which arrays carry the vectors."""
+        return self.dtype if self.dtype == "pq" else "sq" if self.dtype in SQ_BITS else "plain"
 
 
 def _format(fmt: WireFormat | str) -> WireFormat:
@@ -247,8 +262,13 @@ def config_from_content(content: RecordDict) -> FedDyMemConfig:
 def _vectors_to_arrays(vectors: np.ndarray, fmt: WireFormat, seed: int) -> dict[str, Array]:
     """(N, d) float32 vectors as the arrays of `fmt`."""
     if fmt.dtype == "pq":
-        codes, codebook = pqcodec.encode(vectors, subdim=fmt.pq_subdim, bits=fmt.pq_bits, seed=seed)
+        codes, codebook = compress.encode(
+            vectors, subdim=fmt.pq_subdim, bits=fmt.pq_bits, seed=seed
+        )
         return {_PQ_CODES: to_array(codes), _PQ_CODEBOOK: to_array(codebook)}
+    if fmt.dtype in SQ_BITS:
+        codes, ranges = compress.sq_encode(vectors, bits=SQ_BITS[fmt.dtype])
+        return {_SQ_CODES: to_array(codes), _SQ_RANGES: to_array(ranges)}
     if fmt.dtype != "float32":  # float32 goes as it is (a wrong dtype is the receiver's to refuse)
         vectors = vectors.astype(_WIRE_DTYPES[fmt.dtype])
     return {_VECTORS: to_array(vectors)}
@@ -257,17 +277,18 @@ def _vectors_to_arrays(vectors: np.ndarray, fmt: WireFormat, seed: int) -> dict[
 def _vectors_from_record(
     record: ArrayRecord, where: str, fmt: WireFormat | None, dim: int | None
 ) -> np.ndarray:
-    """The vectors of `record` as sent: float32 / float16 as they are, pq decoded to float32.
-    With `fmt` given, the record must be in that format (pq needs `dim` to decode)."""
-    coded = _PQ_CODES in record.keys() or _PQ_CODEBOOK in record.keys()
-    if coded and _VECTORS in record.keys():
-        raise WireError(f"record '{where}' holds both plain and coded vectors")
-    if fmt is not None and coded != (fmt.dtype == "pq"):
+    """The vectors of `record` as sent: float32 / float16 as they are, pq and sq decoded to
+    float32. With `fmt` given, the record must be in that format (coded forms need `fmt` and
+    `dim` to decode)."""
+    forms = [name for name, keys in _FORMS.items() if keys & set(record.keys())]
+    if len(forms) > 1:
+        raise WireError(f"record '{where}' holds vectors in more than one form: {forms}")
+    form = forms[0] if forms else "plain"
+    if fmt is not None and form != fmt.form:
         raise WireError(
-            f"'{where}' vectors must be {fmt.dtype} (the spec's wire_dtype), got "
-            f"{'pq codes' if coded else 'plain vectors'}"
+            f"'{where}' vectors must be {fmt.dtype} (the spec's wire_dtype), got {form} vectors"
         )
-    if not coded:
+    if form == "plain":
         vectors = _decode(record, _VECTORS, where)
         if fmt is not None and vectors.dtype != np.dtype(fmt.dtype):
             raise WireError(
@@ -281,13 +302,24 @@ def _vectors_from_record(
             )
         return vectors.astype(np.float32, copy=False)
     if fmt is None or dim is None:
-        raise WireError(f"'{where}' holds pq codes but the receiver expects no pq format")
-    codes = _decode(record, _PQ_CODES, where)
-    codebook = _decode(record, _PQ_CODEBOOK, where)
+        raise WireError(f"'{where}' holds {form} codes but the receiver expects plain vectors")
     try:
-        return pqcodec.decode(codes, codebook, dim=dim, subdim=fmt.pq_subdim, max_bits=fmt.pq_bits)
-    except pqcodec.PQError as err:
-        raise WireError(f"'{where}' pq codes: {err}") from None
+        if form == "pq":
+            return compress.decode(
+                _decode(record, _PQ_CODES, where),
+                _decode(record, _PQ_CODEBOOK, where),
+                dim=dim,
+                subdim=fmt.pq_subdim,
+                max_bits=fmt.pq_bits,
+            )
+        return compress.sq_decode(
+            _decode(record, _SQ_CODES, where),
+            _decode(record, _SQ_RANGES, where),
+            dim=dim,
+            bits=SQ_BITS[fmt.dtype],
+        )
+    except compress.CodeError as err:
+        raise WireError(f"'{where}' {form} codes: {err}") from None
 
 
 def global_memory_to_record(

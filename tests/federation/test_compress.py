@@ -1,4 +1,4 @@
-"""Product-quantised memories on the wire (federation/pqcodec.py, wire_dtype = "pq"): round
+"""Product-quantised memories on the wire (federation/compress.py, wire_dtype = "pq"): round
 trips, their bytes, and the receiver refusing codes that do not fit its settings."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from flwr.app import ArrayRecord, RecordDict
 from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
 
 from feddymem.config import ConfigError, FedDyMemConfig
-from feddymem.federation import pqcodec, wire
-from feddymem.federation.limits import UploadLimits, upload_limits, validate_memory
+from feddymem.federation import compress, wire
+from feddymem.federation.limits import BYTES_SLACK, UploadLimits, upload_limits, validate_memory
 from feddymem.federation.server_app import read_upload
 from feddymem.method.reduce import ReducedMemory
 
@@ -28,8 +28,8 @@ def _prototypes(items: int, dim: int, kinds: int, seed: int = 0) -> np.ndarray:
 def test_a_memory_of_few_kinds_decodes_to_itself_up_to_float16() -> None:
     # every sub-vector takes at most 16 values: 64 centres per sub-space hold them all
     x = _prototypes(500, 12, kinds=16)
-    codes, codebook = pqcodec.encode(x, subdim=4, bits=6, seed=0)
-    back = pqcodec.decode(codes, codebook, dim=12, subdim=4, max_bits=6)
+    codes, codebook = compress.encode(x, subdim=4, bits=6, seed=0)
+    back = compress.decode(codes, codebook, dim=12, subdim=4, max_bits=6)
     assert back.shape == x.shape and back.dtype == np.float32
     assert float(np.abs(back - x).max()) <= 2e-3 * float(np.abs(x).max())
 
@@ -39,23 +39,23 @@ def test_real_looking_memories_decode_closer_than_their_mean_and_bytes_are_as_st
     # correlated vectors (a low-rank part and noise), like patch features
     x = (rng.standard_normal((2048, 8)) @ rng.standard_normal((8, 152))).astype(np.float32)
     x += 0.1 * rng.standard_normal(x.shape).astype(np.float32)
-    codes, codebook = pqcodec.encode(x, subdim=4, bits=6, seed=0)
-    back = pqcodec.decode(codes, codebook, dim=152, subdim=4, max_bits=6)
+    codes, codebook = compress.encode(x, subdim=4, bits=6, seed=0)
+    back = compress.decode(codes, codebook, dim=152, subdim=4, max_bits=6)
     error = np.linalg.norm(back - x) / np.linalg.norm(x - x.mean(0))
     assert error < 0.5
-    assert codes.nbytes + codebook.nbytes == pqcodec.encoded_bytes(2048, 152, subdim=4, bits=6)
+    assert codes.nbytes + codebook.nbytes == compress.encoded_bytes(2048, 152, subdim=4, bits=6)
     assert codes.nbytes + codebook.nbytes < x.nbytes / 8  # the float32 memory's bytes
 
 
 def test_encoding_is_seeded_and_handles_odd_widths_and_tiny_memories() -> None:
     x = _prototypes(300, 10, kinds=40, seed=3)  # 10 = 2 sub-vectors of 4 and one padded
-    a = pqcodec.encode(x, subdim=4, bits=6, seed=5)
-    b = pqcodec.encode(x, subdim=4, bits=6, seed=5)
+    a = compress.encode(x, subdim=4, bits=6, seed=5)
+    b = compress.encode(x, subdim=4, bits=6, seed=5)
     assert all(np.array_equal(u, v) for u, v in zip(a, b, strict=True))
-    assert pqcodec.decode(*a, dim=10, subdim=4, max_bits=6).shape == (300, 10)
+    assert compress.decode(*a, dim=10, subdim=4, max_bits=6).shape == (300, 10)
     for items in (1, 2, 3, 40):  # fewer vectors than 2**bits centres: fewer bits
-        codes, codebook = pqcodec.encode(x[:items], subdim=4, bits=6, seed=0)
-        back = pqcodec.decode(codes, codebook, dim=10, subdim=4, max_bits=6)
+        codes, codebook = compress.encode(x[:items], subdim=4, bits=6, seed=0)
+        back = compress.decode(codes, codebook, dim=10, subdim=4, max_bits=6)
         assert back.shape == (items, 10)
         if items <= 2:
             assert np.allclose(back, x[:items], atol=2e-3 * float(np.abs(x).max()))
@@ -63,7 +63,7 @@ def test_encoding_is_seeded_and_handles_odd_widths_and_tiny_memories() -> None:
 
 def test_decode_refuses_codes_and_codebooks_that_do_not_fit_the_settings() -> None:
     x = _prototypes(200, 12, kinds=30)
-    codes, codebook = pqcodec.encode(x, subdim=4, bits=6, seed=0)
+    codes, codebook = compress.encode(x, subdim=4, bits=6, seed=0)
     bad = {
         "wider sub-vectors": (codes, codebook.reshape(3, 32, 8)),
         "more bits than allowed": (codes, np.zeros((3, 512, 4), np.float16)),
@@ -74,8 +74,8 @@ def test_decode_refuses_codes_and_codebooks_that_do_not_fit_the_settings() -> No
         "no codes": (codes[:0], codebook),
     }
     for what, (c, book) in bad.items():
-        with pytest.raises(pqcodec.PQError):
-            pqcodec.decode(c, book, dim=12, subdim=4, max_bits=6)
+        with pytest.raises(compress.CodeError):
+            compress.decode(c, book, dim=12, subdim=4, max_bits=6)
         assert what
 
 
@@ -150,3 +150,41 @@ def test_the_spec_bounds_pq_uploads_by_their_own_bytes() -> None:
     for bad in ({"wire_pq_bits": 9}, {"wire_pq_subdim": 0}, {"wire_dtype": "int8"}):
         with pytest.raises(ConfigError):
             FedDyMemConfig(**bad)  # type: ignore[arg-type]
+
+
+def test_scalar_quantised_memories_keep_every_item_at_a_fraction_of_the_bytes() -> None:
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((1024, 8)) @ rng.standard_normal((8, 152))).astype(np.float32)
+    spread = np.linalg.norm(x - x.mean(0))
+    for bits, bound in ((8, 0.01), (4, 0.2)):
+        codes, ranges = compress.sq_encode(x, bits=bits)
+        back = compress.sq_decode(codes, ranges, dim=152, bits=bits)
+        assert back.shape == x.shape and back.dtype == np.float32
+        assert np.linalg.norm(back - x) / spread < bound
+        assert codes.nbytes + ranges.nbytes == compress.sq_bytes(1024, 152, bits=bits)
+    assert compress.sq_bytes(1024, 152, bits=4) < 95 * 1024  # FedAvg's bytes a round
+    one = compress.sq_decode(*compress.sq_encode(x[:1], bits=4), dim=152, bits=4)
+    assert np.allclose(one, x[:1], atol=1e-5)  # a single vector: zero spans, exact
+
+
+def test_scalar_decode_refuses_what_does_not_fit_and_the_wire_checks_the_form() -> None:
+    x = _prototypes(100, 12, kinds=10)
+    codes, ranges = compress.sq_encode(x, bits=4)
+    for c, r in (
+        (codes, ranges.astype(np.float16)),
+        (codes, ranges[:, :6]),
+        (codes[:, :3], ranges),
+        (codes[:0], ranges),
+    ):
+        with pytest.raises(compress.CodeError):
+            compress.sq_decode(c, r, dim=12, bits=4)
+    memory = _memory()
+    sq4 = wire.WireFormat("sq4")
+    back = wire.memory_from_content(_content(memory, sq4), dtype=sq4, dim=12)
+    assert float((back.vectors - memory.vectors).abs().max()) < 0.2 * float(memory.vectors.std())
+    for sent, expected in ((sq4, PQ), (PQ, sq4), (sq4, "float16"), ("float32", sq4)):
+        with pytest.raises(wire.MemoryRejected, match="wire_dtype"):
+            wire.memory_from_content(_content(memory, sent), dtype=expected, dim=12)
+    coded = upload_limits(FedDyMemConfig(wire_dtype="sq4"), max_items=1024).max_bytes
+    plain = upload_limits(FedDyMemConfig(), max_items=1024).max_bytes
+    assert coded - BYTES_SLACK < (plain - BYTES_SLACK) / 7

@@ -669,6 +669,12 @@ def main() -> None:
         help="tiled scoring (DetectorConfig.tile); --only tilespeed compares both itself",
     )
     parser.add_argument("--tile-scale", type=float, default=1.0, help="DetectorConfig.tile_scale")
+    parser.add_argument(
+        "--tile-bank-patches",
+        type=int,
+        default=DetectorConfig.tile_bank_patches,
+        help="DetectorConfig.tile_bank_patches: patches drawn from the tiles before the coreset",
+    )
     args = parser.parse_args()
     keep_freed_memory()  # as the feddymem command does
     torch.set_num_threads(2)
@@ -689,7 +695,9 @@ def main() -> None:
         cfg = dataclasses.replace(cfg, layers=tuple(args.layers.split(",")))
     if args.topk_fraction is not None:
         cfg = dataclasses.replace(cfg, topk_fraction=args.topk_fraction)
-    cfg = dataclasses.replace(cfg, tile=args.tile, tile_scale=args.tile_scale)
+    cfg = dataclasses.replace(
+        cfg, tile=args.tile, tile_scale=args.tile_scale, tile_bank_patches=args.tile_bank_patches
+    )
     rows: list[dict[str, object]] = []
     if parts & {"elpv", "synth", "speed", "coreset", "select", "rules"}:
         for cell in ("mono", "poly"):

@@ -76,6 +76,7 @@ def _detector_config(args: argparse.Namespace) -> Any:
         tile=args.tile,
         tile_scale=args.tile_scale,
         tile_overlap=args.tile_overlap,
+        tile_bank_patches=args.tile_bank_patches,
         seed=args.seed,
     )
 
@@ -214,6 +215,13 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="overlap of neighbouring tiles in px (default: four cells of the coarsest tap)",
+    )
+    g.add_argument(
+        "--tile-bank-patches",
+        type=int,
+        default=DEFAULTS.tile_bank_patches,
+        help="tiled fits: training patches drawn uniformly from the tiles before the coreset "
+        "(default: %(default)s)",
     )
     g.add_argument(
         "--seed", type=int, default=0, help="seed of every random step (default: %(default)s)"

@@ -27,3 +27,14 @@ def test_config_errors_name_the_key(write_config: Callable[[str], Path]) -> None
         )
     with pytest.raises(ConfigError, match="group"):
         load_audit_config(write_config(CONFIG.replace('group = "b"', 'group = "x"')))
+
+
+def test_fed_padim_section_is_optional_and_checked(write_config: Callable[[str], Path]) -> None:
+    assert load_audit_config(write_config(CONFIG)).fed_padim is None
+    config = load_audit_config(write_config(CONFIG + "[fed_padim]\neps = 0.05\n"))
+    assert config.fed_padim is not None and config.fed_padim.eps == 0.05
+    assert config.as_dict()["fed_padim"] == {"eps": 0.05}
+    with pytest.raises(ConfigError, match=r"\[fed_padim\].*eps"):
+        load_audit_config(write_config(CONFIG + "[fed_padim]\neps = 0\n"))
+    with pytest.raises(ConfigError, match="epsilon"):
+        load_audit_config(write_config(CONFIG + "[fed_padim]\nepsilon = 1\n"))

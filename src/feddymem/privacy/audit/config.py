@@ -13,7 +13,7 @@ from feddymem.config import ConfigError, FedDyMemConfig, from_dict, to_dict
 
 Group = Literal["a", "b", "c", "d"]
 _FEATURE_KEYS = frozenset({"backbone", "layers", "image_size", "keep_aspect", "seed"})
-_SECTIONS = frozenset({"audit", "data", "attack", "model", "settings"})
+_SECTIONS = frozenset({"audit", "data", "attack", "model", "settings", "fed_padim"})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +85,17 @@ class AttackSpec:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FedPadimSpec:
+    """`[fed_padim]` (optional): audit fed-padim's upload too, a Gaussian per grid position
+    with PaDiM's shrinkage `eps` (Sigma + eps * I), on the [model]'s features."""
+
+    eps: float = 0.01
+
+    def __post_init__(self) -> None:
+        _need(self.eps > 0.0, f"eps must be > 0, got {self.eps}")
+
+
+@dataclass(frozen=True, kw_only=True)
 class SettingSpec:
     """One `[[settings]]` entry: the upload to audit. `clip_quantile` (when set) replaces
     `model.dp_clip_norm` by that quantile of the public features' norms at run time."""
@@ -105,6 +116,7 @@ class AuditConfig:
     model: dict[str, Any]
     settings: tuple[SettingSpec, ...]
     source: Path | None = None
+    fed_padim: FedPadimSpec | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready view (paths as strings, each setting's full model config)."""
@@ -123,6 +135,7 @@ class AuditConfig:
                 for s in self.settings
             ],
             "source": None if self.source is None else str(self.source),
+            "fed_padim": None if self.fed_padim is None else dataclasses.asdict(self.fed_padim),
         }
 
 
@@ -204,8 +217,19 @@ def parse_audit_config(raw: dict[str, Any], *, base: Path) -> AuditConfig:
     names = [s.name for s in settings]
     if len(set(names)) != len(names):
         raise ConfigError(f"[[settings]] name: duplicated in {names}")
+    fed_padim = (
+        from_dict(FedPadimSpec, _table(raw, "fed_padim"), where="[fed_padim]")
+        if "fed_padim" in raw
+        else None
+    )
     return AuditConfig(
-        run=run, data=data, attack=attack, model=model, settings=tuple(settings), source=None
+        run=run,
+        data=data,
+        attack=attack,
+        model=model,
+        settings=tuple(settings),
+        source=None,
+        fed_padim=fed_padim,
     )
 
 

@@ -96,18 +96,40 @@ def membership_attacks(
     n_in = candidates.members.shape[0]
     queries = candidates.all
     target = image_statistic(nn_distances(queries, memory), low_fraction=low_fraction)
+    ref = (
+        [image_statistic(nn_distances(queries, s), low_fraction=low_fraction) for s in shadows]
+        if len(shadows) >= 2
+        else []
+    )
+    return attack_summaries(target, ref, n_members=n_in)
+
+
+def attack_summaries(
+    target: torch.Tensor, shadows: Sequence[torch.Tensor], *, n_members: int
+) -> dict[str, dict[str, float]]:
+    """Both attacks from per-image statistics (N,) (small = near the release; members first,
+    `n_members` of them): ``distance`` reads the target's alone, ``calibrated`` (two shadow
+    statistics or more) its standardised gap below the shadows' mean."""
+    n_in = n_members
     out = {"distance": roc_summary(-target[:n_in], -target[n_in:])}
     if len(shadows) >= 2:
-        ref = torch.stack(
-            [image_statistic(nn_distances(queries, s), low_fraction=low_fraction) for s in shadows]
-        )
+        ref = torch.stack(list(shadows))
         spread = float(ref.std(dim=0).pow(2).mean().sqrt()) + _EPS
         score = (ref.mean(dim=0) - target) / spread
         out["calibrated"] = roc_summary(score[:n_in], score[n_in:])
     for result in out.values():
         result["n_members"] = float(n_in)
-        result["n_nonmembers"] = float(candidates.nonmembers.shape[0])
+        result["n_nonmembers"] = float(target.numel() - n_in)
     return out
+
+
+def describe_attacks(result: dict[str, dict[str, float]]) -> str:
+    """One log line's worth of `attack_summaries`' result: AUC and TPR at 1 % FPR per attack."""
+    return ", ".join(
+        f"{attack} AUC {r['auc']:.3f} (TPR@1% {r['tpr_at_1%']:.3f})"
+        for attack, r in result.items()
+        if isinstance(r, dict) and "auc" in r
+    )
 
 
 def query_positions(hw: int, count: int, *, seed: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from feddymem.method.client import build_upload
 from feddymem.privacy.audit.attack import embed
 from feddymem.privacy.audit.membership import (
     Candidates,
+    describe_attacks,
     flat_queries,
     membership_attacks,
 )
@@ -119,15 +120,10 @@ def release_membership(
             "items": int(release.vectors.shape[0]),
             "wall_s": time.perf_counter() - t0,
         }
-        dist, cal = results[release.name]["distance"], results[release.name].get("calibrated", {})
         log.info(
-            "  membership on %s: distance AUC %.3f (TPR@1%% %.3f), calibrated AUC %.3f "
-            "(TPR@1%% %.3f) (%.0f s)",
+            "  membership on %s: %s (%.0f s)",
             release.name,
-            dist["auc"],
-            dist["tpr_at_1%"],
-            cal.get("auc", float("nan")),
-            cal.get("tpr_at_1%", float("nan")),
+            describe_attacks(results[release.name]),
             results[release.name]["wall_s"],
         )
     return results

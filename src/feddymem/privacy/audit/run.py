@@ -18,6 +18,7 @@ from feddymem.privacy.audit.attack import Attacker, sample_items
 from feddymem.privacy.audit.config import AuditConfig, SettingSpec, load_audit_config
 from feddymem.privacy.audit.data import AuditData, PatchSet, load_patch_set, select_data
 from feddymem.privacy.audit.figures import save_grid, save_plot
+from feddymem.privacy.audit.gaussian import audit_fed_padim
 from feddymem.privacy.audit.membership import query_positions
 from feddymem.privacy.audit.releases import MembershipData, Release, release_membership
 from feddymem.privacy.audit.scores import (
@@ -194,9 +195,10 @@ def _report(
     public: PatchSet,
     baselines: dict[str, Any],
     results: Sequence[SettingResult],
+    fed_padim: dict[str, Any] | None,
     timing: dict[str, float],
 ) -> dict[str, Any]:
-    """The JSON summary of the audit (audit.json)."""
+    """The JSON summary of the audit (audit.json); `fed_padim` is fed-padim's row, if audited."""
     return {
         "name": config.run.name,
         "image_hw": list(probe.image_hw),
@@ -218,6 +220,7 @@ def _report(
         },
         "baselines": baselines,
         "settings": [r.summary for r in results],
+        "fed_padim": fed_padim,
         "timing": timing,
         "config": config.as_dict(),
         "files": {"grid": "grid.png", "plot": "auroc_vs_psnr.png"},
@@ -262,6 +265,10 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
         work=work,
         out=out,
     )
+    fed_padim = None
+    if config.fed_padim is not None:
+        log.info("fed-padim: the statistics a site sends")
+        fed_padim = audit_fed_padim(config, data, membership)
     _save_figures(out, results, victim, baselines)
     report = _report(
         config,
@@ -271,6 +278,7 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
         public=public,
         baselines=baselines,
         results=results,
+        fed_padim=fed_padim,
         timing={"features_s": features_s, "total_s": time.perf_counter() - t_start},
     )
     (out / "audit.json").write_text(json.dumps(report, indent=2, default=str))

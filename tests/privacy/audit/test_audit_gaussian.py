@@ -1,0 +1,63 @@
+"""fed-padim's upload under the membership attacks: the Gaussians of a few members' moments
+give their members away; Gaussians of other images of the same kind do not."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from feddymem.privacy.audit.gaussian import (
+    fed_padim_membership,
+    gaussian_statistic,
+    released_gaussians,
+)
+from feddymem.privacy.audit.membership import roc_summary
+from feddymem.privacy.audit.releases import MembershipData
+
+
+def _features(n: int, seed: int, *, d: int = 12, hw: int = 4) -> torch.Tensor:
+    """n "images" of patch features (n, d, hw, hw) around a shared mean."""
+    gen = torch.Generator().manual_seed(seed)
+    return 1.0 + torch.randn(n, d, hw, hw, generator=gen)
+
+
+def _data(members: torch.Tensor, nonmembers: torch.Tensor, public: torch.Tensor) -> MembershipData:
+    return MembershipData(
+        members=members,
+        nonmembers=nonmembers,
+        public=public,
+        positions=torch.arange(16),
+        shadows=3,
+        seed=0,
+        image_pool=torch.zeros(1, 3, 8, 8),
+    )
+
+
+def test_released_gaussians_are_the_members_mean_and_what_was_sent() -> None:
+    members = _features(10, 0)
+    mean, precision, sent = released_gaussians(members, eps=0.01)
+    assert torch.allclose(mean, members.flatten(2).mean(0).T, atol=1e-5)
+    assert precision.shape == (16, 12, 12)
+    assert sent == 1 + 16 * 12 + 16 * 12 * 12  # count, sums, sums of outer products
+
+
+def test_a_members_patches_sit_nearer_its_own_gaussians() -> None:
+    members, nonmembers = _features(10, 0), _features(10, 1)
+    mean, precision, _ = released_gaussians(members, eps=0.01)
+    stat = gaussian_statistic(torch.cat([members, nonmembers]), mean, precision, torch.arange(16))
+    assert stat.shape == (20,)
+    assert stat[:10].max() < stat[10:].min()
+
+
+def test_attacks_separate_members_only_when_the_moments_hold_them() -> None:
+    members, nonmembers, public = _features(10, 0), _features(10, 1), _features(40, 2)
+    own = fed_padim_membership(_data(members, nonmembers, public), eps=0.01)
+    assert own["distance"]["auc"] == pytest.approx(1.0)
+    assert own["calibrated"]["auc"] > 0.95
+    assert own["distance"]["n_nonmembers"] == 10
+    assert own["items"] == 16 and own["floats_sent"] == 1 + 16 * 12 + 16 * 12 * 12
+    # Gaussians of ten other images of the same kind: the statistic cannot tell the two sets
+    mean, precision, _ = released_gaussians(_features(10, 4), eps=0.01)
+    stat = gaussian_statistic(torch.cat([members, nonmembers]), mean, precision, torch.arange(16))
+    summary = roc_summary(-stat[:10], -stat[10:])
+    assert 0.2 < summary["auc"] < 0.8

@@ -24,7 +24,10 @@ def write_spec(tmp_path: Path, text: str) -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["elpv_two_clients.toml", "elpv_mixture_four.toml", "smoke.toml"])
+@pytest.mark.parametrize(
+    "name",
+    ["elpv_two_clients.toml", "elpv_mixture_four.toml", "smoke.toml", "surface_two_sites.toml"],
+)
 def test_shipped_specs_parse(name: str) -> None:
     spec = load_spec(REPO / "configs" / name)
     assert spec.num_clients >= 2

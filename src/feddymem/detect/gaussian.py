@@ -23,7 +23,7 @@ from typing import Any
 
 import torch
 
-from feddymem.config import ConfigError, FeatureConfig, from_dict
+from feddymem.config import ConfigError, FeatureConfig, from_dict, to_dict
 from feddymem.data import Sample
 from feddymem.detect.base import Detector
 from feddymem.detect.modelfile import (
@@ -55,6 +55,18 @@ class GaussianConfig(FeatureConfig):
             raise ConfigError("calibration_fraction must be in [0, 0.9)")
         if not 0.5 <= self.threshold_quantile <= 1.0:
             raise ConfigError("threshold_quantile must be in [0.5, 1]")
+
+
+def gaussian_config_like(model: FeatureConfig, **overrides: Any) -> GaussianConfig:
+    """The Gaussian detector's settings with `model`'s feature settings and seed (any config
+    that shares FeatureConfig's fields, e.g. a FedDyMemConfig), then `overrides`."""
+    shared = set(FeatureConfig.__dataclass_fields__)
+    values = {k: v for k, v in to_dict(model).items() if k in shared}
+    return from_dict(
+        GaussianConfig,
+        {**values, "seed": getattr(model, "seed", 0), **overrides},
+        where="gaussian",
+    )
 
 
 # --- pure pieces -------------------------------------------------------------------------------

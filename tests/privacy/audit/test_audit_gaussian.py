@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from feddymem.privacy.audit.gaussian import (
+    at_positions,
     fed_padim_membership,
     gaussian_statistic,
     released_gaussians,
@@ -33,18 +34,23 @@ def _data(members: torch.Tensor, nonmembers: torch.Tensor, public: torch.Tensor)
     )
 
 
-def test_released_gaussians_are_the_members_mean_and_what_was_sent() -> None:
+ALL = torch.arange(16)
+
+
+def test_released_gaussians_are_the_members_mean_at_the_queried_positions() -> None:
     members = _features(10, 0)
-    mean, precision, sent = released_gaussians(members, eps=0.01)
+    mean, precision = released_gaussians(members, ALL, eps=0.01)
     assert torch.allclose(mean, members.flatten(2).mean(0).T, atol=1e-5)
     assert precision.shape == (16, 12, 12)
-    assert sent == 1 + 16 * 12 + 16 * 12 * 12  # count, sums, sums of outer products
+    some = torch.tensor([3, 9])
+    part_mean, part_precision = released_gaussians(members, some, eps=0.01)
+    assert torch.allclose(part_mean, mean[some]) and torch.allclose(part_precision, precision[some])
 
 
 def test_a_members_patches_sit_nearer_its_own_gaussians() -> None:
     members, nonmembers = _features(10, 0), _features(10, 1)
-    mean, precision, _ = released_gaussians(members, eps=0.01)
-    stat = gaussian_statistic(torch.cat([members, nonmembers]), mean, precision, torch.arange(16))
+    picked = at_positions(torch.cat([members, nonmembers]), ALL)
+    stat = gaussian_statistic(picked, *released_gaussians(members, ALL, eps=0.01))
     assert stat.shape == (20,)
     assert stat[:10].max() < stat[10:].min()
 
@@ -57,7 +63,7 @@ def test_attacks_separate_members_only_when_the_moments_hold_them() -> None:
     assert own["distance"]["n_nonmembers"] == 10
     assert own["items"] == 16 and own["floats_sent"] == 1 + 16 * 12 + 16 * 12 * 12
     # Gaussians of ten other images of the same kind: the statistic cannot tell the two sets
-    mean, precision, _ = released_gaussians(_features(10, 4), eps=0.01)
-    stat = gaussian_statistic(torch.cat([members, nonmembers]), mean, precision, torch.arange(16))
+    picked = at_positions(torch.cat([members, nonmembers]), ALL)
+    stat = gaussian_statistic(picked, *released_gaussians(_features(10, 4), ALL, eps=0.01))
     summary = roc_summary(-stat[:10], -stat[10:])
     assert 0.2 < summary["auc"] < 0.8

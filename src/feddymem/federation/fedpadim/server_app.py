@@ -24,8 +24,8 @@ from typing import Any
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid, ServerApp
 
-from feddymem.config import FeatureConfig, from_dict, to_dict
-from feddymem.detect.gaussian import GaussianConfig, PatchMoments
+from feddymem.config import to_dict
+from feddymem.detect.gaussian import GaussianConfig, PatchMoments, gaussian_config_like
 from feddymem.federation import wire
 from feddymem.federation.fedpadim import wire as padim_wire
 from feddymem.federation.participants import EVAL_METRICS, FederationError, Participants
@@ -40,9 +40,7 @@ log = logging.getLogger(__name__)
 
 def gaussian_config(spec: FederationSpec) -> GaussianConfig:
     """The Gaussian settings every site uses: the spec's feature settings and seed."""
-    shared = {f for f in FeatureConfig.__dataclass_fields__}
-    values = {k: v for k, v in to_dict(spec.model).items() if k in shared}
-    return from_dict(GaussianConfig, {**values, "seed": spec.model.seed}, where="fed-padim")
+    return gaussian_config_like(spec.model)
 
 
 def _message(orders: padim_wire.Orders, node: int, kind: str, extra: RecordDict | None) -> Message:

@@ -21,11 +21,12 @@ from typing import Any
 
 import torch
 
-from feddymem.config import FeatureConfig, FedDyMemConfig, from_dict, to_dict
+from feddymem.config import FedDyMemConfig, from_dict
 from feddymem.detect.gaussian import (
     GaussianConfig,
     GaussianDetector,
     PatchMoments,
+    gaussian_config_like,
     mahalanobis,
     regularised_precision,
 )
@@ -36,7 +37,7 @@ from feddymem.privacy.audit.membership import (
     describe_attacks,
     image_statistic,
 )
-from feddymem.privacy.audit.releases import MembershipData
+from feddymem.privacy.audit.releases import MembershipData, shadow_subsets
 
 log = logging.getLogger(__name__)
 
@@ -44,31 +45,33 @@ RELEASE = "statistics (sent once; pooled back)"
 
 
 def released_gaussians(
-    features: torch.Tensor, *, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """What a site's moments of `features` (N, D, H, W) give whoever holds them: the mean
-    (P, D) and regularised precision (P, D, D) per position, and the floats sent."""
+    features: torch.Tensor, positions: torch.Tensor, *, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """What a site's moments of `features` (N, D, H, W) give whoever holds them, at the grid
+    `positions` the attack queries (flat indices, Q): mean (Q, D) and regularised precision
+    (Q, D, D). The moments of each position are independent, so the others are not needed."""
     moments = PatchMoments()
-    moments.update(features)
+    moments.update(at_positions(features, positions))
     mean, cov = moments.mean_covariance()
-    assert moments.total is not None and moments.outer is not None
-    sent = 1 + moments.total.numel() + moments.outer.numel()
-    return mean.float(), regularised_precision(cov, eps=eps).float(), sent
+    return mean.float(), regularised_precision(cov, eps=eps).float()
+
+
+def at_positions(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(N, D, H, W) -> (N, D, Q, 1): the patch features at the flat grid `positions`."""
+    n, d = features.shape[:2]
+    return features.reshape(n, d, -1)[:, :, positions].unsqueeze(3)
 
 
 def gaussian_statistic(
-    features: torch.Tensor,
+    picked: torch.Tensor,
     mean: torch.Tensor,
     precision: torch.Tensor,
-    positions: torch.Tensor,
     *,
     low_fraction: float = 0.1,
 ) -> torch.Tensor:
-    """Per image (N,): the membership statistic of its patches at `positions` (flat grid
-    indices), each measured by the Mahalanobis distance to its own position's Gaussian."""
-    n, d = features.shape[:2]
-    picked = features.reshape(n, d, -1)[:, :, positions].unsqueeze(3)  # (N, d, Q, 1)
-    dist = mahalanobis(picked, mean[positions], precision[positions])  # (N, Q, 1)
+    """Per image (N,): the membership statistic of its patches `picked` (N, D, Q, 1), each
+    measured by the Mahalanobis distance to its own position's Gaussian (Q Gaussians)."""
+    dist = mahalanobis(picked, mean, precision)  # (N, Q, 1)
     return image_statistic(dist.flatten(1), low_fraction=low_fraction)
 
 
@@ -76,25 +79,25 @@ def fed_padim_membership(
     data: MembershipData, *, eps: float, low_fraction: float = 0.1
 ) -> dict[str, Any]:
     """Both attacks on the Gaussians of the members' moments; the shadows are the Gaussians
-    of random public subsets of the members' size (seeded as the memory shadows)."""
-    n_in = data.members.shape[0]
-    candidates = torch.cat([data.members, data.nonmembers])
-    mean, precision, sent = released_gaussians(data.members, eps=eps)
+    of the public subsets the memory shadows are built from (`releases.shadow_subsets`)."""
+    n_in, d, h, w = data.members.shape
+    candidates = at_positions(torch.cat([data.members, data.nonmembers]), data.positions)
     target = gaussian_statistic(
-        candidates, mean, precision, data.positions, low_fraction=low_fraction
+        candidates,
+        *released_gaussians(data.members, data.positions, eps=eps),
+        low_fraction=low_fraction,
     )
-    shadows = []
-    for i in range(data.shadows):
-        gen = torch.Generator().manual_seed(data.seed * 7_919 + i)
-        pick = torch.randperm(data.public.shape[0], generator=gen)[:n_in]
-        s_mean, s_precision, _ = released_gaussians(data.public[pick], eps=eps)
-        shadows.append(
-            gaussian_statistic(
-                candidates, s_mean, s_precision, data.positions, low_fraction=low_fraction
-            )
+    shadows = [
+        gaussian_statistic(
+            candidates,
+            *released_gaussians(data.public[pick], data.positions, eps=eps),
+            low_fraction=low_fraction,
         )
+        for pick in shadow_subsets(data, data.public.shape[0], n_in)
+    ]
     result = attack_summaries(target, shadows, n_members=n_in)
-    return {**result, "items": int(mean.shape[0]), "floats_sent": int(sent)}
+    # what the site sends: its count, and per position the sum (D) and sum of outer products
+    return {**result, "items": h * w, "floats_sent": 1 + h * w * (d + d * d)}
 
 
 def gaussian_config(config: AuditConfig) -> GaussianConfig:
@@ -102,13 +105,7 @@ def gaussian_config(config: AuditConfig) -> GaussianConfig:
     (as `federation.fedpadim` takes them from a federation's model), the [fed_padim] eps."""
     assert config.fed_padim is not None
     model = from_dict(FedDyMemConfig, dict(config.model), where="[model]")
-    shared = set(FeatureConfig.__dataclass_fields__)
-    values = {k: v for k, v in to_dict(model).items() if k in shared}
-    return from_dict(
-        GaussianConfig,
-        {**values, "seed": model.seed, "eps": config.fed_padim.eps},
-        where="[fed_padim]",
-    )
+    return gaussian_config_like(model, eps=config.fed_padim.eps)
 
 
 def audit_fed_padim(

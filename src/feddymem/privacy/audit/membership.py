@@ -110,7 +110,7 @@ def attack_summaries(
     """Both attacks from per-image statistics (N,) (small = near the release; members first,
     `n_members` of them): ``distance`` reads the target's alone, ``calibrated`` (two shadow
     statistics or more) its standardised gap below the shadows' mean."""
-    n_in = n_members
+    n_in = n_members  # members first in `target`
     out = {"distance": roc_summary(-target[:n_in], -target[n_in:])}
     if len(shadows) >= 2:
         ref = torch.stack(list(shadows))

@@ -54,6 +54,17 @@ class MembershipData:
     image_pool: torch.Tensor  # (N, 3, H_in, W_in) the victim's and held-out images
 
 
+def shadow_subsets(data: MembershipData, n_public: int, n_images: int) -> list[torch.Tensor]:
+    """Indices of the `data.shadows` random subsets of `n_images` of the attacker's `n_public`
+    public images that the shadow releases are built from (seeded by `data.seed`)."""
+    return [
+        torch.randperm(n_public, generator=torch.Generator().manual_seed(data.seed * 7_919 + i))[
+            :n_images
+        ]
+        for i in range(data.shadows)
+    ]
+
+
 def _shadow_memories(
     release: Release,
     cfg: FedDyMemConfig,
@@ -65,9 +76,7 @@ def _shadow_memories(
     """The attacker's counterparts of `release`: the same pipeline (reduce, noise, defences,
     server k-means) run on random subsets of `n_images` public images."""
     out = []
-    for i in range(data.shadows):
-        gen = torch.Generator().manual_seed(data.seed * 7_919 + i)
-        pick = torch.randperm(public_z.shape[0], generator=gen)[:n_images]
+    for i, pick in enumerate(shadow_subsets(data, public_z.shape[0], n_images)):
         shadow_cfg = dataclasses.replace(cfg, seed=cfg.seed + 50_021 * (i + 1))
         upload = build_upload(public_z[pick], config=shadow_cfg, round_idx=release.upload_round)
         if release.aggregated is None:

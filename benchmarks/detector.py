@@ -120,6 +120,8 @@ def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
             "image_hw": list(det.tiling_.image_hw),
             "tile": det.tiling_.tile,
             "overlap": det.tiling_.overlap,
+            "pad": det.tiling_.pad,
+            "image_border": det.image_border_,
             "tiles_per_image": det.tiling_.grid(det.extractor.stride).n_tiles,
         },
         # the test set scored end to end (decode included), images per second
@@ -670,6 +672,15 @@ def main() -> None:
     )
     parser.add_argument("--tile-scale", type=float, default=1.0, help="DetectorConfig.tile_scale")
     parser.add_argument(
+        "--tile-pad", type=int, default=None, help="DetectorConfig.tile_pad (None: the rule)"
+    )
+    parser.add_argument(
+        "--tile-border",
+        choices=["auto", "on", "off"],
+        default=DetectorConfig.tile_border,
+        help="DetectorConfig.tile_border",
+    )
+    parser.add_argument(
         "--tile-bank-patches",
         type=int,
         default=DetectorConfig.tile_bank_patches,
@@ -696,7 +707,12 @@ def main() -> None:
     if args.topk_fraction is not None:
         cfg = dataclasses.replace(cfg, topk_fraction=args.topk_fraction)
     cfg = dataclasses.replace(
-        cfg, tile=args.tile, tile_scale=args.tile_scale, tile_bank_patches=args.tile_bank_patches
+        cfg,
+        tile=args.tile,
+        tile_scale=args.tile_scale,
+        tile_pad=args.tile_pad,
+        tile_border=args.tile_border,
+        tile_bank_patches=args.tile_bank_patches,
     )
     rows: list[dict[str, object]] = []
     if parts & {"elpv", "synth", "speed", "coreset", "select", "rules"}:

@@ -16,37 +16,30 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
-
 from feddymem.config import DetectorConfig
 from feddymem.data import scan
 from feddymem.detect.detector import PatchCoreDetector
-
-
-def edge_peaks(maps: np.ndarray, band: int) -> tuple[float, float]:
-    """(N, H, W) maps -> (share of maps whose maximum lies within `band` px of the edge, share
-    of the image area in that band)."""
-    n, h, w = maps.shape
-    inner = np.zeros((h, w), dtype=bool)
-    inner[band : h - band, band : w - band] = True
-    peak = maps.reshape(n, -1).argmax(axis=1)
-    return float((~inner.reshape(-1)[peak]).mean()), float((~inner).mean())
+from feddymem.detect.tiling import edge_peaks
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="a set in MVTec layout")
     parser.add_argument("--band", type=int, default=32, help="edge band in pixels")
+    parser.add_argument(
+        "--tile-pad", type=int, default=None, help="DetectorConfig.tile_pad (None: the rule)"
+    )
     args = parser.parse_args(argv)
     if not (args.data / "train" / "good").is_dir():
         print(f"error: --data {args.data}: no train/good folder", file=sys.stderr)
         return 2
     train = sorted(scan(args.data).train, key=lambda s: str(s.path))
     fit, held = train[::2], train[1::2]
-    detector = PatchCoreDetector(DetectorConfig(tile="auto")).fit(fit)
+    detector = PatchCoreDetector(DetectorConfig(tile="auto", tile_pad=args.tile_pad)).fit(fit)
     maps = detector.score_samples(held, keep_maps=True).anomaly_maps
     assert maps is not None
-    at_edge, area = edge_peaks(maps, args.band)
+    k, n, area = edge_peaks(maps, args.band)
+    at_edge = k / n
     print(
         json.dumps(
             {
@@ -54,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                 "held_out_normals": len(held),
                 "map_hw": list(maps.shape[1:]),
                 "tiled": detector.tiling_ is not None,
+                "tile_pad_px": None if detector.tiling_ is None else detector.tiling_.pad,
                 "band_px": args.band,
                 "peaks_in_band": round(at_edge, 3),
                 "band_area": round(area, 3),

@@ -73,6 +73,12 @@ class FeatureConfig:
     tile: Literal["off", "auto", "on"] = "off"
     tile_scale: float = 1.0
     tile_overlap: int | None = None  # pixels; None: four cells of the coarsest tap
+    # pixels the image is mirrored outwards before tiling, a multiple of 32; None: the
+    # overlap rounded down to 32 (edge cells seen from inside a tile, as seams are); 0: none
+    tile_pad: int | None = None
+    # tiled: whether the image score leaves out the image's edge band (two coarse cells);
+    # "auto": when the held-out normals' maps peak there beyond chance (tiling.border_rule)
+    tile_border: Literal["auto", "on", "off"] = "auto"
     tile_max_megapixels: float = 32.0  # larger images are shrunk to this before tiling
 
     def __post_init__(self) -> None:
@@ -100,6 +106,15 @@ class FeatureConfig:
         _check(
             self.tile_overlap is None or 0 <= self.tile_overlap <= self.image_size // 2,
             f"tile_overlap must be in [0, image_size / 2], got {self.tile_overlap}",
+        )
+        _check(
+            self.tile_pad is None
+            or (0 <= self.tile_pad < self.image_size and self.tile_pad % 32 == 0),
+            f"tile_pad must be a multiple of 32 in [0, image_size), got {self.tile_pad}",
+        )
+        _check(
+            self.tile_border in ("auto", "on", "off"),
+            f"tile_border must be 'auto', 'on' or 'off', got {self.tile_border!r}",
         )
         _check(
             0.1 <= self.tile_max_megapixels <= 1024,

@@ -122,6 +122,49 @@ def test_tiled_model_file_round_trip(large: tuple[PatchCoreDetector, Path], tmp_
         load_detector(tmp_path / "bad.pt")
 
 
+def test_padded_bordered_tiled_detector_round_trip(
+    large: tuple[PatchCoreDetector, Path], tmp_path: Path
+) -> None:
+    """A pad (images mirrored outwards before tiling) and an image border (the edge band left
+    out of the image score) are saved with the model and restored; the image score is the
+    top-k of the interior's patch scores."""
+    _, root = large
+    cfg = dataclasses.replace(CFG, tile_pad=32, tile_border="on")
+    det = PatchCoreDetector(cfg).fit(scan(root).train)
+    assert det.tiling_ is not None and det.tiling_.pad == 32
+    assert det.tiling_.grid(det.extractor.stride).n_tiles == 25  # 224 px, steps of 48: 5 x 5
+    band = 2 * det.extractor.coarse_stride
+    assert det.image_border_ == band
+    images = torch.rand(2, 3, 160, 160)
+    result = det.score(images)
+    assert result.anomaly_maps.shape == (2, 160, 160)
+    c = band // det.extractor.stride
+    inner = det.image_patch_scores(images)[:, c:-c, c:-c].flatten(1)
+    k = max(1, round(cfg.topk_fraction * inner.shape[1]))
+    assert torch.allclose(result.image_scores, inner.topk(k, dim=1).values.mean(dim=1))
+    path = det.save(tmp_path / "padded.pt")
+    back = load_detector(path)
+    assert back.tiling_ == det.tiling_ and back.image_border_ == band
+    assert torch.allclose(back.score(images).image_scores, result.image_scores)
+    state = torch.load(path, weights_only=True)
+    state["image_border"] = 80  # no interior left in a 160 px image
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ModelFileError, match="image_border"):
+        load_detector(tmp_path / "bad.pt")
+    with pytest.raises(ConfigError, match="tile_pad"):
+        DetectorConfig(tile_pad=40)
+    with pytest.raises(ConfigError, match="tile_border"):
+        DetectorConfig(tile_border="edge")  # type: ignore[arg-type]
+
+
+def test_tile_border_auto_keeps_the_band_of_an_even_texture(
+    large: tuple[PatchCoreDetector, Path],
+) -> None:
+    """Brick crops have no edge of their own: the rule keeps the band (the default, auto)."""
+    det, _ = large
+    assert det.config.tile_border == "auto" and det.image_border_ == 0
+
+
 def test_auto_resizes_images_near_the_input_size(texture_tree: Path) -> None:
     det = PatchCoreDetector(dataclasses.replace(CFG, tile="auto")).fit(scan(texture_tree).train)
     assert det.tiling_ is None and det.image_hw_ == (64, 64)

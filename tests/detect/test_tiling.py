@@ -4,14 +4,19 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
 from feddymem.detect.tiling import (
     TileGrid,
+    TilePlan,
     blend_window,
+    border_rule,
     choose_tiling,
     cut_tiles,
+    edge_peaks,
+    plan_from_state,
     stitch,
     tile_grid,
     tile_starts,
@@ -117,3 +122,71 @@ def test_rule_bounds_the_working_image() -> None:
     assert abs(ratio - 1.5) < 0.05
     half = choose_tiling((1000, 2000), mode="on", image_size=256, coarse_stride=16, scale=0.5)
     assert half is not None and half.image_hw == (512, 992)
+
+
+def test_padded_plan_mirrors_the_image_and_crops_the_grid() -> None:
+    """A pad mirrors the image outwards before the cut; the stitched grid is the image's."""
+    plan = TilePlan(image_hw=(96, 160), tile=64, overlap=16, pad=16)
+    stride = 8
+    assert plan.padded_hw == (128, 192)
+    images = torch.rand(2, 3, 96, 160)
+    tiles = plan.cut(images, stride)
+    assert tiles.shape == (2 * plan.grid(stride).n_tiles, 3, 64, 64)
+    first = tiles[0]  # the top-left tile: image from (0, 0) at (16, 16), mirrored above/left
+    assert torch.equal(first[:, 16:, 16:], images[0, :, :48, :48])
+    assert torch.equal(first[:, 15, 16:], images[0, :, 1, :48])  # reflect: row -1 is row 1
+    assert torch.equal(first[:, 16:, 15], images[0, :, :48, 1])
+    per_tile = torch.full((tiles.shape[0], 8, 8), 2.5)
+    out = plan.stitch(per_tile, stride)
+    assert out.shape == (2, 12, 20) and torch.allclose(out, torch.full_like(out, 2.5))
+
+
+def test_rule_pads_by_the_overlap() -> None:
+    plan = choose_tiling((500, 1250), mode="auto", image_size=256, coarse_stride=16)
+    assert plan is not None and plan.pad == 64 and plan.padded_hw == (640, 1376)
+    assert plan.grid(8).n_tiles == 21  # the same number of tiles as without the pad
+    small = choose_tiling((320, 320), mode="on", image_size=64, coarse_stride=16, overlap=16)
+    assert small is not None and small.pad == 0  # under 32 px: no pad
+    none = choose_tiling((500, 1250), mode="auto", image_size=256, coarse_stride=16, pad=0)
+    assert none is not None and none.pad == 0 and none.grid(8).n_tiles == 21
+    with pytest.raises(ValueError, match="pad"):
+        choose_tiling((500, 1250), mode="auto", image_size=256, coarse_stride=16, pad=48)
+
+
+def test_plan_from_state_reads_old_and_new_entries() -> None:
+    old = plan_from_state([256, 64], image_hw=(512, 1248), stride=8)
+    assert old is not None and old.pad == 0
+    new = plan_from_state([256, 64, 64], image_hw=(512, 1248), stride=8)
+    assert new is not None and new.pad == 64
+    for bad in ([256, 64, 4], [256, 64, 512], [256, 64, -32], [256, 64, 64, 0]):
+        with pytest.raises(ValueError):
+            plan_from_state(bad, image_hw=(512, 1248), stride=8)
+
+
+def _maps_peaking(n: int, hw: tuple[int, int], *, at_edge: int, seed: int = 0) -> np.ndarray:
+    """n noise maps; the first `at_edge` have their maximum on the edge, the rest inside."""
+    rng = np.random.default_rng(seed)
+    maps = rng.random((n, *hw))
+    h, w = hw
+    for i in range(n):
+        y, x = (0, int(rng.integers(w))) if i < at_edge else (h // 2, w // 2)
+        maps[i, y, x] = 2.0
+    return maps
+
+
+def test_edge_peaks_counts_maxima_in_the_band() -> None:
+    k, n, area = edge_peaks(_maps_peaking(20, (40, 40), at_edge=7), band=4)
+    assert (k, n) == (7, 20)
+    assert area == pytest.approx(1 - 32 * 32 / 1600)
+
+
+def test_border_rule_decides_from_where_normals_peak() -> None:
+    hw = (64, 64)  # a band of 4 px is 23% of the area
+    assert border_rule(_maps_peaking(30, hw, at_edge=25), band=4)
+    assert not border_rule(_maps_peaking(30, hw, at_edge=7), band=4)  # about the area share
+    assert not border_rule(_maps_peaking(30, hw, at_edge=0), band=4)
+    # uniform noise: maxima anywhere, the band holds its share by chance
+    rng = np.random.default_rng(1)
+    assert not border_rule(rng.random((40, *hw)), band=4)
+    assert not border_rule(_maps_peaking(30, hw, at_edge=30), band=0)  # no band
+    assert not border_rule(_maps_peaking(30, hw, at_edge=30), band=32)  # no interior left

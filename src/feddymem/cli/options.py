@@ -76,6 +76,8 @@ def _detector_config(args: argparse.Namespace) -> Any:
         tile=args.tile,
         tile_scale=args.tile_scale,
         tile_overlap=args.tile_overlap,
+        tile_pad=args.tile_pad,
+        tile_border=args.tile_border,
         tile_bank_patches=args.tile_bank_patches,
         seed=args.seed,
     )
@@ -215,6 +217,20 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help="overlap of neighbouring tiles in px (default: four cells of the coarsest tap)",
+    )
+    g.add_argument(
+        "--tile-pad",
+        type=int,
+        default=None,
+        help="px each tiled image is mirrored outwards before it is cut, a multiple of 32; "
+        "0: none (default: the overlap rounded down to 32)",
+    )
+    g.add_argument(
+        "--tile-border",
+        default=DEFAULTS.tile_border,
+        choices=["auto", "on", "off"],
+        help="tiled: leave the image's edge band out of the image score; auto: when held-out "
+        "normals' maps peak there beyond chance (default: %(default)s)",
     )
     g.add_argument(
         "--tile-bank-patches",

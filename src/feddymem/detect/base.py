@@ -30,11 +30,9 @@ from feddymem.detect.features import PatchFeatureExtractor
 from feddymem.detect.modelfile import FORMAT, FORMAT_VERSION, ModelFileError, write_state
 from feddymem.detect.tiling import (
     TilePlan,
-    blend_window,
-    cut_tiles,
+    border_rule,
     plan_from_state,
     plan_tiling,
-    stitch,
 )
 from feddymem.metrics import DetectionMetrics
 
@@ -97,6 +95,9 @@ class Detector:
         # how images are cut into tiles (None: resized whole); `image_hw_` is then the size
         # images are loaded at and the tile plan's
         self.tiling_: TilePlan | None = None
+        # px of the working image's edge band that the image score leaves out (tiled fits,
+        # by `tiling.border_rule` on held-out normals at calibration; 0: none)
+        self.image_border_: int = 0
         self.calibration_scores_: np.ndarray | None = None
 
     # --- what a subclass supplies ----------------------------------------------------------
@@ -147,13 +148,11 @@ class Detector:
         if self.tiling_ is None:
             return self.score_patches(images)
         stride = self.extractor.stride
-        grid = self.tiling_.grid(stride)
-        tiles = cut_tiles(images, grid)
+        tiles = self.tiling_.cut(images, stride)
         scores = torch.cat(
             [self.score_patches(part) for part in tiles.split(self.config.batch_size)]
         )
-        window = blend_window(self.tiling_.tile // stride, ramp=self.tiling_.overlap // stride)
-        return stitch(scores, grid, stride=stride, window=window)
+        return self.tiling_.stitch(scores, stride)
 
     def _tile_features(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
         """p(x) of `images` (B, 3, H_in, W_in): of the whole images, or, when tiled, of their
@@ -161,7 +160,7 @@ class Detector:
         if self.tiling_ is None:
             yield self.features(images)
             return
-        tiles = cut_tiles(images, self.tiling_.grid(self.extractor.stride))
+        tiles = self.tiling_.cut(images, self.extractor.stride)
         for part in tiles.split(self.config.batch_size):
             yield self.features(part)
 
@@ -170,7 +169,7 @@ class Detector:
         batch holds at most 4 * `batch_size` tiles' worth of pixels (bounded memory)."""
         if self.tiling_ is None:
             return self.config.batch_size
-        h, w = self.tiling_.image_hw
+        h, w = self.tiling_.padded_hw
         budget = 4 * self.config.batch_size * self.tiling_.tile**2
         return max(1, min(self.config.batch_size, budget // (h * w)))
 
@@ -195,7 +194,13 @@ class Detector:
         return ScoreResult(image_scores=self._image_scores(scores, maps), anomaly_maps=maps)
 
     def _image_scores(self, scores: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
-        """(B, H, W) patch scores and (B, H_in, W_in) maps -> (B,) image scores."""
+        """(B, H, W) patch scores and (B, H_in, W_in) maps -> (B,) image scores (without the
+        `image_border_` band, when there is one)."""
+        if self.image_border_:
+            b = self.image_border_
+            c = b * scores.shape[1] // maps.shape[1]  # the band in patch cells
+            scores = scores[:, c : scores.shape[1] - c, c : scores.shape[2] - c]
+            maps = maps[:, b : maps.shape[1] - b, b : maps.shape[2] - b]
         if self.config.image_score == "max":
             return maps.amax(dim=(1, 2))
         flat = scores.flatten(1)
@@ -336,12 +341,31 @@ class Detector:
 
     def calibrate(self, normals: Sequence[Sample], *, quantile: float) -> float:
         """Threshold = `quantile` of the image scores of held-out normal images (and
-        `map_floor_` = the median of their anomaly maps)."""
-        scores = self.score_samples(normals, keep_maps=True, map_stride=thresholds.FLOOR_STRIDE)
+        `map_floor_` = the median of their anomaly maps). Tiled, the border rule is decided
+        first from the same normals' maps (`_decide_border`)."""
+        stride = thresholds.FLOOR_STRIDE
+        self.image_border_ = 0
+        scores = self.score_samples(normals, keep_maps=True, map_stride=stride)
+        assert scores.anomaly_maps is not None
+        if self._decide_border(scores.anomaly_maps, map_stride=stride):
+            scores = self.score_samples(normals, keep_maps=True, map_stride=stride)
         assert scores.anomaly_maps is not None
         return self._threshold_from(
             scores.image_scores, maps=scores.anomaly_maps, quantile=quantile
         )
+
+    def _decide_border(self, maps: np.ndarray, *, map_stride: int) -> bool:
+        """Tiled, with `tile_border` "auto": leave the edge band (two cells of the coarsest tap,
+        the reach of a tile's zero padding) out of the image score when the held-out normals'
+        `maps` (taken every `map_stride` px) peak in it beyond chance (`tiling.border_rule`);
+        "on": always; "off": never. Sets `image_border_`; True when it is set."""
+        mode = getattr(self.config, "tile_border", "off")
+        if self.tiling_ is None or mode == "off":
+            return False
+        band = 2 * self.extractor.coarse_stride
+        if mode == "on" or border_rule(maps, band=band // map_stride):
+            self.image_border_ = band
+        return bool(self.image_border_)
 
     def _threshold_from_results(self, results: Sequence[ScoreResult], *, quantile: float) -> float:
         """`_threshold_from` over the normal images scored batch by batch in `results`."""
@@ -411,8 +435,9 @@ class Detector:
             **(
                 {}
                 if self.tiling_ is None
-                else {"tiling": [self.tiling_.tile, self.tiling_.overlap]}
+                else {"tiling": [self.tiling_.tile, self.tiling_.overlap, self.tiling_.pad]}
             ),
+            **({} if not self.image_border_ else {"image_border": self.image_border_}),
             "calibration_scores": None
             if self.calibration_scores_ is None
             else torch.from_numpy(self.calibration_scores_),
@@ -436,3 +461,14 @@ class Detector:
             )
         except ValueError as err:
             raise ModelFileError(f"{where}: bad tiling entry: {err}") from None
+        border = state.get("image_border", 0)
+        hw = state["image_hw"]
+        if not (
+            isinstance(border, int)
+            and not isinstance(border, bool)
+            and 0 <= border
+            and 2 * border < min(hw)
+            and (border == 0 or self.tiling_ is not None)
+        ):
+            raise ModelFileError(f"{where}: bad image_border entry {border!r}")
+        self.image_border_ = border

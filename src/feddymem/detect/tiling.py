@@ -22,7 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
+from scipy.stats import binomtest
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +33,10 @@ __all__ = [
     "TileGrid",
     "TilePlan",
     "blend_window",
+    "border_rule",
     "choose_tiling",
     "cut_tiles",
+    "edge_peaks",
     "plan_from_state",
     "plan_tiling",
     "stitch",
@@ -45,20 +49,47 @@ __all__ = [
 SHRINK_LIMIT = 1.5
 # Both sides of a tiled working image are multiples of this (the backbones' largest stride).
 SIDE_MULTIPLE = 32
+# The border rule's test level: the image score leaves the edge band out when held-out
+# normals' maps peak in it more often than its area share, at this one-sided binomial p-value.
+BORDER_P = 0.01
 
 
 @dataclass(frozen=True)
 class TilePlan:
-    """How a tiled detector sees its images: each image is loaded at `image_hw` (H, W) and cut
-    into `tile` x `tile` tiles that overlap by at least `overlap` pixels."""
+    """How a tiled detector sees its images: each image is loaded at `image_hw` (H, W),
+    mirrored outwards by `pad` pixels on every side, and cut into `tile` x `tile` tiles that
+    overlap by at least `overlap` pixels; the stitched grid is cropped back to the image."""
 
     image_hw: tuple[int, int]
     tile: int
     overlap: int
+    pad: int = 0
+
+    @property
+    def padded_hw(self) -> tuple[int, int]:
+        return (self.image_hw[0] + 2 * self.pad, self.image_hw[1] + 2 * self.pad)
 
     def grid(self, stride: int) -> TileGrid:
-        """The tile grid of an `image_hw` image for features of `stride` pixels."""
-        return tile_grid(self.image_hw, tile=self.tile, overlap=self.overlap, multiple=stride)
+        """The tile grid of a padded `image_hw` image for features of `stride` pixels."""
+        if self.pad % stride:
+            raise ValueError(f"tile pad {self.pad} px is not a multiple of stride {stride}")
+        return tile_grid(self.padded_hw, tile=self.tile, overlap=self.overlap, multiple=stride)
+
+    def cut(self, images: torch.Tensor, stride: int) -> torch.Tensor:
+        """(B, C, H, W) images at `image_hw` -> their tiles (see :func:`cut_tiles`), the images
+        mirrored (reflect padding) by `pad` pixels first."""
+        grid = self.grid(stride)
+        if self.pad:
+            images = torch.nn.functional.pad(images, (self.pad,) * 4, mode="reflect")
+        return cut_tiles(images, grid)
+
+    def stitch(self, tile_scores: torch.Tensor, stride: int) -> torch.Tensor:
+        """Per-tile score grids -> (B, H / stride, W / stride): stitched (:func:`stitch`,
+        each tile's border cells down-weighted) and cropped to the image without its pad."""
+        window = blend_window(self.tile // stride, ramp=self.overlap // stride)
+        grids = stitch(tile_scores, self.grid(stride), stride=stride, window=window)
+        p = self.pad // stride
+        return grids[:, p : grids.shape[1] - p, p : grids.shape[2] - p] if p else grids
 
 
 @dataclass(frozen=True)
@@ -175,6 +206,7 @@ def choose_tiling(
     coarse_stride: int,
     scale: float = 1.0,
     overlap: int | None = None,
+    pad: int | None = None,
     max_pixels: int = 32 * 2**20,
     shrink_limit: float = SHRINK_LIMIT,
 ) -> TilePlan | None:
@@ -190,7 +222,10 @@ def choose_tiling(
     coarse_stride`: the 3x3 aggregation of that tap reaches one cell past a tile's border and
     the tap's own padding about one more, on either side of a seam, so features within two
     coarse cells of a border are not those of the image and are down-weighted where a
-    neighbouring tile sees the same place from inside.
+    neighbouring tile sees the same place from inside. The image's own edge has no such
+    neighbour, so the image is mirrored outwards by `pad` pixels (default: the overlap,
+    rounded down to a multiple of 32): its edge cells are then seen from inside a tile, as
+    every seam is, instead of next to the network's zero padding.
     """
     if mode not in ("off", "on", "auto"):
         raise ValueError(f"tile mode must be 'off', 'on' or 'auto', got {mode!r}")
@@ -207,23 +242,66 @@ def choose_tiling(
         hw = (max(tile, hw[0] - SIDE_MULTIPLE), max(tile, hw[1] - SIDE_MULTIPLE))
     ov = 4 * coarse_stride if overlap is None else overlap
     ov = min(ov, tile // 2)
-    return TilePlan(image_hw=hw, tile=tile, overlap=ov)
+    pd = ov // SIDE_MULTIPLE * SIDE_MULTIPLE if pad is None else pad
+    if pd < 0 or pd % SIDE_MULTIPLE or pd >= min(hw):
+        raise ValueError(
+            f"tile pad must be a multiple of {SIDE_MULTIPLE} px below the image side, got {pd}"
+        )
+    return TilePlan(image_hw=hw, tile=tile, overlap=ov, pad=pd)
 
 
 def plan_from_state(value: object, *, image_hw: Sequence[int], stride: int) -> TilePlan | None:
-    """The tile plan saved in a model file as ``[tile, overlap]`` next to `image_hw` (None:
-    not tiled); a `ValueError` when it is malformed or does not fit the feature `stride`."""
+    """The tile plan saved in a model file as ``[tile, overlap, pad]`` next to `image_hw`
+    (``[tile, overlap]``: written before the pad, no pad; None: not tiled); a `ValueError`
+    when it is malformed or does not fit the feature `stride`."""
     if value is None:
         return None
     if not (
         isinstance(value, list | tuple)
-        and len(value) == 2
+        and len(value) in (2, 3)
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
-        raise ValueError(f"expected [tile, overlap], got {value!r}")
-    plan = TilePlan(image_hw=(int(image_hw[0]), int(image_hw[1])), tile=value[0], overlap=value[1])
+        raise ValueError(f"expected [tile, overlap, pad], got {value!r}")
+    hw = (int(image_hw[0]), int(image_hw[1]))
+    pad = value[2] if len(value) == 3 else 0
+    if not 0 <= pad < min(hw):
+        raise ValueError(f"tile pad {pad} px does not fit an image of {hw}")
+    plan = TilePlan(image_hw=hw, tile=value[0], overlap=value[1], pad=pad)
     plan.grid(stride)  # raises when the tiles do not fit the image or the stride
     return plan
+
+
+def edge_peaks(maps: np.ndarray, band: int) -> tuple[int, int, float]:
+    """(N, H, W) maps -> (how many maps have their maximum within `band` px of the edge, N,
+    the share of the image area in that band)."""
+    n, h, w = maps.shape
+    inner = np.zeros((h, w), dtype=bool)
+    inner[band : h - band, band : w - band] = True
+    peak = maps.reshape(n, -1).argmax(axis=1)
+    return int((~inner.reshape(-1)[peak]).sum()), n, float((~inner).mean())
+
+
+def border_rule(maps: np.ndarray, *, band: int, level: float = BORDER_P) -> bool:
+    """True when the image score should leave out the `band`-px edge band: the maps of
+    held-out *normal* images (N, H, W) peak in that band more often than its share of the area,
+    by a one-sided binomial test at `level`. A normal's maximum falls anywhere when the edge
+    is scored as the interior is; if it keeps falling at the edge, the edge carries no
+    evidence of a defect, only the tiles' and the image's borders. No defect is looked at."""
+    if band <= 0 or len(maps) == 0 or 2 * band >= min(maps.shape[1:]):
+        return False
+    k, n, area = edge_peaks(maps, band)
+    p = binomtest(k, n, area, alternative="greater").pvalue
+    log.info(
+        "border rule: %d of %d held-out normals peak within %d px of the edge (%.0f%% of the "
+        "area), p = %.2g: the image score %s the band",
+        k,
+        n,
+        band,
+        100 * area,
+        p,
+        "leaves out" if p < level else "keeps",
+    )
+    return bool(p < level)
 
 
 class TilingOptions(Protocol):
@@ -237,6 +315,8 @@ class TilingOptions(Protocol):
     def tile_scale(self) -> float: ...
     @property
     def tile_overlap(self) -> int | None: ...
+    @property
+    def tile_pad(self) -> int | None: ...
     @property
     def tile_max_megapixels(self) -> float: ...
 
@@ -252,6 +332,7 @@ def plan_tiling(
         coarse_stride=coarse_stride,
         scale=options.tile_scale,
         overlap=options.tile_overlap,
+        pad=options.tile_pad,
         max_pixels=int(options.tile_max_megapixels * 2**20),
     )
     log.info(
@@ -259,6 +340,7 @@ def plan_tiling(
         native_hw,
         "resized"
         if plan is None
-        else f"tiled at {plan.image_hw}, tiles of {plan.tile} px overlapping by {plan.overlap} px",
+        else f"tiled at {plan.image_hw} (mirrored by {plan.pad} px), tiles of {plan.tile} px "
+        f"overlapping by {plan.overlap} px",
     )
     return plan

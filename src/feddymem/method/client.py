@@ -193,6 +193,8 @@ class FedDyMemClient:
             files.append([str(s.path.resolve()), st.st_size, st.st_mtime_ns])
         tiling = self.detector.tiling_
         tiles = None if tiling is None else [tiling.tile, tiling.overlap]
+        if tiling is not None and tiling.pad:  # (unpadded keys stay as they were)
+            tiles = [tiling.tile, tiling.overlap, tiling.pad]
         payload = [cfg.backbone, cfg.layers, list(self.image_hw), files]
         if tiles is not None:  # (untiled keys stay as they were, so old caches still match)
             payload.append(tiles)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +45,10 @@ class GaussianConfig(FeatureConfig):
     calibration_fraction: float = 0.1  # normal training images held out to set the threshold
     threshold_quantile: float = 0.99
     seed: int = 0  # channel subset and calibration split
+    # fed-padim's upload defence (privacy/defences.noisy_features): Gaussian noise of norm about
+    # this x the spread of the patch vectors, added to every patch vector before it enters the
+    # moments a site sends (`local_moments`); 0: exact moments
+    moment_noise: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -55,6 +60,13 @@ class GaussianConfig(FeatureConfig):
             raise ConfigError("calibration_fraction must be in [0, 0.9)")
         if not 0.5 <= self.threshold_quantile <= 1.0:
             raise ConfigError("threshold_quantile must be in [0.5, 1]")
+        if not (math.isfinite(self.moment_noise) and self.moment_noise >= 0.0):
+            raise ConfigError(f"moment_noise must be a finite number >= 0, got {self.moment_noise}")
+
+
+# the stream of `privacy.defences.defence_seed` that seeds fed-padim's moment noise (FedDyMem's
+# upload noise is stream 0)
+MOMENT_NOISE_STREAM = 7
 
 
 def gaussian_config_like(model: FeatureConfig, **overrides: Any) -> GaussianConfig:
@@ -70,6 +82,21 @@ def gaussian_config_like(model: FeatureConfig, **overrides: Any) -> GaussianConf
 
 
 # --- pure pieces -------------------------------------------------------------------------------
+
+
+def noisy_moment_features(
+    feats: torch.Tensor, config: GaussianConfig, *, batch: int
+) -> torch.Tensor:
+    """Patch features (B, D, H, W) as they enter the moments a site sends: with
+    `config.moment_noise` > 0, plus Gaussian noise of norm about that x the spread of the
+    batch's patch vectors (`privacy.defences.noisy_features`), seeded by the config's seed and
+    the batch's index in a stream of its own; else unchanged."""
+    if config.moment_noise <= 0:
+        return feats
+    from feddymem.privacy import defences  # the upload defences live with the privacy code
+
+    seed = defences.defence_seed(config.seed, batch, MOMENT_NOISE_STREAM)
+    return defences.noisy_features(feats, relative_std=config.moment_noise, seed=seed)
 
 
 def select_channels(n_channels: int, n_features: int | None, *, seed: int) -> torch.Tensor | None:
@@ -265,7 +292,8 @@ class GaussianDetector(Detector):
         image_hw: tuple[int, int] | None = None,
     ) -> LocalMoments:
         """The moments of this site's training normals (after holding out its calibration
-        share), at `image_hw` (default: resolved from the images as `fit` does)."""
+        share), at `image_hw` (default: resolved from the images as `fit` does); with
+        `moment_noise`, of their noised patch vectors (`noisy_moment_features`)."""
         cfg = self.config
         train, calib, resolved = self._fit_split(
             samples, fraction=cfg.calibration_fraction, seed=cfg.seed, min_images=1
@@ -273,8 +301,10 @@ class GaussianDetector(Detector):
         image_hw = image_hw or resolved
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
         moments = PatchMoments()
-        for feats in self._train_features(train, image_hw=image_hw, progress=progress):
-            moments.update(feats if channels is None else feats[:, channels])
+        batches = self._train_features(train, image_hw=image_hw, progress=progress)
+        for i, feats in enumerate(batches):
+            feats = feats if channels is None else feats[:, channels]
+            moments.update(noisy_moment_features(feats, cfg, batch=i))
         return LocalMoments(moments, tuple(train), tuple(calib), image_hw)
 
     def fit_pooled(

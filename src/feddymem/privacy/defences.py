@@ -44,11 +44,15 @@ def defence_seed(seed: int, round_idx: int, stream: int) -> int:
     return int(state[0] >> np.uint64(1))
 
 
-def noisy_features(z: torch.Tensor, *, relative_std: float, seed: int) -> torch.Tensor:
-    """z (N, d, H, W) plus Gaussian noise of norm about `relative_std` * vector_spread(z)."""
+def noisy_features(
+    z: torch.Tensor, *, relative_std: float, seed: int, spread: float | None = None
+) -> torch.Tensor:
+    """z (N, d, ...) plus Gaussian noise of norm about `relative_std` * `spread` per vector
+    (default spread: vector_spread(z), for z (N, d, H, W))."""
     if relative_std <= 0:
         return z
-    std = relative_std * vector_spread(z) / math.sqrt(z.shape[1])
+    spread = vector_spread(z) if spread is None else spread
+    std = relative_std * spread / math.sqrt(z.shape[1])
     gen = torch.Generator().manual_seed(seed)
     return z.float() + std * torch.randn(z.shape, generator=gen)
 

@@ -67,3 +67,20 @@ def test_attacks_separate_members_only_when_the_moments_hold_them() -> None:
     stat = gaussian_statistic(picked, *released_gaussians(_features(10, 4), ALL, eps=0.01))
     summary = roc_summary(-stat[:10], -stat[10:])
     assert 0.2 < summary["auc"] < 0.8
+
+
+def test_moment_noise_is_seeded_and_widens_the_released_gaussians() -> None:
+    """Noise on the patch vectors before the moments (fed-padim's defence): none gives the
+    exact Gaussians; some is reproducible from its seed, moves the mean and widens the
+    covariance (a smaller precision)."""
+    members = _features(10, 0)
+    exact_mean, exact_precision = released_gaussians(members, ALL, eps=0.01)
+    same = released_gaussians(members, ALL, eps=0.01, noise=0.0, seed=5)
+    assert torch.equal(same[0], exact_mean) and torch.equal(same[1], exact_precision)
+    mean, precision = released_gaussians(members, ALL, eps=0.01, noise=2.0, seed=5)
+    again = released_gaussians(members, ALL, eps=0.01, noise=2.0, seed=5)
+    assert torch.equal(mean, again[0]) and torch.equal(precision, again[1])
+    assert not torch.allclose(mean, exact_mean, atol=1e-3)
+    trace = torch.diagonal(precision, dim1=1, dim2=2).sum(1)
+    exact_trace = torch.diagonal(exact_precision, dim1=1, dim2=2).sum(1)
+    assert bool((trace < exact_trace).all())

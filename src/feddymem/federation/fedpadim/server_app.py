@@ -39,8 +39,9 @@ log = logging.getLogger(__name__)
 
 
 def gaussian_config(spec: FederationSpec) -> GaussianConfig:
-    """The Gaussian settings every site uses: the spec's feature settings and seed."""
-    return gaussian_config_like(spec.model)
+    """The Gaussian settings every site uses: the spec's feature settings and seed, and its
+    `upload_noise` as the noise on the patch vectors that enter the moments a site sends."""
+    return gaussian_config_like(spec.model, moment_noise=spec.model.upload_noise)
 
 
 def _message(orders: padim_wire.Orders, node: int, kind: str, extra: RecordDict | None) -> Message:

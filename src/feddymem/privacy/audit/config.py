@@ -87,12 +87,21 @@ class AttackSpec:
 @dataclass(frozen=True, kw_only=True)
 class FedPadimSpec:
     """`[fed_padim]` (optional): audit fed-padim's upload too, a Gaussian per grid position
-    with PaDiM's shrinkage `eps` (Sigma + eps * I), on the [model]'s features."""
+    with PaDiM's shrinkage `eps` (Sigma + eps * I), on the [model]'s features; one row per
+    `noise` level (`GaussianConfig.moment_noise`: noise on the patch vectors before the
+    moments are summed, 0: the exact moments)."""
 
     eps: float = 0.01
+    noise: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
         _need(self.eps > 0.0, f"eps must be > 0, got {self.eps}")
+        _need(
+            len(self.noise) >= 1
+            and all(isinstance(v, int | float) and 0 <= v < 100 for v in self.noise)
+            and len(set(self.noise)) == len(self.noise),
+            f"noise must be distinct numbers in [0, 100), got {self.noise}",
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -135,7 +144,7 @@ class AuditConfig:
                 for s in self.settings
             ],
             "source": None if self.source is None else str(self.source),
-            "fed_padim": None if self.fed_padim is None else dataclasses.asdict(self.fed_padim),
+            "fed_padim": None if self.fed_padim is None else to_dict(self.fed_padim),
         }
 
 

@@ -30,6 +30,7 @@ from feddymem.detect.gaussian import (
     mahalanobis,
     regularised_precision,
 )
+from feddymem.privacy import defences
 from feddymem.privacy.audit.config import AuditConfig
 from feddymem.privacy.audit.data import AuditData
 from feddymem.privacy.audit.membership import (
@@ -45,13 +46,25 @@ RELEASE = "statistics (sent once; pooled back)"
 
 
 def released_gaussians(
-    features: torch.Tensor, positions: torch.Tensor, *, eps: float
+    features: torch.Tensor,
+    positions: torch.Tensor,
+    *,
+    eps: float,
+    noise: float = 0.0,
+    seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What a site's moments of `features` (N, D, H, W) give whoever holds them, at the grid
     `positions` the attack queries (flat indices, Q): mean (Q, D) and regularised precision
-    (Q, D, D). The moments of each position are independent, so the others are not needed."""
+    (Q, D, D). The moments of each position are independent, so the others are not needed.
+    With `noise` (`GaussianConfig.moment_noise`), the patch vectors are noised first as a site
+    noises them, relative to the spread of all of `features`, seeded by `seed`."""
+    picked = at_positions(features, positions)
+    if noise > 0:
+        picked = defences.noisy_features(
+            picked, relative_std=noise, seed=seed, spread=defences.vector_spread(features)
+        )
     moments = PatchMoments()
-    moments.update(at_positions(features, positions))
+    moments.update(picked)
     mean, cov = moments.mean_covariance()
     return mean.float(), regularised_precision(cov, eps=eps).float()
 
@@ -76,56 +89,71 @@ def gaussian_statistic(
 
 
 def fed_padim_membership(
-    data: MembershipData, *, eps: float, low_fraction: float = 0.1
+    data: MembershipData, *, eps: float, noise: float = 0.0, low_fraction: float = 0.1
 ) -> dict[str, Any]:
-    """Both attacks on the Gaussians of the members' moments; the shadows are the Gaussians
-    of the public subsets the memory shadows are built from (`releases.shadow_subsets`)."""
+    """Both attacks on the Gaussians of the members' moments (noised by `noise` as the site
+    noises them); the shadows are the Gaussians of the public subsets the memory shadows are
+    built from (`releases.shadow_subsets`), noised the same way: the attacker knows the
+    mechanism, not the draw."""
     n_in, d, h, w = data.members.shape
     candidates = at_positions(torch.cat([data.members, data.nonmembers]), data.positions)
     target = gaussian_statistic(
         candidates,
-        *released_gaussians(data.members, data.positions, eps=eps),
+        *released_gaussians(data.members, data.positions, eps=eps, noise=noise, seed=data.seed),
         low_fraction=low_fraction,
     )
     shadows = [
         gaussian_statistic(
             candidates,
-            *released_gaussians(data.public[pick], data.positions, eps=eps),
+            *released_gaussians(
+                data.public[pick], data.positions, eps=eps, noise=noise, seed=data.seed + 1 + i
+            ),
             low_fraction=low_fraction,
         )
-        for pick in shadow_subsets(data, data.public.shape[0], n_in)
+        for i, pick in enumerate(shadow_subsets(data, data.public.shape[0], n_in))
     ]
     result = attack_summaries(target, shadows, n_members=n_in)
     # what the site sends: its count, and per position the sum (D) and sum of outer products
     return {**result, "items": h * w, "floats_sent": 1 + h * w * (d + d * d)}
 
 
-def gaussian_config(config: AuditConfig) -> GaussianConfig:
+def gaussian_config(config: AuditConfig, *, noise: float = 0.0) -> GaussianConfig:
     """fed-padim's detector settings for this audit: the [model] feature settings and seed
-    (as `federation.fedpadim` takes them from a federation's model), the [fed_padim] eps."""
+    (as `federation.fedpadim` takes them from a federation's model), the [fed_padim] eps, and
+    `noise` as the moment noise."""
     assert config.fed_padim is not None
     model = from_dict(FedDyMemConfig, dict(config.model), where="[model]")
-    return gaussian_config_like(model, eps=config.fed_padim.eps)
+    return gaussian_config_like(model, eps=config.fed_padim.eps, moment_noise=noise)
 
 
 def audit_fed_padim(
     config: AuditConfig, data: AuditData, membership: MembershipData
-) -> dict[str, Any]:
-    """fed-padim's row of the audit: membership inference on what the site sends, and the
-    image AUROC of the PaDiM model those statistics make (fitted on the victim's images, its
-    threshold share held out as fed-padim's sites do)."""
-    t0 = time.perf_counter()
-    cfg = gaussian_config(config)
-    mia = fed_padim_membership(membership, eps=cfg.eps)
-    detector = GaussianDetector(cfg).fit(data.victim)
-    metrics = detector.evaluate(data.test)
-    log.info(
-        "fed-padim: image AUROC %.4f; membership %s", metrics.image_auroc, describe_attacks(mia)
-    )
-    return {
-        "name": "fed-padim",
-        "eps": cfg.eps,
-        "image_auroc": metrics.image_auroc,
-        "membership": {RELEASE: mia},
-        "wall_s": time.perf_counter() - t0,
-    }
+) -> list[dict[str, Any]]:
+    """fed-padim's rows of the audit, one per [fed_padim] noise level: membership inference
+    on what the site sends, and the image AUROC of the PaDiM model those (noised) statistics
+    make (fitted on the victim's images, its threshold share held out as fed-padim's sites
+    do)."""
+    assert config.fed_padim is not None
+    rows = []
+    for noise in config.fed_padim.noise:
+        t0 = time.perf_counter()
+        cfg = gaussian_config(config, noise=noise)
+        mia = fed_padim_membership(membership, eps=cfg.eps, noise=noise)
+        metrics = GaussianDetector(cfg).fit(data.victim).evaluate(data.test)
+        log.info(
+            "fed-padim, moment noise %g: image AUROC %.4f; membership %s",
+            noise,
+            metrics.image_auroc,
+            describe_attacks(mia),
+        )
+        rows.append(
+            {
+                "name": "fed-padim" if noise == 0 else f"fed-padim, moment noise {noise:g}",
+                "eps": cfg.eps,
+                "moment_noise": noise,
+                "image_auroc": metrics.image_auroc,
+                "membership": {RELEASE: mia},
+                "wall_s": time.perf_counter() - t0,
+            }
+        )
+    return rows

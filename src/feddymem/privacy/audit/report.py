@@ -85,12 +85,12 @@ def format_membership_table(report: dict[str, Any]) -> str:
                 f"| ({s['group']}) {s['name']} | {name} | {result['items']} | "
                 f"{_mia_cells(result)} | {s['image_auroc']:.3f} | {_eps(s['guarantee'])} |"
             )
-    fed = report.get("fed_padim") or {}
-    for name, result in (fed.get("membership") or {}).items():
-        lines.append(
-            f"| fed-padim (positions) | {name} | {result['items']} | {_mia_cells(result)} "
-            f"| {fed['image_auroc']:.3f} | — |"
-        )
+    for fed in report.get("fed_padim") or []:
+        for name, result in (fed.get("membership") or {}).items():
+            lines.append(
+                f"| {fed['name']} (positions) | {name} | {result['items']} | "
+                f"{_mia_cells(result)} | {fed['image_auroc']:.3f} | — |"
+            )
     base = report["baselines"].get("membership_public_raw_bank")
     if base is not None:
         lines.append(
@@ -156,12 +156,13 @@ def format_defence_table(report: dict[str, Any], *, reference: str = "coreset_40
             f"| {max(w[0] for w in worst):.3f} | {100 * max(w[1] for w in worst):.1f} "
             f"| {_eps(s['guarantee'])} |"
         )
-    fed = report.get("fed_padim")
-    if fed and fed.get("membership"):
+    for fed in report.get("fed_padim") or []:
+        if not fed.get("membership"):
+            continue
         worst = [_worst(r) for r in fed["membership"].values()]
         delta = "—" if ref is None else f"{100 * (fed['image_auroc'] - ref):+.1f}"
         lines.append(
-            f"| fed-padim statistics | {fed['image_auroc']:.3f} | {delta} "
+            f"| {fed['name']} statistics | {fed['image_auroc']:.3f} | {delta} "
             f"| {max(w[0] for w in worst):.3f} | {100 * max(w[1] for w in worst):.1f} | — |"
         )
     return "\n".join(lines)

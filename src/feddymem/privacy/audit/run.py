@@ -195,10 +195,11 @@ def _report(
     public: PatchSet,
     baselines: dict[str, Any],
     results: Sequence[SettingResult],
-    fed_padim: dict[str, Any] | None,
+    fed_padim: list[dict[str, Any]] | None,
     timing: dict[str, float],
 ) -> dict[str, Any]:
-    """The JSON summary of the audit (audit.json); `fed_padim` is fed-padim's row, if audited."""
+    """The JSON summary of the audit (audit.json); `fed_padim` is fed-padim's rows (one per
+    moment-noise level), if audited."""
     return {
         "name": config.run.name,
         "image_hw": list(probe.image_hw),

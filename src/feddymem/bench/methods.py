@@ -280,12 +280,18 @@ def _feddymem(memory_scale: int = 1, **overrides: Any) -> Callable[[Task], Outco
     return run
 
 
-def run_fed_padim(task: Task) -> Outcome:
-    from feddymem.federation.fedpadim import run_fed_padim as simulate_fed_padim
+def _fed_padim(**overrides: Any) -> Callable[[Task], Outcome]:
+    """A fed-padim row with `overrides` of the task's model (`upload_noise`: the moment
+    noise every site puts on its patch vectors before summing them)."""
 
-    spec = _derived_spec(task, f"{task.dataset}-fed-padim", task.model)
-    results = simulate_fed_padim(spec, task.work, feature_cache=task.feature_cache)
-    return _from_results(results)
+    def run(task: Task) -> Outcome:
+        from feddymem.federation.fedpadim import run_fed_padim as simulate_fed_padim
+
+        spec = _derived_spec(task, f"{task.dataset}-fed-padim", {**task.model, **overrides})
+        results = simulate_fed_padim(spec, task.work, feature_cache=task.feature_cache)
+        return _from_results(results)
+
+    return run
 
 
 def _param_sharing(method: str) -> Callable[[Task], Outcome]:
@@ -322,8 +328,22 @@ _ALL = [
         "fed-padim",
         "statistics sharing",
         True,
-        run_fed_padim,
+        _fed_padim(),
         "PaDiM of the summed per-position moments (= pooled PaDiM)",
+    ),
+    Method(
+        "fed-padim-noise2",
+        "statistics sharing",
+        True,
+        _fed_padim(upload_noise=2.0),
+        "fed-padim, patch vectors noised (norm 2x their spread) before the sums",
+    ),
+    Method(
+        "fed-padim-noise4",
+        "statistics sharing",
+        True,
+        _fed_padim(upload_noise=4.0),
+        "fed-padim, patch vectors noised (norm 4x their spread) before the sums",
     ),
     Method("feddymem", "FedDyMem", True, _feddymem(), "FedDyMem, all parts on"),
     Method(

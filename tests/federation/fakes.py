@@ -161,6 +161,10 @@ class FakeClient:
             "threshold": 1.0,
             "recall_at_threshold": metrics.image_auroc - 0.3,
             "false_alarm_rate_at_threshold": 0.02,
+            "test_normals": 50.0,
+            "false_alarm_rate_ci95_low": 0.0004,
+            "false_alarm_rate_ci95_high": 0.1066,
+            "calibration_normals": 12.0,
         }
 
     def export(

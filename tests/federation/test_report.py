@@ -25,6 +25,11 @@ def test_summary_lists_clients_mean_bytes_and_drops(federation: Federation, tmp_
     alpha = next(line for line in lines if line.startswith("alpha "))
     assert alpha.split()[-2] == f"{up:.2f}"
     assert "whole run, all clients" in text
+    # how well each site's false-alarm rate is known, and what its threshold rests on
+    assert (
+        "alpha: FAR@thr 0.020, exact 95% interval 0.000-0.107 over 50 test normals; threshold "
+        "set on 12 held-out normals" in text
+    )
     # where each evaluated client's model went
     for name, client in results["clients"].items():
         if client.get("model_file"):

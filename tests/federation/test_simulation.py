@@ -41,6 +41,9 @@ def test_two_clients_two_rounds(tmp_path: Path, caplog: pytest.LogCaptureFixture
         # it flags on the site's test set, the one saved in its model file
         assert 0.0 <= client["false_alarm_rate_at_threshold"] <= 1.0
         assert client["oracle_recall_at_threshold"] >= client["recall_at_threshold"]
+        low, high = client["false_alarm_rate_ci95_low"], client["false_alarm_rate_ci95_high"]
+        assert low <= client["false_alarm_rate_at_threshold"] <= high
+        assert client["test_normals"] >= 1 and client["calibration_normals"] >= 1
         saved_model = torch.load(client["model_file"], weights_only=True)
         assert client["threshold"] == pytest.approx(saved_model["threshold"])
         assert saved_model["calibration_scores"].ndim == 1

@@ -364,8 +364,10 @@ class FedDyMemClient:
         """`evaluate`, plus what the site's own threshold (from its held-out normals, by the
         config's rule) flags on its test set: `threshold`, `recall_at_threshold`,
         `false_alarm_rate_at_threshold`, `precision_at_threshold` and the best recall any
-        threshold reaches at that false-alarm rate (`oracle_recall_at_threshold`); empty when
-        the site has no threshold."""
+        threshold reaches at that false-alarm rate (`oracle_recall_at_threshold`), with the
+        number of test normals, the false-alarm rate's exact 95% interval
+        (`false_alarm_rate_ci95_low` / `_high`) and the number of held-out normals the
+        threshold came from (`calibration_normals`); empty when the site has no threshold."""
         if not self.test:
             raise ValueError("this client has no test images to evaluate on")
         det = self.detector_with(global_memory)
@@ -380,6 +382,12 @@ class FedDyMemClient:
                 "false_alarm_rate_at_threshold": float(at["false_alarm_rate"]),
                 "precision_at_threshold": float(at["precision"]),
                 "oracle_recall_at_threshold": float(at["oracle_recall"]),
+                # how well the rate is known: the test normals it is counted on and its exact
+                # 95% interval, and how many held-out normals set the threshold
+                "test_normals": float(at["normals"]),
+                "false_alarm_rate_ci95_low": float(at["false_alarm_rate_ci95"][0]),
+                "false_alarm_rate_ci95_high": float(at["false_alarm_rate_ci95"][1]),
+                "calibration_normals": float(len(self.calibration)),
             }
         )
         np.savez(

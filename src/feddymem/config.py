@@ -244,6 +244,9 @@ class FedDyMemConfig(FeatureConfig):
     #                            times the spread of the site's vectors (0: off)
     upload_margin: float = 0.0  # drop released items nearer than this times that spread to any
     #                             single training patch vector (0: off)
+    # fed-padim only (GaussianConfig.moment_window): each position's moments pooled over this
+    # odd square of grid positions before a site sends them (1: off)
+    moment_window: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -290,4 +293,8 @@ class FedDyMemConfig(FeatureConfig):
             "dp_noise_multiplier > 0 needs dp_clip_norm (noise is calibrated to the clip)",
         )
         _check(self.upload_noise >= 0, f"upload_noise must be >= 0, got {self.upload_noise}")
+        _check(
+            1 <= self.moment_window <= 9 and self.moment_window % 2 == 1,
+            f"moment_window must be an odd number in [1, 9], got {self.moment_window}",
+        )
         _check(self.upload_margin >= 0, f"upload_margin must be >= 0, got {self.upload_margin}")

@@ -15,7 +15,7 @@ from feddymem.federation.client_data import load_client_data
 from feddymem.federation.fedpadim.client_app import build_fedpadim_client_app
 from feddymem.federation.fedpadim.server_app import gaussian_config, serve_fed_padim
 from feddymem.federation.runconfig import SPEC, WORK_DIR
-from feddymem.federation.spec import load_spec
+from feddymem.federation.spec import SpecError, load_spec
 
 __all__ = ["task_identity"]  # the autouse fixture Flower's message stamping needs
 
@@ -64,3 +64,19 @@ def test_fed_padim_model_is_the_pooled_padim(spec: Path, tmp_path: Path) -> None
         assert reference.mean_ is not None and reference.precision_ is not None
         torch.testing.assert_close(model.mean_, reference.mean_, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(model.precision_, reference.precision_, rtol=1e-4, atol=1e-4)
+
+
+def test_spec_carries_the_moment_defences_to_every_site(spec: Path) -> None:
+    """`[model] upload_noise` and `moment_window` become the Gaussian settings the server
+    orders every site to use; a window that is not an odd square is refused at load."""
+    text = spec.read_text(encoding="utf-8")
+    windowed = spec.with_name("windowed.toml")
+    windowed.write_text(
+        text.replace("[model]\n", "[model]\nmoment_window = 3\nupload_noise = 1.5\n"), "utf-8"
+    )
+    cfg = gaussian_config(load_spec(windowed))
+    assert (cfg.moment_window, cfg.moment_noise) == (3, 1.5)
+    assert gaussian_config(load_spec(spec)).moment_window == 1
+    windowed.write_text(text.replace("[model]\n", "[model]\nmoment_window = 4\n"), "utf-8")
+    with pytest.raises(SpecError, match="moment_window"):
+        load_spec(windowed)

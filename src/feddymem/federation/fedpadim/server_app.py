@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 
 def gaussian_config(spec: FederationSpec) -> GaussianConfig:
     """The Gaussian settings every site uses: the spec's feature settings and seed, and its
-    `upload_noise` as the noise on the patch vectors that enter the moments a site sends."""
-    return gaussian_config_like(spec.model, moment_noise=spec.model.upload_noise)
+    `upload_noise` as the noise on the patch vectors that enter the moments a site sends, its
+    `moment_window` as the square of grid positions each Gaussian pools."""
+    return gaussian_config_like(
+        spec.model, moment_noise=spec.model.upload_noise, moment_window=spec.model.moment_window
+    )
 
 
 def _message(orders: padim_wire.Orders, node: int, kind: str, extra: RecordDict | None) -> Message:
@@ -97,7 +100,8 @@ def serve_fed_padim(grid: Grid, spec: FederationSpec, out: Path) -> dict[str, An
     roster = people.connect()
     moments, image_hw, rows = _collect(people, roster, orders, fed.round_timeout_s)
     pooled = PatchMoments.pooled([moments[n] for n in sorted(moments)])
-    log.info("fed-padim: pooled moments of %d images from %d sites", pooled.count, len(moments))
+    pooled_images = pooled.count // orders.config.moment_window**2
+    log.info("fed-padim: pooled moments of %d images from %d sites", pooled_images, len(moments))
     record = RecordDict({padim_wire.MOMENTS: padim_wire.moments_to_record(pooled, image_hw)})
     active = {node: name for node, name in roster.items() if name in moments}
     messages = {node: _message(orders, node, "evaluate", record) for node in active}
@@ -134,7 +138,7 @@ def serve_fed_padim(grid: Grid, spec: FederationSpec, out: Path) -> dict[str, An
         "rejected": people.rejected,
         "bytes": {"per_client_per_round": per_round, "evaluate": eval_bytes},
         "rounds": rounds_log,
-        "pooled_images": pooled.count,
+        "pooled_images": pooled_images,
         "image_hw": list(image_hw),
         "settings": {"gaussian": to_dict(orders.config), "spec": spec.to_dict()},
         "wall_s": {"total": time.perf_counter() - t0},

@@ -235,6 +235,13 @@ class FedDyMemConfig(FeatureConfig):
     # M_g, by the detector's rule (DetectorConfig.threshold_quantile / threshold_rule)
     threshold_quantile: float = 0.98
     threshold_rule: Literal["quantile", "genpareto"] = "quantile"
+    # "crossfit" (the default): those held-out normals, and every training normal scored
+    # against M_g with the site's own items replaced by a memory built, as its upload is,
+    # without the image's fold (`calibration_folds` folds), when M_g holds the site's last
+    # upload item for item (the server kept every item); else, and with "holdout", the
+    # held-out normals alone (method/client.py, FedDyMemClient.site_threshold)
+    calibration: Literal["holdout", "crossfit"] = "crossfit"
+    calibration_folds: int = 3
     seed: int = 0
     # --- differential privacy of the upload (feddymem.privacy.dp, docs/privacy.md) ---
     dp_clip_norm: float | None = None  # C: clip every patch vector z_ij to L2 norm C; None: off
@@ -293,6 +300,11 @@ class FedDyMemConfig(FeatureConfig):
             "dp_noise_multiplier > 0 needs dp_clip_norm (noise is calibrated to the clip)",
         )
         _check(self.upload_noise >= 0, f"upload_noise must be >= 0, got {self.upload_noise}")
+        _check(
+            self.calibration in ("holdout", "crossfit"),
+            f"calibration must be 'holdout' or 'crossfit', got {self.calibration!r}",
+        )
+        _check(self.calibration_folds >= 2, "calibration_folds must be >= 2")
         _check(
             1 <= self.moment_window <= 9 and self.moment_window % 2 == 1,
             f"moment_window must be an odd number in [1, 9], got {self.moment_window}",

@@ -114,3 +114,64 @@ def test_a_tiled_client_reduces_tile_features_and_its_detector_stitches(
     from feddymem.detect.registry import load_detector
 
     assert load_detector(path).tiling_ == det.tiling_
+
+
+def _two_sites(tmp_path: Path, config: FedDyMemConfig) -> tuple[FedDyMemClient, FedDyMemClient]:
+    from tests.conftest import make_texture_tree
+
+    sites = []
+    for name, texture, seed in (("a", "brick", 1), ("b", "gravel", 2)):
+        split = scan(make_texture_tree(tmp_path / name, n_train=20, texture=texture, seed=seed))
+        sites.append(
+            FedDyMemClient(
+                train=split.train, test=split.test, config=config, state_dir=tmp_path / f"s{name}"
+            )
+        )
+    return sites[0], sites[1]
+
+
+def test_crossfit_threshold_scores_every_normal_out_of_fold_when_mg_holds_the_upload(
+    tmp_path: Path,
+) -> None:
+    """M_g that keeps every uploaded item (the union): the site finds its own items in it, and
+    its threshold rests on every training normal scored against the other site's items plus a
+    memory built without the normal's fold, and on the held-out ones. Out of fold, normals
+    score higher than against the memory they helped build."""
+    import dataclasses
+
+    from feddymem.method.aggregate import aggregate_memories
+
+    cfg = dataclasses.replace(CONFIG, generator=False, calibration_folds=3)
+    a, b = _two_sites(tmp_path, cfg)
+    ma, _ = a.fit_round(round_idx=0, global_memory=None)
+    mb, _ = b.fit_round(round_idx=0, global_memory=None)
+    union = aggregate_memories([ma, mb], num_centers=None, method="union")
+    others = a.others_items(union)
+    assert others is not None and torch.equal(others, mb.vectors.float())
+    det = a.detector_with(union)
+    n_train = len(a.train_samples)
+    assert a.calibration_normals_ == n_train + len(a.calibration) > len(a.calibration)
+    assert det.threshold_ is not None and det.calibration_scores_ is not None
+    assert det.calibration_scores_.shape == (a.calibration_normals_,)
+    oof = a.crossfit_results(union)
+    assert oof is not None and sum(len(r.image_scores) for r in oof) == n_train
+    out_of_fold = torch.cat([r.image_scores for r in oof]).numpy()
+    assert (det.calibration_scores_[:n_train] == out_of_fold).all()
+    in_sample = det.score_samples(a.train_samples).image_scores
+    assert out_of_fold.mean() > in_sample.mean()
+
+    # the server's k-means merged the items: the held-out normals alone, as "holdout" does
+    merged = aggregate_memories([ma, mb], num_centers=24, method="kmeans", iterations=3)
+    assert a.others_items(merged) is None and a.crossfit_results(merged) is None
+    holdout_cfg = dataclasses.replace(cfg, calibration="holdout")
+    h, _ = _two_sites(tmp_path / "holdout", holdout_cfg)
+    h.fit_round(round_idx=0, global_memory=None)
+    for site, memory in ((a, merged), (h, union)):
+        site.detector_with(memory)
+        assert site.calibration_normals_ == len(site.calibration)
+    # float16 on the wire: the site looks for its items as the server received them
+    half = dataclasses.replace(cfg, wire_dtype="float16")
+    a16, b16 = _two_sites(tmp_path / "half", half)
+    m16 = [s.fit_round(round_idx=0, global_memory=None)[0] for s in (a16, b16)]
+    union16 = torch.cat([m.vectors.half().float() for m in m16])
+    assert a16.others_items(union16) is not None

@@ -128,13 +128,18 @@ class MemoryBankDetector(Detector):
         """(B, 3, H_in, W_in) -> the k-NN distances of z(x) to the memory, (B, H, W)."""
         return self.nearest_patch_scores(self.embed(images))
 
-    def nearest_patch_scores(self, z: torch.Tensor) -> torch.Tensor:
+    def nearest_patch_scores(
+        self, z: torch.Tensor, *, index: NearestNeighbors | None = None
+    ) -> torch.Tensor:
         """z(x) (B, d, H, W), already embedded -> patch scores (B, H, W): the k-NN distances to
-        the memory bank (the step `score` runs after `embed`)."""
-        self._check_fitted()
-        assert self._index is not None
+        the memory bank (the step `score` runs after `embed`), or to the memory of `index`
+        (a bank built without some images, to score them out of sample)."""
+        if index is None:
+            self._check_fitted()
+            assert self._index is not None
+            index = self._index
         b, _, h, w = z.shape
-        distances, _ = self._index.search(patch_vectors(z), self._k)
+        distances, _ = index.search(patch_vectors(z), self._k)
         return patch_scores(distances, scoring=self._scoring).view(b, h, w)
 
     # --- persistence -----------------------------------------------------------------------
@@ -323,10 +328,8 @@ class PatchCoreDetector(MemoryBankDetector):
                 ratio=cfg.coreset_ratio,
                 seed=cfg.seed + 1 + fold,
             )
-            distances, _ = self._knn_index(memory).search(
-                images[held].reshape(-1, bank.shape[1]), self._k
-            )
-            patch = patch_scores(distances, scoring=self._scoring).view(len(held), h, w)
+            z = images[held].view(len(held), h, w, -1).permute(0, 3, 1, 2)
+            patch = self.nearest_patch_scores(z, index=self._knn_index(memory))
             results.append(self.result_from_patch_scores(patch))
         self._threshold_from_results(results, quantile=cfg.threshold_quantile)
 

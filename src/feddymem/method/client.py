@@ -19,9 +19,10 @@ import torch
 
 from feddymem.config import FedDyMemConfig
 from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
+from feddymem.detect.base import ScoreResult
 from feddymem.detect.detector import MemoryBankDetector
 from feddymem.detect.features import PatchFeatureExtractor
-from feddymem.detect.threshold import split_calibration
+from feddymem.detect.threshold import FLOOR_STRIDE, split_calibration
 from feddymem.method.generator import MemoryGenerator, train_generator
 from feddymem.method.losses import MetricLoss
 from feddymem.method.reduce import ReducedMemory, reduce_memory
@@ -63,6 +64,13 @@ def _reduce(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> Reduc
 
         return private_memory(z, config=config, round_idx=round_idx)
     return reduce_memory(z, config=config, seed=seed)
+
+
+def _row_keys(x: torch.Tensor) -> np.ndarray:
+    """(N, d) float32 -> (N,) one opaque value per row, equal exactly when the rows' bytes
+    are (to find a memory's items in another by `np.isin`, without a loop over items)."""
+    a = np.ascontiguousarray(x.numpy(), dtype=np.float32)
+    return a.view(np.dtype((np.void, a.shape[1] * a.itemsize))).ravel()
 
 
 class FedDyMemClient:
@@ -140,6 +148,7 @@ class FedDyMemClient:
         self.rounds_done = -1
         self._features: torch.Tensor | None = None
         self._detector_state: int | None = None  # rounds_done when detector_with last ran
+        self.calibration_normals_ = len(self.calibration)  # normals the threshold came from
         self._load_state()
 
     # --- state on disk ---------------------------------------------------------------------
@@ -345,10 +354,103 @@ class FedDyMemClient:
             return det  # already set up for this G_k and M_g (evaluate, then export)
         det.generator = self.generator.eval() if self.generator is not None else None
         det.set_memory(memory, image_hw=self.image_hw)
-        if self.calibration:
-            det.calibrate(self.calibration, quantile=self.config.threshold_quantile)
+        self.site_threshold(det, global_memory)
         self._detector_state = self.rounds_done
         return det
+
+    # --- the site's threshold --------------------------------------------------------------
+    def site_threshold(self, det: MemoryBankDetector, global_memory: torch.Tensor) -> None:
+        """Set `det`'s threshold (and map floor) from this site's normals by the config's rule.
+
+        "holdout": the held-out normals scored against the scoring memory. "crossfit": those,
+        and every training normal scored out of fold (`crossfit_results`), so the quantile
+        rests on all the site's normals instead of a tenth; when M_g does not hold the site's
+        upload item for item, the held-out normals alone (the reason logged).
+        `calibration_normals_` says how many normals set it."""
+        cfg = self.config
+        oof = self.crossfit_results(global_memory) if cfg.calibration == "crossfit" else None
+        if oof is None:
+            self.calibration_normals_ = len(self.calibration)
+            if self.calibration:
+                det.calibrate(self.calibration, quantile=cfg.threshold_quantile)
+            return
+        stride = FLOOR_STRIDE
+        scores = [r.image_scores.numpy() for r in oof]
+        maps = [r.anomaly_maps[:, ::stride, ::stride].numpy() for r in oof]
+        if self.calibration:
+            held = det.score_samples(self.calibration, keep_maps=True, map_stride=stride)
+            assert held.anomaly_maps is not None
+            scores.append(held.image_scores)
+            maps.append(held.anomaly_maps)
+        all_scores = np.concatenate(scores)
+        self.calibration_normals_ = int(all_scores.shape[0])
+        det._threshold_from(all_scores, maps=np.concatenate(maps), quantile=cfg.threshold_quantile)
+
+    def others_items(self, global_memory: torch.Tensor) -> torch.Tensor | None:
+        """M_g without this site's last upload, when M_g holds every item of that upload as
+        sent (the server kept every item: `server_aggregation = "union"`, or a
+        `global_memory_size` of at least the uploads together); None, with the reason
+        logged, when it does not (the server's k-means merged them) or the wire format
+        changes items on the way back (pq, sq8, sq4)."""
+        cfg = self.config
+        if self.memory is None:
+            return None
+        if cfg.wire_dtype not in ("float32", "float16"):
+            log.info(
+                "cross-fit: the %s wire re-encodes M_g, this site's items cannot be found "
+                "in it; threshold from the held-out normals",
+                cfg.wire_dtype,
+            )
+            return None
+        own = self.memory.vectors.float()
+        if cfg.wire_dtype == "float16":
+            own = own.half().float()  # the values the server received
+        glob = global_memory.float()
+        own_keys, glob_keys = _row_keys(own), _row_keys(glob)
+        if not np.isin(own_keys, glob_keys).all():
+            log.info(
+                "cross-fit: M_g (%d items) does not hold this site's %d uploaded items as sent "
+                "(the server merged them); threshold from the held-out normals",
+                glob.shape[0],
+                own.shape[0],
+            )
+            return None
+        return glob[torch.from_numpy(~np.isin(glob_keys, own_keys))]
+
+    @torch.no_grad()
+    def crossfit_results(self, global_memory: torch.Tensor) -> list[ScoreResult] | None:
+        """Out-of-fold scores of the training normals: they are split into seeded folds
+        (`calibration_folds`), and each fold is scored, with the final G_k, against the other
+        sites' items of M_g (`others_items`) and a memory built by this site's upload rule
+        (`build_upload`, same round and size) from the other folds, as `scoring_memory` builds
+        the real one. None when M_g does not allow it, the images are tiled (a tile is not an
+        image), or there are fewer than two training images. The site's detector must be set
+        up (`detector_with`, which calls this through `site_threshold`)."""
+        cfg, det = self.config, self.detector
+        if det.tiling_ is not None:
+            return None
+        others = self.others_items(global_memory)
+        if others is None:
+            return None
+        feats = self.features()
+        n = feats.shape[0]
+        folds = min(cfg.calibration_folds, n)
+        if folds < 2:
+            return None
+        z = torch.cat([self._embed(feats[i : i + 64]) for i in range(0, n, 64)])
+        order = np.random.default_rng(cfg.seed).permutation(n)
+        results = []
+        for fold in range(folds):
+            held = np.sort(order[fold::folds])
+            rest = torch.from_numpy(np.setdiff1d(order, held))
+            own = build_upload(z[rest], config=cfg, round_idx=self.rounds_done).vectors.float()
+            parts = [others, own, own] if cfg.score_memory == "global+own" else [others, own]
+            index = det._knn_index(torch.cat(parts).contiguous())
+            for chunk in torch.from_numpy(held).split(cfg.batch_size):
+                patch = det.nearest_patch_scores(z[chunk], index=index)
+                results.append(det.result_from_patch_scores(patch))
+            log.info("cross-fit: fold %d/%d scored (%d images)", fold + 1, folds, len(held))
+        return results
 
     def evaluate(self, global_memory: torch.Tensor) -> DetectionMetrics:
         """Image AUROC / F1-max (and pixel AUROC / AUPRO where masks exist) on the local test set.
@@ -387,7 +489,7 @@ class FedDyMemClient:
                 "test_normals": float(at["normals"]),
                 "false_alarm_rate_ci95_low": float(at["false_alarm_rate_ci95"][0]),
                 "false_alarm_rate_ci95_high": float(at["false_alarm_rate_ci95"][1]),
-                "calibration_normals": float(len(self.calibration)),
+                "calibration_normals": float(self.calibration_normals_),
             }
         )
         np.savez(

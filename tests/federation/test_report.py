@@ -12,6 +12,7 @@ from feddymem.federation.report import format_results
 def test_summary_lists_clients_mean_bytes_and_drops(federation: Federation, tmp_path: Path) -> None:
     Faults.plan = {"gamma": (1, "nan")}
     results, _ = federation.run(tmp_path / "out")
+    results["clients"]["beta"].update(calibration_folds=3.0, calibration_normals=120.0)
     text = format_results(results)
     lines = text.splitlines()
     assert lines[0] == "federation test-fed: completed"
@@ -30,6 +31,7 @@ def test_summary_lists_clients_mean_bytes_and_drops(federation: Federation, tmp_
         "alpha: FAR@thr 0.020, exact 95% interval 0.000-0.107 over 50 test normals; threshold "
         "set on 12 held-out normals" in text
     )
+    assert "threshold set on 120 normals, 3-fold cross-fit" in text
     # where each evaluated client's model went
     for name, client in results["clients"].items():
         if client.get("model_file"):

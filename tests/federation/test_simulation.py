@@ -44,6 +44,8 @@ def test_two_clients_two_rounds(tmp_path: Path, caplog: pytest.LogCaptureFixture
         low, high = client["false_alarm_rate_ci95_low"], client["false_alarm_rate_ci95_high"]
         assert low <= client["false_alarm_rate_at_threshold"] <= high
         assert client["test_normals"] >= 1 and client["calibration_normals"] >= 1
+        # the server's k-means merged the sites' items into 64: no cross-fit, held out only
+        assert client["calibration_folds"] == 0
         saved_model = torch.load(client["model_file"], weights_only=True)
         assert client["threshold"] == pytest.approx(saved_model["threshold"])
         assert saved_model["calibration_scores"].ndim == 1

@@ -151,6 +151,7 @@ def test_crossfit_threshold_scores_every_normal_out_of_fold_when_mg_holds_the_up
     det = a.detector_with(union)
     n_train = len(a.train_samples)
     assert a.calibration_normals_ == n_train + len(a.calibration) > len(a.calibration)
+    assert a.calibration_folds_ == 3
     assert det.threshold_ is not None and det.calibration_scores_ is not None
     assert det.calibration_scores_.shape == (a.calibration_normals_,)
     oof = a.crossfit_results(union)
@@ -169,6 +170,7 @@ def test_crossfit_threshold_scores_every_normal_out_of_fold_when_mg_holds_the_up
     for site, memory in ((a, merged), (h, union)):
         site.detector_with(memory)
         assert site.calibration_normals_ == len(site.calibration)
+        assert site.calibration_folds_ == 0
     # float16 on the wire: the site looks for its items as the server received them
     half = dataclasses.replace(cfg, wire_dtype="float16")
     a16, b16 = _two_sites(tmp_path / "half", half)

@@ -57,12 +57,14 @@ def format_results(results: Mapping[str, Any]) -> str:
     lines.append(f"{'mean':<{name_width}} " + " ".join(_number(mean.get(c), 11) for c in _COLUMNS))
     for name, client in sorted(clients.items()):
         if client.get("false_alarm_rate_ci95_high") is not None:
+            folds = int(client.get("calibration_folds") or 0)
+            how = f"normals, {folds}-fold cross-fit" if folds else "held-out normals"
             lines.append(
                 f"{name}: FAR@thr {client['false_alarm_rate_at_threshold']:.3f}, exact 95% "
                 f"interval {client['false_alarm_rate_ci95_low']:.3f}-"
                 f"{client['false_alarm_rate_ci95_high']:.3f} over "
                 f"{client.get('test_normals', 0):.0f} test normals; threshold set on "
-                f"{client.get('calibration_normals', 0):.0f} held-out normals"
+                f"{client.get('calibration_normals', 0):.0f} {how}"
             )
     lines.append(
         f"whole run, all clients (rounds, identify, evaluation): "

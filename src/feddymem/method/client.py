@@ -149,6 +149,7 @@ class FedDyMemClient:
         self._features: torch.Tensor | None = None
         self._detector_state: int | None = None  # rounds_done when detector_with last ran
         self.calibration_normals_ = len(self.calibration)  # normals the threshold came from
+        self.calibration_folds_ = 0  # their cross-fit's folds; 0: the held-out normals alone
         self._load_state()
 
     # --- state on disk ---------------------------------------------------------------------
@@ -366,9 +367,12 @@ class FedDyMemClient:
         and every training normal scored out of fold (`crossfit_results`), so the quantile
         rests on all the site's normals instead of a tenth; when M_g does not hold the site's
         upload item for item, the held-out normals alone (the reason logged).
-        `calibration_normals_` says how many normals set it."""
+        `calibration_normals_` says how many normals set it, `calibration_folds_` in how many
+        folds they were cross-fitted (0: held out)."""
         cfg = self.config
         oof = self.crossfit_results(global_memory) if cfg.calibration == "crossfit" else None
+        n_train = self.features().shape[0] if oof is not None else 0
+        self.calibration_folds_ = min(cfg.calibration_folds, n_train)
         if oof is None:
             self.calibration_normals_ = len(self.calibration)
             if self.calibration:
@@ -490,6 +494,7 @@ class FedDyMemClient:
                 "false_alarm_rate_ci95_low": float(at["false_alarm_rate_ci95"][0]),
                 "false_alarm_rate_ci95_high": float(at["false_alarm_rate_ci95"][1]),
                 "calibration_normals": float(self.calibration_normals_),
+                "calibration_folds": float(self.calibration_folds_),
             }
         )
         np.savez(

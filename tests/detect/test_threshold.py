@@ -8,6 +8,7 @@ import pytest
 from feddymem.detect.threshold import (
     false_alarm_interval,
     genpareto_threshold,
+    held_out_shift,
     oracle_recall,
     rule_threshold,
     synthetic_threshold,
@@ -69,3 +70,16 @@ def test_false_alarm_interval_is_the_exact_binomial_interval() -> None:
     assert narrow[1] - narrow[0] < wide[1] - wide[0]
     with pytest.raises(ValueError, match="false alarms"):
         false_alarm_interval(5, 4)
+
+
+def test_held_out_shift_estimates_how_far_held_out_normals_sit_above_cross_fitted_ones() -> None:
+    rng = np.random.default_rng(0)
+    crossed = rng.normal(10.0, 1.0, 400)
+    held = rng.normal(10.5, 1.0, 60)
+    assert abs(held_out_shift(crossed, held) - 0.5) < 0.3
+    # never lowers a threshold: held-out normals below the cross-fitted ones give 0
+    assert held_out_shift(crossed, held - 2.0) == 0.0
+    assert held_out_shift(crossed, np.zeros(0)) == 0.0
+    assert held_out_shift(np.zeros(0), held) == 0.0
+    # one exact difference everywhere: the estimate is it
+    assert held_out_shift(np.array([1.0, 2.0, 3.0]), np.array([1.25, 2.25, 3.25])) == 0.25

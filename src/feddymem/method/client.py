@@ -22,7 +22,7 @@ from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
 from feddymem.detect.base import ScoreResult
 from feddymem.detect.detector import MemoryBankDetector
 from feddymem.detect.features import PatchFeatureExtractor
-from feddymem.detect.threshold import FLOOR_STRIDE, split_calibration
+from feddymem.detect.threshold import FLOOR_STRIDE, held_out_shift, split_calibration
 from feddymem.method.generator import MemoryGenerator, train_generator
 from feddymem.method.losses import MetricLoss
 from feddymem.method.reduce import ReducedMemory, reduce_memory
@@ -150,6 +150,7 @@ class FedDyMemClient:
         self._detector_state: int | None = None  # rounds_done when detector_with last ran
         self.calibration_normals_ = len(self.calibration)  # normals the threshold came from
         self.calibration_folds_ = 0  # their cross-fit's folds; 0: the held-out normals alone
+        self.calibration_shift_ = 0.0  # added to the cross-fitted scores (`held_out_shift`)
         self._load_state()
 
     # --- state on disk ---------------------------------------------------------------------
@@ -365,29 +366,45 @@ class FedDyMemClient:
 
         "holdout": the held-out normals scored against the scoring memory. "crossfit": those,
         and every training normal scored out of fold (`crossfit_results`), so the quantile
-        rests on all the site's normals instead of a tenth; when M_g does not hold the site's
-        upload item for item, the held-out normals alone (the reason logged).
+        rests on all the site's normals instead of a tenth, the cross-fitted scores raised by
+        how far the held-out ones sit above them (`held_out_shift`: G_k was trained on every
+        training normal, so a fold is not wholly out of sample); when M_g does not hold the
+        site's upload item for item, the held-out normals alone (the reason logged).
         `calibration_normals_` says how many normals set it, `calibration_folds_` in how many
         folds they were cross-fitted (0: held out)."""
         cfg = self.config
         oof = self.crossfit_results(global_memory) if cfg.calibration == "crossfit" else None
         n_train = self.features().shape[0] if oof is not None else 0
         self.calibration_folds_ = min(cfg.calibration_folds, n_train)
+        self.calibration_shift_ = 0.0
         if oof is None:
             self.calibration_normals_ = len(self.calibration)
             if self.calibration:
                 det.calibrate(self.calibration, quantile=cfg.threshold_quantile)
             return
         stride = FLOOR_STRIDE
-        scores = [r.image_scores.numpy() for r in oof]
+        crossed = np.concatenate([r.image_scores.numpy() for r in oof])
         maps = [r.anomaly_maps[:, ::stride, ::stride].numpy() for r in oof]
+        held_scores = np.zeros(0, dtype=np.float32)
         if self.calibration:
             held = det.score_samples(self.calibration, keep_maps=True, map_stride=stride)
             assert held.anomaly_maps is not None
-            scores.append(held.image_scores)
+            held_scores = held.image_scores
             maps.append(held.anomaly_maps)
-        all_scores = np.concatenate(scores)
+        # G_k was trained on the cross-fitted normals too, so they score a little low; the
+        # held-out normals, which nothing saw, say by how much (`held_out_shift`)
+        self.calibration_shift_ = held_out_shift(crossed, held_scores)
+        all_scores = np.concatenate([crossed + self.calibration_shift_, held_scores])
         self.calibration_normals_ = int(all_scores.shape[0])
+        log.info(
+            "threshold from %d normals (%d cross-fitted in %d folds, shifted up by %.4g; %d held "
+            "out)",
+            all_scores.shape[0],
+            crossed.shape[0],
+            self.calibration_folds_,
+            self.calibration_shift_,
+            held_scores.shape[0],
+        )
         det._threshold_from(all_scores, maps=np.concatenate(maps), quantile=cfg.threshold_quantile)
 
     def others_items(self, global_memory: torch.Tensor) -> torch.Tensor | None:
@@ -495,6 +512,7 @@ class FedDyMemClient:
                 "false_alarm_rate_ci95_high": float(at["false_alarm_rate_ci95"][1]),
                 "calibration_normals": float(self.calibration_normals_),
                 "calibration_folds": float(self.calibration_folds_),
+                "calibration_shift": float(self.calibration_shift_),
             }
         )
         np.savez(

@@ -270,3 +270,58 @@ def test_pooled_site_moments_equal_padim_on_pooled_images(tree: Path) -> None:
         small = PatchMoments()
         small.update(torch.randn(2, 24, 3, 3))
         PatchMoments.pooled([parts[0].moments, small])
+
+
+def test_moments_minus_a_part_are_the_moments_of_the_rest() -> None:
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(6, 4, 2, 2, generator=gen), torch.randn(3, 4, 2, 2, generator=gen)
+    whole, part, rest = PatchMoments(), PatchMoments(), PatchMoments()
+    whole.update(torch.cat([a, b]))
+    part.update(b)
+    rest.update(a)
+    left = whole.minus(part)
+    assert left.count == 6
+    for x, y in zip(left.mean_covariance(), rest.mean_covariance(), strict=True):
+        torch.testing.assert_close(x, y)
+    with pytest.raises(ValueError, match="do not match"):
+        other = PatchMoments()
+        other.update(torch.randn(2, 3, 2, 2))
+        whole.minus(other)
+
+
+def test_crossfit_threshold_scores_each_training_image_without_its_fold(tree: Path) -> None:
+    """calibration "crossfit": every training image is scored against the Gaussians of the
+    moments without its fold, beside the held-out ones; out of fold they score higher than
+    against the Gaussians they are in. A fed-padim site does the same against the pooled
+    moments, its own folds subtracted."""
+    cfg = GaussianConfig(
+        image_size=64, batch_size=4, calibration_fraction=0.2, n_features=24, calibration="crossfit"
+    )
+    train = list(scan(tree).train)
+    det = GaussianDetector(cfg).fit(train)
+    split = GaussianDetector(cfg).local_moments(train)
+    n_train, n_calib = len(split.train), len(split.calib)
+    assert len(split.folds) == 3 and sum(f.count for f in split.folds) == n_train
+    assert split.features is not None and split.features.shape[0] == n_train
+    assert det.calibration_scores_ is not None and det.calibration_scores_.shape == (
+        n_train + n_calib,
+    )
+    in_sample = det.score_samples(list(split.train)).image_scores
+    assert det.calibration_scores_[:n_train].mean() > in_sample.mean()
+    holdout = GaussianDetector(GaussianConfig(**{**cfg.__dict__, "calibration": "holdout"}))
+    holdout.fit(train)
+    assert holdout.calibration_scores_ is not None and holdout.calibration_scores_.shape == (
+        n_calib,
+    )
+    torch.testing.assert_close(holdout.mean_, det.mean_)  # the model itself is the same
+    # fed-padim: two sites' moments pooled; site one cross-fits against the pooled model
+    sites = [train[: len(train) // 2], train[len(train) // 2 :]]
+    parts = [GaussianDetector(cfg).local_moments(site) for site in sites]
+    pooled = PatchMoments.pooled([p.moments for p in parts])
+    site = GaussianDetector(cfg).fit_pooled(sites[0], pooled, image_hw=parts[0].image_hw)
+    assert site.calibration_scores_ is not None
+    assert site.calibration_scores_.shape == (len(parts[0].train) + len(parts[0].calib),)
+    with pytest.raises(ConfigError, match="calibration"):
+        GaussianConfig(calibration="both")  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="calibration_folds"):
+        GaussianConfig(calibration_folds=1)

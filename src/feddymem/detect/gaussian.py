@@ -20,8 +20,9 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
+import numpy as np
 import torch
 
 from feddymem.config import ConfigError, FeatureConfig, from_dict, to_dict
@@ -53,6 +54,11 @@ class GaussianConfig(FeatureConfig):
     # a window x window square of the grid (`PatchMoments.windowed`), so every Gaussian rests
     # on window^2 times as many patch vectors; 1: per position, as PaDiM
     moment_window: int = 1
+    # "crossfit": the threshold also from every training image scored against the Gaussians
+    # of the moments without its fold (`calibration_folds` folds; exact, since moments are
+    # sums: pooled minus the fold's), beside the held-out share; "holdout": that share alone
+    calibration: Literal["holdout", "crossfit"] = "holdout"
+    calibration_folds: int = 3
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,6 +72,12 @@ class GaussianConfig(FeatureConfig):
             raise ConfigError("threshold_quantile must be in [0.5, 1]")
         if not (math.isfinite(self.moment_noise) and self.moment_noise >= 0.0):
             raise ConfigError(f"moment_noise must be a finite number >= 0, got {self.moment_noise}")
+        if self.calibration not in ("holdout", "crossfit"):
+            raise ConfigError(
+                f"calibration must be 'holdout' or 'crossfit', got {self.calibration!r}"
+            )
+        if self.calibration_folds < 2:
+            raise ConfigError(f"calibration_folds must be >= 2, got {self.calibration_folds}")
         if not (1 <= self.moment_window <= MAX_MOMENT_WINDOW and self.moment_window % 2 == 1):
             raise ConfigError(
                 f"moment_window must be an odd number in [1, {MAX_MOMENT_WINDOW}], "
@@ -220,6 +232,20 @@ class PatchMoments:
             outer += m.outer
         return cls.from_sums(sum(m.count for m in filled), total, outer, first.grid_hw)
 
+    def minus(self, part: PatchMoments) -> PatchMoments:
+        """The moments without `part`'s images (which must be among these): counts and sums
+        subtracted, exact as pooling is."""
+        if self.total is None or self.outer is None or self.grid_hw is None:
+            raise ValueError("no moments to subtract from")
+        if part.total is None or part.outer is None or part.total.shape != self.total.shape:
+            raise ValueError("the part's moments do not match these")
+        return PatchMoments.from_sums(
+            self.count - part.count,
+            self.total - part.total,
+            self.outer - part.outer,
+            self.grid_hw,
+        )
+
     def windowed(self, window: int) -> PatchMoments:
         """The moments with each position's sums pooled over its window x window square of
         the grid (`box_sum`, edges repeated): every position then rests on count * window^2
@@ -309,6 +335,10 @@ class LocalMoments:
     train: tuple[Sample, ...]
     calib: tuple[Sample, ...]
     image_hw: tuple[int, int]
+    # calibration "crossfit": each fold's share of `moments` (image j of the stream is in fold
+    # j % folds) and the images' clean patch features (N, d, H, W) float16, to score them
+    folds: tuple[PatchMoments, ...] = ()
+    features: torch.Tensor | None = None
 
 
 class GaussianDetector(Detector):
@@ -357,19 +387,44 @@ class GaussianDetector(Detector):
         image_hw = image_hw or resolved
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
         moments = PatchMoments()
+        n_folds = cfg.calibration_folds if cfg.calibration == "crossfit" else 0
+        folds = [PatchMoments() for _ in range(n_folds)]
+        kept: list[torch.Tensor] = []
+        seen = 0
         batches = self._train_features(train, image_hw=image_hw, progress=progress)
         for i, feats in enumerate(batches):
             feats = feats if channels is None else feats[:, channels]
-            moments.update(noisy_moment_features(feats, cfg, batch=i))
-        moments = moments.windowed(cfg.moment_window)
-        return LocalMoments(moments, tuple(train), tuple(calib), image_hw)
+            noisy = noisy_moment_features(feats, cfg, batch=i)
+            moments.update(noisy)
+            if n_folds:
+                label = (torch.arange(seen, seen + feats.shape[0]) % n_folds).tolist()
+                for f in set(label):  # a loop over the folds of this batch
+                    folds[f].update(noisy[torch.tensor(label) == f])
+                kept.append(feats.half())
+            seen += feats.shape[0]
+        w = cfg.moment_window
+        usable = n_folds and all(f.count for f in folds) and seen - max(f.count for f in folds) >= 2
+        return LocalMoments(
+            moments.windowed(w),
+            tuple(train),
+            tuple(calib),
+            image_hw,
+            folds=tuple(f.windowed(w) for f in folds) if usable else (),
+            features=torch.cat(kept) if usable else None,
+        )
 
     def fit_pooled(
         self, samples: Sequence[Sample], pooled: PatchMoments, *, image_hw: tuple[int, int]
     ) -> GaussianDetector:
         """fed-padim's site model: the Gaussians of the `pooled` moments at the federation's
-        `image_hw`, the threshold from this site's own held-out share of `samples`."""
+        `image_hw`, the threshold from this site's own held-out share of `samples` (and, with
+        calibration "crossfit", from its training images against `pooled` without their fold:
+        the site's moments are recomputed, exactly as it sent them, to subtract)."""
         cfg = self.config
+        if cfg.calibration == "crossfit":
+            # this site's own moments again, by fold: its share of `pooled`, to leave out
+            own = self.local_moments(samples, image_hw=image_hw)
+            return self.fit_moments(own, pooled)
         train, calib, _ = self._fit_split(
             samples, fraction=cfg.calibration_fraction, seed=cfg.seed, min_images=1
         )
@@ -399,8 +454,53 @@ class GaussianDetector(Detector):
             mean.shape[1],
             cfg.moment_window,
         )
-        self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
+        if split.folds and split.features is not None:
+            self._crossfit_threshold(split, moments)
+        else:
+            self._set_threshold(train, calib, quantile=cfg.threshold_quantile)
         return self
+
+    def _crossfit_threshold(self, split: LocalMoments, moments: PatchMoments) -> None:
+        """Threshold and map floor from this site's training images, each scored against the
+        Gaussians of `moments` without its fold (`PatchMoments.minus`), raised by how far the
+        held-out images (scored against the fitted Gaussians) sit above them
+        (`threshold.held_out_shift`), together with those held-out images."""
+        from feddymem.detect import threshold as thresholds  # the detector family's rules
+
+        cfg = self.config
+        assert split.features is not None
+        n = split.features.shape[0]
+        label = torch.arange(n) % len(split.folds)
+        results = []
+        for f, part in enumerate(split.folds):
+            mean, cov = moments.minus(part).mean_covariance()
+            precision = regularised_precision(cov, eps=cfg.eps).float()
+            for chunk in split.features[label == f].split(cfg.batch_size):
+                scores = mahalanobis(chunk.float(), mean.float(), precision)
+                results.append(self.result_from_patch_scores(scores))
+        stride = thresholds.FLOOR_STRIDE
+        crossed = torch.cat([r.image_scores for r in results]).numpy()
+        maps = [torch.cat([r.anomaly_maps[:, ::stride, ::stride] for r in results]).numpy()]
+        held_scores = np.zeros(0, dtype=np.float32)
+        if split.calib:
+            held = self.score_samples(list(split.calib), keep_maps=True, map_stride=stride)
+            assert held.anomaly_maps is not None
+            held_scores = held.image_scores
+            maps.append(held.anomaly_maps)
+        shift = thresholds.held_out_shift(crossed, held_scores)
+        log.info(
+            "gaussian: threshold from %d cross-fitted images in %d folds (raised by %.4g) and "
+            "%d held out",
+            n,
+            len(split.folds),
+            shift,
+            held_scores.shape[0],
+        )
+        self._threshold_from(
+            np.concatenate([crossed + shift, held_scores]),
+            maps=np.concatenate(maps),
+            quantile=cfg.threshold_quantile,
+        )
 
     def score_patches(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H_in, W_in), already checked -> patch scores (B, H, W)."""

@@ -41,9 +41,14 @@ log = logging.getLogger(__name__)
 def gaussian_config(spec: FederationSpec) -> GaussianConfig:
     """The Gaussian settings every site uses: the spec's feature settings and seed, and its
     `upload_noise` as the noise on the patch vectors that enter the moments a site sends, its
-    `moment_window` as the square of grid positions each Gaussian pools."""
+    `moment_window` as the square of grid positions each Gaussian pools, and its threshold
+    calibration (cross-fitted by default, as FedDyMem's sites)."""
     return gaussian_config_like(
-        spec.model, moment_noise=spec.model.upload_noise, moment_window=spec.model.moment_window
+        spec.model,
+        moment_noise=spec.model.upload_noise,
+        moment_window=spec.model.moment_window,
+        calibration=spec.model.calibration,
+        calibration_folds=spec.model.calibration_folds,
     )
 
 

@@ -57,6 +57,12 @@ def test_fed_padim_model_is_the_pooled_padim(spec: Path, tmp_path: Path) -> None
     for name in NAMES:
         client = results["clients"][name]
         assert isinstance(client["image_auroc"], float)
+        # the site's own threshold, cross-fitted (the spec's default): every normal it holds
+        site_train = list(load_client_data(fed_spec, NAMES.index(name)).train)
+        assert client["calibration_folds"] == 3
+        assert client["calibration_normals"] == len(site_train)
+        low, high = client["false_alarm_rate_ci95_low"], client["false_alarm_rate_ci95_high"]
+        assert low <= client["false_alarm_rate_at_threshold"] <= high
         (up,) = (r["up"] for r in results["bytes"]["per_client_per_round"][name].values())
         assert up > p * d * d * 8  # the float64 sum of outer products dominates the upload
         model = load_detector(Path(client["model_file"]))

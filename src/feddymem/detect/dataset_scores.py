@@ -141,3 +141,35 @@ def operating_points(det: Detector, scores: DatasetScores) -> dict[str, Any]:
             "threshold": threshold,
         }
     return out
+
+
+def site_threshold_metrics(
+    det: Detector,
+    scores: DatasetScores,
+    *,
+    calibration_normals: int,
+    calibration_folds: int = 0,
+    calibration_shift: float = 0.0,
+) -> dict[str, float]:
+    """What a federated site reports of its own threshold on its test set, flat floats for
+    the wire: `threshold`, `recall_at_threshold`, `false_alarm_rate_at_threshold`,
+    `precision_at_threshold`, the oracle's recall at that rate, the test normals the rate is
+    counted on and its exact 95% interval, and what the threshold rests on (the normals, their
+    cross-fit's folds, 0: held out, and the shift the cross-fitted scores were raised by);
+    empty when there is no threshold or the set lacks either kind of image."""
+    at = operating_points(det, scores)["at_threshold"]
+    if at is None:
+        return {}
+    return {
+        "threshold": float(at["threshold"]),
+        "recall_at_threshold": float(at["recall"]),
+        "false_alarm_rate_at_threshold": float(at["false_alarm_rate"]),
+        "precision_at_threshold": float(at["precision"]),
+        "oracle_recall_at_threshold": float(at["oracle_recall"]),
+        "test_normals": float(at["normals"]),
+        "false_alarm_rate_ci95_low": float(at["false_alarm_rate_ci95"][0]),
+        "false_alarm_rate_ci95_high": float(at["false_alarm_rate_ci95"][1]),
+        "calibration_normals": float(calibration_normals),
+        "calibration_folds": float(calibration_folds),
+        "calibration_shift": float(calibration_shift),
+    }

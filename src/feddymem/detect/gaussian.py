@@ -358,6 +358,10 @@ class GaussianDetector(Detector):
         self.channels_: torch.Tensor | None = None
         self.grid_hw_: tuple[int, int] | None = None
         self.n_train_: int | None = None
+        # how the threshold was set: the cross-fit's folds (0: held out) and the shift its
+        # scores were raised by (`_crossfit_threshold`)
+        self.calibration_folds_ = 0
+        self.calibration_shift_ = 0.0
 
     def _is_fitted(self) -> bool:
         return self.mean_ is not None and self.precision_ is not None
@@ -488,6 +492,7 @@ class GaussianDetector(Detector):
             held_scores = held.image_scores
             maps.append(held.anomaly_maps)
         shift = thresholds.held_out_shift(crossed, held_scores)
+        self.calibration_folds_, self.calibration_shift_ = len(split.folds), shift
         log.info(
             "gaussian: threshold from %d cross-fitted images in %d folds (raised by %.4g) and "
             "%d held out",

@@ -20,6 +20,7 @@ import torch
 from feddymem.config import FedDyMemConfig
 from feddymem.data import LoadReport, Sample, iter_batches, resolve_size
 from feddymem.detect.base import ScoreResult
+from feddymem.detect.dataset_scores import site_threshold_metrics
 from feddymem.detect.detector import MemoryBankDetector
 from feddymem.detect.features import PatchFeatureExtractor
 from feddymem.detect.threshold import FLOOR_STRIDE, held_out_shift, split_calibration
@@ -495,25 +496,12 @@ class FedDyMemClient:
             raise ValueError("this client has no test images to evaluate on")
         det = self.detector_with(global_memory)
         metrics, scores = det.evaluate_with_scores(self.test)
-        at = det.operating_points(scores)["at_threshold"]
-        flat = (
-            {}
-            if at is None
-            else {
-                "threshold": float(at["threshold"]),
-                "recall_at_threshold": float(at["recall"]),
-                "false_alarm_rate_at_threshold": float(at["false_alarm_rate"]),
-                "precision_at_threshold": float(at["precision"]),
-                "oracle_recall_at_threshold": float(at["oracle_recall"]),
-                # how well the rate is known: the test normals it is counted on and its exact
-                # 95% interval, and how many held-out normals set the threshold
-                "test_normals": float(at["normals"]),
-                "false_alarm_rate_ci95_low": float(at["false_alarm_rate_ci95"][0]),
-                "false_alarm_rate_ci95_high": float(at["false_alarm_rate_ci95"][1]),
-                "calibration_normals": float(self.calibration_normals_),
-                "calibration_folds": float(self.calibration_folds_),
-                "calibration_shift": float(self.calibration_shift_),
-            }
+        flat = site_threshold_metrics(
+            det,
+            scores,
+            calibration_normals=self.calibration_normals_,
+            calibration_folds=self.calibration_folds_,
+            calibration_shift=self.calibration_shift_,
         )
         np.savez(
             self.state_dir / SCORES_FILE,

@@ -17,6 +17,7 @@ import numpy as np
 from flwr.app import Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from feddymem.detect.dataset_scores import site_threshold_metrics
 from feddymem.detect.gaussian import GaussianDetector
 from feddymem.federation import wire
 from feddymem.federation.client_base import (
@@ -57,7 +58,8 @@ def _train(message: Message, context: Context, settings: SiteOf) -> Message:
 
 
 def _evaluate(message: Message, context: Context, settings: SiteOf) -> Message:
-    """Fit on the pooled moments, evaluate on the own test split; reply metrics only."""
+    """Fit on the pooled moments, evaluate on the own test split (and at the site's own
+    threshold); reply metrics only."""
     t0 = time.perf_counter()
     site = settings(context)
     orders = padim_wire.orders_from_content(message.content)
@@ -69,8 +71,18 @@ def _evaluate(message: Message, context: Context, settings: SiteOf) -> Message:
     folder.mkdir(parents=True, exist_ok=True)
     det.save(folder / MODEL_FILE)
     np.savez(folder / SCORES_FILE, labels=scores.labels, image_scores=scores.image_scores)
+    at_threshold = site_threshold_metrics(
+        det,
+        scores,
+        calibration_normals=len(
+            det.calibration_scores_ if det.calibration_scores_ is not None else []
+        ),
+        calibration_folds=det.calibration_folds_,
+        calibration_shift=det.calibration_shift_,
+    )
     values = {
         **metrics.as_dict(),
+        **at_threshold,
         "n_test": len(data.test),
         "client_s": time.perf_counter() - t0,
     }

@@ -235,12 +235,14 @@ class FedDyMemConfig(FeatureConfig):
     # M_g, by the detector's rule (DetectorConfig.threshold_quantile / threshold_rule)
     threshold_quantile: float = 0.98
     threshold_rule: Literal["quantile", "genpareto"] = "quantile"
-    # "crossfit" (the default): those held-out normals, and every training normal scored
-    # against M_g with the site's own items replaced by a memory built, as its upload is,
-    # without the image's fold (`calibration_folds` folds), when M_g holds the site's last
-    # upload item for item (the server kept every item); else, and with "holdout", the
-    # held-out normals alone (method/client.py, FedDyMemClient.site_threshold)
-    calibration: Literal["holdout", "crossfit"] = "crossfit"
+    # "crossfit": those held-out normals, and every training normal scored against M_g with
+    # the site's own items replaced by a memory built, as its upload is, without the image's
+    # fold (`calibration_folds` folds), when M_g holds the site's last upload item for item
+    # (else the held-out normals alone; method/client.py, FedDyMemClient.site_threshold);
+    # "holdout": the held-out normals alone. None: each method's default as measured
+    # (docs/detector.md, "Federated sites: the cross-fit"): FedDyMem's sites cross-fit,
+    # fed-padim's hold out
+    calibration: Literal["holdout", "crossfit"] | None = None
     calibration_folds: int = 3
     seed: int = 0
     # --- differential privacy of the upload (feddymem.privacy.dp, docs/privacy.md) ---
@@ -301,8 +303,8 @@ class FedDyMemConfig(FeatureConfig):
         )
         _check(self.upload_noise >= 0, f"upload_noise must be >= 0, got {self.upload_noise}")
         _check(
-            self.calibration in ("holdout", "crossfit"),
-            f"calibration must be 'holdout' or 'crossfit', got {self.calibration!r}",
+            self.calibration in (None, "holdout", "crossfit"),
+            f"calibration must be 'holdout', 'crossfit' or unset, got {self.calibration!r}",
         )
         _check(self.calibration_folds >= 2, "calibration_folds must be >= 2")
         _check(

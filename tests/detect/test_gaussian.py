@@ -168,6 +168,9 @@ def test_config_is_validated() -> None:
             GaussianConfig(moment_window=window)
     with pytest.raises(ConfigError, match="moment_window"):
         FedDyMemConfig(moment_window=4)
+    with pytest.raises(ConfigError, match="calibration"):
+        FedDyMemConfig(calibration="both")  # type: ignore[arg-type]
+    assert FedDyMemConfig().calibration is None  # each method's measured default
 
 
 def test_detector_separates_generated_anomalies(fitted: GaussianDetector, tree: Path) -> None:

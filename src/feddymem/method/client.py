@@ -374,7 +374,8 @@ class FedDyMemClient:
         `calibration_normals_` says how many normals set it, `calibration_folds_` in how many
         folds they were cross-fitted (0: held out)."""
         cfg = self.config
-        oof = self.crossfit_results(global_memory) if cfg.calibration == "crossfit" else None
+        crossfit = (cfg.calibration or "crossfit") == "crossfit"  # FedDyMem's default
+        oof = self.crossfit_results(global_memory) if crossfit else None
         n_train = self.features().shape[0] if oof is not None else 0
         self.calibration_folds_ = min(cfg.calibration_folds, n_train)
         self.calibration_shift_ = 0.0

@@ -442,6 +442,13 @@ _LEVERS = [
         "M_k and M_g scalar-quantised to 4 bits a value: every item, within FedAvg's bytes",
     ),
     Method(
+        "feddymem-union",
+        "lever",
+        True,
+        _feddymem(server_aggregation="union"),
+        "M_g is every site's upload as it came (no k-means); sites cross-fit their threshold",
+    ),
+    Method(
         "feddymem-union-pq",
         "lever",
         True,

@@ -449,6 +449,13 @@ _LEVERS = [
         "M_g is every site's upload as it came (no k-means); sites cross-fit their threshold",
     ),
     Method(
+        "feddymem-union-fp16-2x",
+        "lever",
+        True,
+        _feddymem(memory_scale=2, wire_dtype="float16", server_aggregation="union"),
+        "M_g keeps every upload, each twice the items as float16 (the float32 bytes up)",
+    ),
+    Method(
         "feddymem-union-pq",
         "lever",
         True,

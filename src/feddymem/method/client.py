@@ -467,7 +467,9 @@ class FedDyMemClient:
             held = np.sort(order[fold::folds])
             rest = torch.from_numpy(np.setdiff1d(order, held))
             own = build_upload(z[rest], config=cfg, round_idx=self.rounds_done).vectors.float()
-            parts = [others, own, own] if cfg.score_memory == "global+own" else [others, own]
+            # as M_g holds it (through the wire), and, with "global+own", as the site adds it
+            sent = own.half().float() if cfg.wire_dtype == "float16" else own
+            parts = [others, sent, own] if cfg.score_memory == "global+own" else [others, sent]
             index = det._knn_index(torch.cat(parts).contiguous())
             for chunk in torch.from_numpy(held).split(cfg.batch_size):
                 patch = det.nearest_patch_scores(z[chunk], index=index)

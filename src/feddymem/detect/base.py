@@ -367,6 +367,37 @@ class Detector:
             self.image_border_ = band
         return bool(self.image_border_)
 
+    def threshold_from_crossfit(
+        self, crossed: Sequence[ScoreResult], held_out: Sequence[Sample], *, quantile: float
+    ) -> float:
+        """Threshold and map floor from normals scored out of fold (`crossed`, batch by batch)
+        and `held_out` normals, scored now by this fitted model: the cross-fitted scores raised
+        by how far the held-out ones sit above them (`threshold.held_out_shift`: a cross-fit
+        that leaves a fold out of the memory only is not wholly out of sample), then the rule
+        over both. Returns that shift."""
+        stride = thresholds.FLOOR_STRIDE
+        scores = torch.cat([r.image_scores for r in crossed]).numpy()
+        maps = [torch.cat([r.anomaly_maps[:, ::stride, ::stride] for r in crossed]).numpy()]
+        held_scores = np.zeros(0, dtype=np.float32)
+        if held_out:
+            held = self.score_samples(held_out, keep_maps=True, map_stride=stride)
+            assert held.anomaly_maps is not None
+            held_scores = held.image_scores
+            maps.append(held.anomaly_maps)
+        shift = thresholds.held_out_shift(scores, held_scores)
+        log.info(
+            "threshold from %d cross-fitted normals (raised by %.4g) and %d held out",
+            scores.shape[0],
+            shift,
+            held_scores.shape[0],
+        )
+        self._threshold_from(
+            np.concatenate([scores + shift, held_scores]),
+            maps=np.concatenate(maps),
+            quantile=quantile,
+        )
+        return shift
+
     def _threshold_from_results(self, results: Sequence[ScoreResult], *, quantile: float) -> float:
         """`_threshold_from` over the normal images scored batch by batch in `results`."""
         return self._threshold_from(

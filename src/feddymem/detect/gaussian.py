@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 
 from feddymem.config import ConfigError, FeatureConfig, from_dict, to_dict
@@ -466,15 +465,11 @@ class GaussianDetector(Detector):
 
     def _crossfit_threshold(self, split: LocalMoments, moments: PatchMoments) -> None:
         """Threshold and map floor from this site's training images, each scored against the
-        Gaussians of `moments` without its fold (`PatchMoments.minus`), raised by how far the
-        held-out images (scored against the fitted Gaussians) sit above them
-        (`threshold.held_out_shift`), together with those held-out images."""
-        from feddymem.detect import threshold as thresholds  # the detector family's rules
-
+        Gaussians of `moments` without its fold (`PatchMoments.minus`), with its held-out
+        images (`threshold_from_crossfit`)."""
         cfg = self.config
         assert split.features is not None
-        n = split.features.shape[0]
-        label = torch.arange(n) % len(split.folds)
+        label = torch.arange(split.features.shape[0]) % len(split.folds)
         results = []
         for f, part in enumerate(split.folds):
             mean, cov = moments.minus(part).mean_covariance()
@@ -482,29 +477,9 @@ class GaussianDetector(Detector):
             for chunk in split.features[label == f].split(cfg.batch_size):
                 scores = mahalanobis(chunk.float(), mean.float(), precision)
                 results.append(self.result_from_patch_scores(scores))
-        stride = thresholds.FLOOR_STRIDE
-        crossed = torch.cat([r.image_scores for r in results]).numpy()
-        maps = [torch.cat([r.anomaly_maps[:, ::stride, ::stride] for r in results]).numpy()]
-        held_scores = np.zeros(0, dtype=np.float32)
-        if split.calib:
-            held = self.score_samples(list(split.calib), keep_maps=True, map_stride=stride)
-            assert held.anomaly_maps is not None
-            held_scores = held.image_scores
-            maps.append(held.anomaly_maps)
-        shift = thresholds.held_out_shift(crossed, held_scores)
-        self.calibration_folds_, self.calibration_shift_ = len(split.folds), shift
-        log.info(
-            "gaussian: threshold from %d cross-fitted images in %d folds (raised by %.4g) and "
-            "%d held out",
-            n,
-            len(split.folds),
-            shift,
-            held_scores.shape[0],
-        )
-        self._threshold_from(
-            np.concatenate([crossed + shift, held_scores]),
-            maps=np.concatenate(maps),
-            quantile=cfg.threshold_quantile,
+        self.calibration_folds_ = len(split.folds)
+        self.calibration_shift_ = self.threshold_from_crossfit(
+            results, list(split.calib), quantile=cfg.threshold_quantile
         )
 
     def score_patches(self, images: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,7 @@ from feddymem.detect.base import ScoreResult
 from feddymem.detect.dataset_scores import site_threshold_metrics
 from feddymem.detect.detector import MemoryBankDetector
 from feddymem.detect.features import PatchFeatureExtractor
-from feddymem.detect.threshold import FLOOR_STRIDE, held_out_shift, split_calibration
+from feddymem.detect.threshold import split_calibration
 from feddymem.method.generator import MemoryGenerator, train_generator
 from feddymem.method.losses import MetricLoss
 from feddymem.method.reduce import ReducedMemory, reduce_memory
@@ -384,30 +384,12 @@ class FedDyMemClient:
             if self.calibration:
                 det.calibrate(self.calibration, quantile=cfg.threshold_quantile)
             return
-        stride = FLOOR_STRIDE
-        crossed = np.concatenate([r.image_scores.numpy() for r in oof])
-        maps = [r.anomaly_maps[:, ::stride, ::stride].numpy() for r in oof]
-        held_scores = np.zeros(0, dtype=np.float32)
-        if self.calibration:
-            held = det.score_samples(self.calibration, keep_maps=True, map_stride=stride)
-            assert held.anomaly_maps is not None
-            held_scores = held.image_scores
-            maps.append(held.anomaly_maps)
         # G_k was trained on the cross-fitted normals too, so they score a little low; the
         # held-out normals, which nothing saw, say by how much (`held_out_shift`)
-        self.calibration_shift_ = held_out_shift(crossed, held_scores)
-        all_scores = np.concatenate([crossed + self.calibration_shift_, held_scores])
-        self.calibration_normals_ = int(all_scores.shape[0])
-        log.info(
-            "threshold from %d normals (%d cross-fitted in %d folds, shifted up by %.4g; %d held "
-            "out)",
-            all_scores.shape[0],
-            crossed.shape[0],
-            self.calibration_folds_,
-            self.calibration_shift_,
-            held_scores.shape[0],
+        self.calibration_shift_ = det.threshold_from_crossfit(
+            oof, self.calibration, quantile=cfg.threshold_quantile
         )
-        det._threshold_from(all_scores, maps=np.concatenate(maps), quantile=cfg.threshold_quantile)
+        self.calibration_normals_ = sum(len(r.image_scores) for r in oof) + len(self.calibration)
 
     def others_items(self, global_memory: torch.Tensor) -> torch.Tensor | None:
         """M_g without this site's last upload, when M_g holds every item of that upload as

@@ -52,6 +52,18 @@ def _check_rule(rule: str) -> None:
     )
 
 
+def check_calibration(calibration: str | None, folds: int, *, unset: bool = False) -> None:
+    """A threshold calibration the detectors know ("holdout", "crossfit"; None as well when
+    `unset` may stand for a method's default) with at least two cross-fit folds."""
+    known = ("holdout", "crossfit", None) if unset else ("holdout", "crossfit")
+    _check(
+        calibration in known,
+        f"calibration must be 'holdout' or 'crossfit'{' or unset' if unset else ''}, "
+        f"got {calibration!r}",
+    )
+    _check(folds >= 2, f"calibration_folds must be >= 2, got {folds}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class FeatureConfig:
     """Which frozen backbone and which taps give the patch features p(x) of shape (B, D, H, W)."""
@@ -164,11 +176,7 @@ class DetectorConfig(FeatureConfig):
         _check(0.0 <= self.calibration_fraction < 0.9, "calibration_fraction must be in [0, 0.9)")
         _check(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be in [0.5, 1]")
         _check_rule(self.threshold_rule)
-        _check(
-            self.calibration in ("holdout", "crossfit"),
-            f"calibration must be 'holdout' or 'crossfit', got {self.calibration!r}",
-        )
-        _check(self.calibration_folds >= 2, "calibration_folds must be >= 2")
+        check_calibration(self.calibration, self.calibration_folds)
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.tile_bank_patches >= 1024, "tile_bank_patches must be >= 1024")
         _check(
@@ -253,9 +261,6 @@ class FedDyMemConfig(FeatureConfig):
     #                            times the spread of the site's vectors (0: off)
     upload_margin: float = 0.0  # drop released items nearer than this times that spread to any
     #                             single training patch vector (0: off)
-    # fed-padim only (GaussianConfig.moment_window): each position's moments pooled over this
-    # odd square of grid positions before a site sends them (1: off)
-    moment_window: int = 1
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -302,13 +307,5 @@ class FedDyMemConfig(FeatureConfig):
             "dp_noise_multiplier > 0 needs dp_clip_norm (noise is calibrated to the clip)",
         )
         _check(self.upload_noise >= 0, f"upload_noise must be >= 0, got {self.upload_noise}")
-        _check(
-            self.calibration in (None, "holdout", "crossfit"),
-            f"calibration must be 'holdout', 'crossfit' or unset, got {self.calibration!r}",
-        )
-        _check(self.calibration_folds >= 2, "calibration_folds must be >= 2")
-        _check(
-            1 <= self.moment_window <= 9 and self.moment_window % 2 == 1,
-            f"moment_window must be an odd number in [1, 9], got {self.moment_window}",
-        )
+        check_calibration(self.calibration, self.calibration_folds, unset=True)
         _check(self.upload_margin >= 0, f"upload_margin must be >= 0, got {self.upload_margin}")

@@ -13,12 +13,10 @@ from feddymem.detect.gaussian import (
     GaussianConfig,
     GaussianDetector,
     PatchMoments,
-    box_sum,
     estimate_gaussian,
     mahalanobis,
     regularised_precision,
     select_channels,
-    window_neighbours,
 )
 from feddymem.detect.modelfile import ModelFileError
 from feddymem.detect.registry import load_detector
@@ -105,46 +103,6 @@ def test_moments_stream_like_one_batch() -> None:
         single.mean_covariance()
 
 
-def test_window_squares_and_their_sums_agree() -> None:
-    """`window_neighbours` names each position's square (edges repeated); `box_sum` adds over
-    the same squares, so the two give one answer."""
-    square = window_neighbours((3, 4), 3)
-    assert square.shape == (12, 9)
-    assert sorted(square[5].tolist()) == [0, 1, 2, 4, 5, 6, 8, 9, 10]  # interior: row 1, col 1
-    assert sorted(square[0].tolist()) == [0, 0, 0, 0, 1, 1, 4, 4, 5]  # a corner repeats its edge
-    assert torch.equal(window_neighbours((3, 4), 1), torch.arange(12).unsqueeze(1))
-    x = torch.randn(3, 4, 2, 5, dtype=torch.float64)
-    summed = box_sum(x, 3).reshape(12, 2, 5)
-    gathered = x.reshape(12, 2, 5)[square].sum(1)
-    torch.testing.assert_close(summed, gathered)
-
-
-def test_windowed_moments_pool_each_square_and_still_add_across_sites() -> None:
-    """`moment_window`: each position's Gaussian is that of every patch vector of its square;
-    windowing is linear, so sites may window their own sums before the server adds them."""
-    gen = torch.Generator().manual_seed(0)
-    a, b = torch.randn(5, 3, 4, 4, generator=gen), torch.randn(4, 3, 4, 4, generator=gen)
-    parts = []
-    for feats in (a, b):
-        m = PatchMoments()
-        m.update(feats)
-        parts.append(m)
-    assert parts[0].windowed(1) is parts[0]
-    win = parts[0].windowed(3)
-    assert win.count == 5 * 9 and win.grid_hw == (4, 4)
-    mean, cov = win.mean_covariance()
-    # position (1, 1): the 45 vectors of rows 0-2, columns 0-2 of the five images
-    samples = a[:, :, 0:3, 0:3].permute(0, 2, 3, 1).reshape(-1, 3).double()
-    torch.testing.assert_close(mean[5], samples.mean(0))
-    torch.testing.assert_close(cov[5], torch.cov(samples.T))
-    together = PatchMoments.pooled([p.windowed(3) for p in parts])
-    first = PatchMoments.pooled(parts).windowed(3)
-    for x, y in zip(together.mean_covariance(), first.mean_covariance(), strict=True):
-        torch.testing.assert_close(x, y)
-    with pytest.raises(ValueError, match="no moments"):
-        PatchMoments().windowed(3)
-
-
 def test_select_channels_is_seeded() -> None:
     assert select_channels(152, None, seed=0) is None
     assert select_channels(152, 152, seed=0) is None
@@ -163,11 +121,6 @@ def test_config_is_validated() -> None:
         GaussianConfig(eps=0.0)
     with pytest.raises(ConfigError, match="n_features"):
         GaussianConfig(n_features=0)
-    for window in (0, 2, 11):
-        with pytest.raises(ConfigError, match="moment_window"):
-            GaussianConfig(moment_window=window)
-    with pytest.raises(ConfigError, match="moment_window"):
-        FedDyMemConfig(moment_window=4)
     with pytest.raises(ConfigError, match="calibration"):
         FedDyMemConfig(calibration="both")  # type: ignore[arg-type]
     assert FedDyMemConfig().calibration is None  # each method's measured default
@@ -258,17 +211,6 @@ def test_pooled_site_moments_equal_padim_on_pooled_images(tree: Path) -> None:
     # A site's own moments alone give another model.
     own = GaussianDetector(cfg).fit_moments(parts[0])
     assert own.mean_ is not None and not torch.allclose(own.mean_, pooled_det.mean_, atol=1e-3)
-    # windowed at every site (`moment_window`): still the pooled images' model, now windowed
-    win_cfg = GaussianConfig(**{**cfg.__dict__, "moment_window": 3})
-    win_parts = [GaussianDetector(win_cfg).local_moments(site) for site in sites]
-    assert [p.moments.count for p in win_parts] == [4 * 9, 5 * 9, (len(train) - 9) * 9]
-    win_merged = PatchMoments.pooled([p.moments for p in win_parts])
-    win_fed = GaussianDetector(win_cfg).fit_moments(win_parts[0], pooled=win_merged)
-    win_pooled = GaussianDetector(win_cfg).fit(train)
-    assert win_fed.n_train_ == win_pooled.n_train_ == len(train)
-    assert win_fed.mean_ is not None and win_pooled.mean_ is not None
-    torch.testing.assert_close(win_fed.mean_, win_pooled.mean_, rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(win_fed.mean_, pooled_det.mean_, atol=1e-3)
     with pytest.raises(ValueError, match="cannot be pooled"):
         small = PatchMoments()
         small.update(torch.randn(2, 24, 3, 3))

@@ -70,20 +70,20 @@ def test_fed_padim_model_is_the_pooled_padim(spec: Path, tmp_path: Path) -> None
         torch.testing.assert_close(model.precision_, reference.precision_, rtol=1e-4, atol=1e-4)
 
 
-def test_spec_carries_the_moment_defences_to_every_site(spec: Path) -> None:
-    """`[model] upload_noise` and `moment_window` become the Gaussian settings the server
-    orders every site to use; a window that is not an odd square is refused at load."""
+def test_spec_carries_the_moment_settings_to_every_site(spec: Path) -> None:
+    """`[model] upload_noise` and `calibration` become the Gaussian settings the server orders
+    every site to use (fed-padim's sites hold out unless the spec asks for the cross-fit); a
+    calibration that is neither is refused at load."""
     text = spec.read_text(encoding="utf-8")
-    windowed = spec.with_name("windowed.toml")
-    windowed.write_text(
-        text.replace("[model]\n", "[model]\nmoment_window = 3\nupload_noise = 1.5\n"), "utf-8"
+    other = spec.with_name("other.toml")
+    other.write_text(
+        text.replace("[model]\n", '[model]\nupload_noise = 1.5\ncalibration = "crossfit"\n'),
+        "utf-8",
     )
-    cfg = gaussian_config(load_spec(windowed))
-    assert (cfg.moment_window, cfg.moment_noise) == (3, 1.5)
+    cfg = gaussian_config(load_spec(other))
+    assert (cfg.moment_noise, cfg.calibration) == (1.5, "crossfit")
     plain = gaussian_config(load_spec(spec))
-    assert (plain.moment_window, plain.calibration) == (1, "holdout")
-    windowed.write_text(text.replace("[model]\n", '[model]\ncalibration = "crossfit"\n'), "utf-8")
-    assert gaussian_config(load_spec(windowed)).calibration == "crossfit"
-    windowed.write_text(text.replace("[model]\n", "[model]\nmoment_window = 4\n"), "utf-8")
-    with pytest.raises(SpecError, match="moment_window"):
-        load_spec(windowed)
+    assert (plain.moment_noise, plain.calibration) == (0.0, "holdout")
+    other.write_text(text.replace("[model]\n", '[model]\ncalibration = "both"\n'), "utf-8")
+    with pytest.raises(SpecError, match="calibration"):
+        load_spec(other)

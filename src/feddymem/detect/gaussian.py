@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-from feddymem.config import ConfigError, FeatureConfig, from_dict, to_dict
+from feddymem.config import ConfigError, FeatureConfig, check_calibration, from_dict, to_dict
 from feddymem.data import Sample
 from feddymem.detect.base import Detector
 from feddymem.detect.modelfile import (
@@ -49,10 +49,6 @@ class GaussianConfig(FeatureConfig):
     # this x the spread of the patch vectors, added to every patch vector before it enters the
     # moments a site sends (`local_moments`); 0: exact moments
     moment_noise: float = 0.0
-    # fed-padim's other upload defence: each position's moments pooled with its neighbours in
-    # a window x window square of the grid (`PatchMoments.windowed`), so every Gaussian rests
-    # on window^2 times as many patch vectors; 1: per position, as PaDiM
-    moment_window: int = 1
     # "crossfit": the threshold also from every training image scored against the Gaussians
     # of the moments without its fold (`calibration_folds` folds; exact, since moments are
     # sums: pooled minus the fold's), beside the held-out share; "holdout": that share alone
@@ -71,21 +67,7 @@ class GaussianConfig(FeatureConfig):
             raise ConfigError("threshold_quantile must be in [0.5, 1]")
         if not (math.isfinite(self.moment_noise) and self.moment_noise >= 0.0):
             raise ConfigError(f"moment_noise must be a finite number >= 0, got {self.moment_noise}")
-        if self.calibration not in ("holdout", "crossfit"):
-            raise ConfigError(
-                f"calibration must be 'holdout' or 'crossfit', got {self.calibration!r}"
-            )
-        if self.calibration_folds < 2:
-            raise ConfigError(f"calibration_folds must be >= 2, got {self.calibration_folds}")
-        if not (1 <= self.moment_window <= MAX_MOMENT_WINDOW and self.moment_window % 2 == 1):
-            raise ConfigError(
-                f"moment_window must be an odd number in [1, {MAX_MOMENT_WINDOW}], "
-                f"got {self.moment_window}"
-            )
-
-
-# the widest square of grid positions a Gaussian may pool (`GaussianConfig.moment_window`)
-MAX_MOMENT_WINDOW = 9
+        check_calibration(self.calibration, self.calibration_folds)
 
 
 # the stream of `privacy.defences.defence_seed` that seeds fed-padim's moment noise (FedDyMem's
@@ -123,33 +105,6 @@ def noisy_moment_features(
     return defences.noisy_features(feats, relative_std=config.moment_noise, seed=seed)
 
 
-def window_neighbours(grid_hw: tuple[int, int], window: int) -> torch.Tensor:
-    """(P, window^2) flat grid indices of each position's window x window square, rows and
-    columns clamped at the grid's edge (edge positions repeat their border neighbours)."""
-    h, w = grid_hw
-    r = window // 2
-    offsets = torch.arange(-r, r + 1)
-    rows = (torch.arange(h).unsqueeze(1) + offsets).clamp(0, h - 1)  # (H, window)
-    cols = (torch.arange(w).unsqueeze(1) + offsets).clamp(0, w - 1)  # (W, window)
-    flat = rows[:, None, :, None] * w + cols[None, :, None, :]  # (H, W, window, window)
-    return flat.reshape(h * w, window * window)
-
-
-def box_sum(x: torch.Tensor, window: int) -> torch.Tensor:
-    """Sum of `x` (H, W, ...) over each position's window x window square, the edges repeated
-    (the same squares as `window_neighbours`); separable, one shifted copy per offset."""
-    r = window // 2
-    for dim in (0, 1):
-        n = x.shape[dim]
-        index = torch.arange(n)
-        shifted = (x.index_select(dim, (index + k).clamp(0, n - 1)) for k in range(-r, r + 1))
-        total = next(shifted).clone()
-        for part in shifted:
-            total += part
-        x = total
-    return x
-
-
 def select_channels(n_channels: int, n_features: int | None, *, seed: int) -> torch.Tensor | None:
     """Seeded random subset of `n_features` of `n_channels` channel indices, ascending, (d,).
 
@@ -166,8 +121,7 @@ def select_channels(n_channels: int, n_features: int | None, *, seed: int) -> to
 class PatchMoments:
     """Streaming sufficient statistics of patch features, per grid position, in float64.
 
-    `count` patch vectors per position (the images; times window^2 once `windowed`), `total` =
-    sum x (P, D), `outer` = sum x x^T (P, D, D), P = H * W.
+    `count` images, `total` = sum x (P, D), `outer` = sum x x^T (P, D, D), P = H * W.
     """
 
     def __init__(self) -> None:
@@ -244,20 +198,6 @@ class PatchMoments:
             self.outer - part.outer,
             self.grid_hw,
         )
-
-    def windowed(self, window: int) -> PatchMoments:
-        """The moments with each position's sums pooled over its window x window square of
-        the grid (`box_sum`, edges repeated): every position then rests on count * window^2
-        patch vectors. Linear, so windowing each site's sums and adding them equals windowing
-        the pooled sums. `window` 1 returns these moments."""
-        if window == 1:
-            return self
-        if self.total is None or self.outer is None or self.grid_hw is None:
-            raise ValueError("no moments to window")
-        (h, w), d = self.grid_hw, self.total.shape[1]
-        total = box_sum(self.total.reshape(h, w, d), window).reshape(h * w, d)
-        outer = box_sum(self.outer.reshape(h, w, d, d), window).reshape(h * w, d, d)
-        return PatchMoments.from_sums(self.count * window * window, total, outer, self.grid_hw)
 
     def mean_covariance(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Means (P, D) and unbiased covariances (P, D, D), float64; needs two images or more."""
@@ -381,8 +321,7 @@ class GaussianDetector(Detector):
     ) -> LocalMoments:
         """The moments of this site's training normals (after holding out its calibration
         share), at `image_hw` (default: resolved from the images as `fit` does); with
-        `moment_noise`, of their noised patch vectors (`noisy_moment_features`); with
-        `moment_window` > 1, pooled over that square of grid positions (`PatchMoments.windowed`)."""
+        `moment_noise`, of their noised patch vectors (`noisy_moment_features`)."""
         cfg = self.config
         train, calib, resolved = self._fit_split(
             samples, fraction=cfg.calibration_fraction, seed=cfg.seed, min_images=1
@@ -405,14 +344,13 @@ class GaussianDetector(Detector):
                     folds[f].update(noisy[torch.tensor(label) == f])
                 kept.append(feats.half())
             seen += feats.shape[0]
-        w = cfg.moment_window
         usable = n_folds and all(f.count for f in folds) and seen - max(f.count for f in folds) >= 2
         return LocalMoments(
-            moments.windowed(w),
+            moments,
             tuple(train),
             tuple(calib),
             image_hw,
-            folds=tuple(f.windowed(w) for f in folds) if usable else (),
+            folds=tuple(folds) if usable else (),
             features=torch.cat(kept) if usable else None,
         )
 
@@ -449,13 +387,12 @@ class GaussianDetector(Detector):
         self.channels_ = channels
         self.grid_hw_ = moments.grid_hw
         self.image_hw_ = image_hw
-        self.n_train_ = moments.count // cfg.moment_window**2
+        self.n_train_ = moments.count
         log.info(
-            "gaussian: %d images, %d positions x %d channels, window %d",
+            "gaussian: %d images, %d positions x %d channels",
             self.n_train_,
             mean.shape[0],
             mean.shape[1],
-            cfg.moment_window,
         )
         if split.folds and split.features is not None:
             self._crossfit_threshold(split, moments)

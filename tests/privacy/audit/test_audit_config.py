@@ -33,16 +33,11 @@ def test_fed_padim_section_is_optional_and_checked(write_config: Callable[[str],
     assert load_audit_config(write_config(CONFIG)).fed_padim is None
     config = load_audit_config(write_config(CONFIG + "[fed_padim]\neps = 0.05\n"))
     assert config.fed_padim is not None and config.fed_padim.eps == 0.05
-    assert config.as_dict()["fed_padim"] == {"eps": 0.05, "noise": [0.0], "window": [1]}
+    assert config.as_dict()["fed_padim"] == {"eps": 0.05, "noise": [0.0]}
     noisy = load_audit_config(write_config(CONFIG + "[fed_padim]\nnoise = [0, 1.5]\n"))
     assert noisy.fed_padim is not None and noisy.fed_padim.noise == (0, 1.5)
     with pytest.raises(ConfigError, match=r"\[fed_padim\].*noise"):
         load_audit_config(write_config(CONFIG + "[fed_padim]\nnoise = [-1]\n"))
-    wide = load_audit_config(write_config(CONFIG + "[fed_padim]\nwindow = [1, 3, 5]\n"))
-    assert wide.fed_padim is not None and wide.fed_padim.window == (1, 3, 5)
-    for bad in ("[2]", "[3, 3]", "[11]", "[true]", "[1.0]"):
-        with pytest.raises(ConfigError, match=r"\[fed_padim\].*window"):
-            load_audit_config(write_config(CONFIG + f"[fed_padim]\nwindow = {bad}\n"))
     with pytest.raises(ConfigError, match=r"\[fed_padim\].*eps"):
         load_audit_config(write_config(CONFIG + "[fed_padim]\neps = 0\n"))
     with pytest.raises(ConfigError, match="epsilon"):

@@ -6,13 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from feddymem.detect.gaussian import PatchMoments, regularised_precision
 from feddymem.privacy.audit.gaussian import (
     at_positions,
     fed_padim_membership,
     gaussian_statistic,
     released_gaussians,
-    row_name,
 )
 from feddymem.privacy.audit.membership import roc_summary
 from feddymem.privacy.audit.releases import MembershipData
@@ -86,35 +84,3 @@ def test_moment_noise_is_seeded_and_widens_the_released_gaussians() -> None:
     trace = torch.diagonal(precision, dim1=1, dim2=2).sum(1)
     exact_trace = torch.diagonal(exact_precision, dim1=1, dim2=2).sum(1)
     assert bool((trace < exact_trace).all())
-
-
-def test_windowed_release_is_what_a_windowing_site_sends() -> None:
-    """The attack's Gaussians with `window` are those of the site's windowed moments
-    (`PatchMoments.windowed`) at the queried positions, and they make members harder to tell."""
-    members = _features(10, 0)
-    some = torch.tensor([0, 5, 15])
-    mean, precision = released_gaussians(members, some, eps=0.01, window=3)
-    site = PatchMoments()
-    site.update(members)
-    site_mean, site_cov = site.windowed(3).mean_covariance()
-    torch.testing.assert_close(mean, site_mean[some].float(), rtol=1e-5, atol=1e-5)
-    site_precision = regularised_precision(site_cov[some], eps=0.01).float()
-    torch.testing.assert_close(precision, site_precision, rtol=1e-4, atol=1e-4)
-    # noise is drawn once per patch vector, however many squares it falls in: reproducible
-    noisy = released_gaussians(members, some, eps=0.01, window=3, noise=1.0, seed=2)
-    again = released_gaussians(members, some, eps=0.01, window=3, noise=1.0, seed=2)
-    assert torch.equal(noisy[0], again[0]) and not torch.allclose(noisy[0], mean, atol=1e-3)
-    # 10 members in 12 dimensions: per position the covariance holds them; pooled over 3 x 3
-    # squares, each Gaussian rests on 90 vectors and the distance attack loses its edge
-    nonmembers, public = _features(10, 1), _features(40, 2)
-    data = _data(members, nonmembers, public)
-    exact = fed_padim_membership(data, eps=0.01)["distance"]["auc"]
-    windowed = fed_padim_membership(data, eps=0.01, window=3)["distance"]["auc"]
-    assert windowed < exact
-
-
-def test_row_names_say_the_defences() -> None:
-    assert row_name(0.0, 1) == "fed-padim"
-    assert row_name(2.0, 1) == "fed-padim, moment noise 2"
-    assert row_name(0.0, 3) == "fed-padim, window 3"
-    assert row_name(0.5, 5) == "fed-padim, window 5, moment noise 0.5"

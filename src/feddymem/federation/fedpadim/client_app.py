@@ -45,8 +45,7 @@ def _train(message: Message, context: Context, settings: SiteOf) -> Message:
     orders = padim_wire.orders_from_content(message.content)
     data = client_data(settings(context))
     split = GaussianDetector(orders.config).local_moments(list(data.train))
-    images = split.moments.count // orders.config.moment_window**2
-    metrics = {"num-examples": images, "client_s": time.perf_counter() - t0}
+    metrics = {"num-examples": split.moments.count, "client_s": time.perf_counter() - t0}
     content = RecordDict(
         {
             padim_wire.MOMENTS: padim_wire.moments_to_record(split.moments, split.image_hw),

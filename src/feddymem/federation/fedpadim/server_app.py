@@ -40,14 +40,12 @@ log = logging.getLogger(__name__)
 
 def gaussian_config(spec: FederationSpec) -> GaussianConfig:
     """The Gaussian settings every site uses: the spec's feature settings and seed, and its
-    `upload_noise` as the noise on the patch vectors that enter the moments a site sends, its
-    `moment_window` as the square of grid positions each Gaussian pools, and its threshold
-    calibration (held out unless the spec asks for "crossfit": on the demo's sites the
+    `upload_noise` as the noise on the patch vectors that enter the moments a site sends, and
+    its threshold calibration (held out unless the spec asks for "crossfit": on the demo's sites the
     held-out tenth met the criterion and the cross-fit did not, docs/detector.md)."""
     return gaussian_config_like(
         spec.model,
         moment_noise=spec.model.upload_noise,
-        moment_window=spec.model.moment_window,
         calibration=spec.model.calibration or "holdout",  # fed-padim's default
         calibration_folds=spec.model.calibration_folds,
     )
@@ -106,7 +104,7 @@ def serve_fed_padim(grid: Grid, spec: FederationSpec, out: Path) -> dict[str, An
     roster = people.connect()
     moments, image_hw, rows = _collect(people, roster, orders, fed.round_timeout_s)
     pooled = PatchMoments.pooled([moments[n] for n in sorted(moments)])
-    pooled_images = pooled.count // orders.config.moment_window**2
+    pooled_images = pooled.count
     log.info("fed-padim: pooled moments of %d images from %d sites", pooled_images, len(moments))
     record = RecordDict({padim_wire.MOMENTS: padim_wire.moments_to_record(pooled, image_hw)})
     active = {node: name for node, name in roster.items() if name in moments}

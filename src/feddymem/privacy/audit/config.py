@@ -89,12 +89,10 @@ class FedPadimSpec:
     """`[fed_padim]` (optional): audit fed-padim's upload too, a Gaussian per grid position
     with PaDiM's shrinkage `eps` (Sigma + eps * I), on the [model]'s features; one row per
     `noise` level (`GaussianConfig.moment_noise`: noise on the patch vectors before the
-    moments are summed, 0: the exact moments) and `window` (`GaussianConfig.moment_window`:
-    the odd square of grid positions each Gaussian pools, 1: per position), every pair."""
+    moments are summed, 0: the exact moments)."""
 
     eps: float = 0.01
     noise: tuple[float, ...] = (0.0,)
-    window: tuple[int, ...] = (1,)
 
     def __post_init__(self) -> None:
         _need(self.eps > 0.0, f"eps must be > 0, got {self.eps}")
@@ -103,15 +101,6 @@ class FedPadimSpec:
             and all(isinstance(v, int | float) and 0 <= v < 100 for v in self.noise)
             and len(set(self.noise)) == len(self.noise),
             f"noise must be distinct numbers in [0, 100), got {self.noise}",
-        )
-        _need(
-            len(self.window) >= 1
-            and all(
-                isinstance(v, int) and not isinstance(v, bool) and v % 2 == 1 and 1 <= v <= 9
-                for v in self.window
-            )
-            and len(set(self.window)) == len(self.window),
-            f"window must be distinct odd whole numbers in [1, 9], got {self.window}",
         )
 
 

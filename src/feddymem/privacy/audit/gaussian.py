@@ -29,7 +29,6 @@ from feddymem.detect.gaussian import (
     gaussian_config_like,
     mahalanobis,
     regularised_precision,
-    window_neighbours,
 )
 from feddymem.privacy import defences
 from feddymem.privacy.audit.config import AuditConfig
@@ -52,27 +51,20 @@ def released_gaussians(
     *,
     eps: float,
     noise: float = 0.0,
-    window: int = 1,
     seed: int = 0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """What a site's moments of `features` (N, D, H, W) give whoever holds them, at the grid
     `positions` the attack queries (flat indices, Q): mean (Q, D) and regularised precision
-    (Q, D, D). Each position's moments need only its own patches (with `window` > 1, those of
-    its window x window square, `GaussianConfig.moment_window`), so the others are not needed.
+    (Q, D, D). The moments of each position are independent, so the others are not needed.
     With `noise` (`GaussianConfig.moment_noise`), the patch vectors are noised first as a site
-    noises them, once each, relative to the spread of all of `features`, seeded by `seed`."""
-    d, h, w = features.shape[1:]
-    square = window_neighbours((h, w), window)[positions]  # (Q, window^2)
-    needed, where = torch.unique(square, return_inverse=True)
-    picked = at_positions(features, needed)  # (N, D, U, 1)
+    noises them, relative to the spread of all of `features`, seeded by `seed`."""
+    picked = at_positions(features, positions)
     if noise > 0:
         picked = defences.noisy_features(
             picked, relative_std=noise, seed=seed, spread=defences.vector_spread(features)
         )
-    # every vector of a position's square is one sample of its Gaussian: (N * window^2, D, Q, 1)
-    samples = picked[:, :, where, 0].permute(0, 3, 1, 2).reshape(-1, d, len(positions), 1)
     moments = PatchMoments()
-    moments.update(samples)
+    moments.update(picked)
     mean, cov = moments.mean_covariance()
     return mean.float(), regularised_precision(cov, eps=eps).float()
 
@@ -97,36 +89,24 @@ def gaussian_statistic(
 
 
 def fed_padim_membership(
-    data: MembershipData,
-    *,
-    eps: float,
-    noise: float = 0.0,
-    window: int = 1,
-    low_fraction: float = 0.1,
+    data: MembershipData, *, eps: float, noise: float = 0.0, low_fraction: float = 0.1
 ) -> dict[str, Any]:
-    """Both attacks on the Gaussians of the members' moments (noised by `noise` and pooled over
-    `window` as the site does); the shadows are the Gaussians of the public subsets the memory shadows are
-    built from (`releases.shadow_subsets`), made the same way: the attacker knows the
+    """Both attacks on the Gaussians of the members' moments (noised by `noise` as the site
+    noises them); the shadows are the Gaussians of the public subsets the memory shadows are
+    built from (`releases.shadow_subsets`), noised the same way: the attacker knows the
     mechanism, not the draw."""
     n_in, d, h, w = data.members.shape
     candidates = at_positions(torch.cat([data.members, data.nonmembers]), data.positions)
     target = gaussian_statistic(
         candidates,
-        *released_gaussians(
-            data.members, data.positions, eps=eps, noise=noise, window=window, seed=data.seed
-        ),
+        *released_gaussians(data.members, data.positions, eps=eps, noise=noise, seed=data.seed),
         low_fraction=low_fraction,
     )
     shadows = [
         gaussian_statistic(
             candidates,
             *released_gaussians(
-                data.public[pick],
-                data.positions,
-                eps=eps,
-                noise=noise,
-                window=window,
-                seed=data.seed + 1 + i,
+                data.public[pick], data.positions, eps=eps, noise=noise, seed=data.seed + 1 + i
             ),
             low_fraction=low_fraction,
         )
@@ -137,54 +117,40 @@ def fed_padim_membership(
     return {**result, "items": h * w, "floats_sent": 1 + h * w * (d + d * d)}
 
 
-def gaussian_config(config: AuditConfig, *, noise: float = 0.0, window: int = 1) -> GaussianConfig:
+def gaussian_config(config: AuditConfig, *, noise: float = 0.0) -> GaussianConfig:
     """fed-padim's detector settings for this audit: the [model] feature settings and seed
-    (as `federation.fedpadim` takes them from a federation's model), the [fed_padim] eps,
-    `noise` as the moment noise and `window` as the moment window."""
+    (as `federation.fedpadim` takes them from a federation's model), the [fed_padim] eps, and
+    `noise` as the moment noise."""
     assert config.fed_padim is not None
     model = from_dict(FedDyMemConfig, dict(config.model), where="[model]")
-    return gaussian_config_like(
-        model, eps=config.fed_padim.eps, moment_noise=noise, moment_window=window
-    )
-
-
-def row_name(noise: float, window: int) -> str:
-    """A fed-padim row's name: its defences, if any."""
-    parts = [f"window {window}"] if window > 1 else []
-    parts += [f"moment noise {noise:g}"] if noise > 0 else []
-    return ", ".join(["fed-padim", *parts])
+    return gaussian_config_like(model, eps=config.fed_padim.eps, moment_noise=noise)
 
 
 def audit_fed_padim(
     config: AuditConfig, data: AuditData, membership: MembershipData
 ) -> list[dict[str, Any]]:
-    """fed-padim's rows of the audit, one per [fed_padim] (window, noise) pair: membership
-    inference on what the site sends, and the image AUROC of the PaDiM model those statistics
+    """fed-padim's rows of the audit, one per [fed_padim] noise level: membership inference
+    on what the site sends, and the image AUROC of the PaDiM model those (noised) statistics
     make (fitted on the victim's images, its threshold share held out as fed-padim's sites
     do)."""
     assert config.fed_padim is not None
     rows = []
-    pairs = [(w, v) for w in config.fed_padim.window for v in config.fed_padim.noise]
-    for i, (window, noise) in enumerate(pairs):
+    for noise in config.fed_padim.noise:
         t0 = time.perf_counter()
-        name = row_name(noise, window)
-        cfg = gaussian_config(config, noise=noise, window=window)
-        mia = fed_padim_membership(membership, eps=cfg.eps, noise=noise, window=window)
+        cfg = gaussian_config(config, noise=noise)
+        mia = fed_padim_membership(membership, eps=cfg.eps, noise=noise)
         metrics = GaussianDetector(cfg).fit(data.victim).evaluate(data.test)
         log.info(
-            "fed-padim row %d/%d, %s: image AUROC %.4f; membership %s",
-            i + 1,
-            len(pairs),
-            name,
+            "fed-padim, moment noise %g: image AUROC %.4f; membership %s",
+            noise,
             metrics.image_auroc,
             describe_attacks(mia),
         )
         rows.append(
             {
-                "name": name,
+                "name": "fed-padim" if noise == 0 else f"fed-padim, moment noise {noise:g}",
                 "eps": cfg.eps,
                 "moment_noise": noise,
-                "moment_window": window,
                 "image_auroc": metrics.image_auroc,
                 "membership": {RELEASE: mia},
                 "wall_s": time.perf_counter() - t0,

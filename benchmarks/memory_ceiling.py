@@ -102,8 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         knn_row(f"pooled bank + position x{weight:g} median NN", weight * median_nn)
     mean, precision = estimate_gaussian(torch.cat(train), eps=GaussianConfig.eps)
     table["pooled PaDiM (fed-padim)"] = [
-        roc_auc_score(labels, image_scores(mahalanobis(f, mean, precision)))
-        for f, labels in tests
+        roc_auc_score(labels, image_scores(mahalanobis(f, mean, precision))) for f, labels in tests
     ]
     names = [c.name for c in clients]
     print(f"{args.spec.parent.name}: {len(pooled)} training normals, input {hw}, grid {h}x{w}")

@@ -63,6 +63,13 @@ RULE_FITS: dict[str, dict[str, object]] = {
     # three folds: each fold's bank is built from two thirds of the normals, so the fit costs
     # about 3 x (2/3)^2 + 1 coresets against 5 x (4/5)^2 + 1 with five
     "crossfit3": {"calibration": "crossfit", "calibration_folds": 3},
+    # the same, each image's score carried to the whole bank's size (one more bank per fold,
+    # of a third of the normals: 3 x (1/3)^2 more coresets)
+    "crossfit3_size": {
+        "calibration": "crossfit",
+        "calibration_folds": 3,
+        "crossfit_correction": "size",
+    },
     "tap_balance_refit": {
         "calibration": "holdout",
         "tap_balance": True,

@@ -152,6 +152,12 @@ class DetectorConfig(FeatureConfig):
     # docs/detector.md "The operating point"; three folds keep the fit within 3x the holdout's.
     calibration: Literal["holdout", "crossfit"] = "crossfit"
     calibration_folds: int = 3
+    # "size": a fold's scores come from a bank of (folds-1)/folds of the normals, the fitted
+    # bank holds them all, so new normals score lower; each training image is also scored
+    # against one other fold's bank and its score carried to the whole bank's size by the
+    # power law of nearest-neighbour distances in the bank's size (`threshold.size_corrected`,
+    # needs three folds or more); "none": the cross-fitted scores as they are
+    crossfit_correction: Literal["none", "size"] = "none"
     # scale each tapped stage so its channels have the same mean variance over the training
     # patches (fitted, saved with the model); off: the taps' raw scales, as PatchCore
     tap_balance: bool = False
@@ -177,6 +183,15 @@ class DetectorConfig(FeatureConfig):
         _check(0.5 <= self.threshold_quantile <= 1.0, "threshold_quantile must be in [0.5, 1]")
         _check_rule(self.threshold_rule)
         check_calibration(self.calibration, self.calibration_folds)
+        _check(
+            self.crossfit_correction in ("none", "size"),
+            f"crossfit_correction must be 'none' or 'size', got {self.crossfit_correction!r}",
+        )
+        _check(
+            self.crossfit_correction == "none" or self.calibration_folds >= 3,
+            "crossfit_correction 'size' needs calibration_folds >= 3 (two bank sizes besides "
+            "the whole)",
+        )
         _check(self.seed >= 0, f"seed must be >= 0, got {self.seed}")
         _check(self.tile_bank_patches >= 1024, "tile_bank_patches must be >= 1024")
         _check(

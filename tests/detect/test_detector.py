@@ -382,3 +382,40 @@ def test_crossfit_calibration_scores_every_training_image_once_out_of_its_fold(
         DetectorConfig(calibration="crossfit", refit_with_calibration=True)
     with pytest.raises(ConfigError, match="calibration_folds"):
         DetectorConfig(calibration="crossfit", calibration_folds=1)
+
+
+def test_size_corrected_crossfit_scores_each_fold_against_one_more_bank_and_lowers_scores(
+    fitted: tuple[PatchCoreDetector, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import feddymem.detect.detector as detector_module
+    from feddymem.config import ConfigError
+
+    _, root = fitted
+    searched: list[int] = []
+
+    class Counting(detector_module.NearestNeighbors):
+        def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+            searched.append(int(queries.shape[0]))
+            return super().search(queries, k)
+
+    monkeypatch.setattr(detector_module, "NearestNeighbors", Counting)
+    base = {**CFG.__dict__, "calibration": "crossfit", "calibration_folds": 3}
+    plain = PatchCoreDetector(DetectorConfig(**base)).fit(scan(root).train)
+    searched.clear()
+    sized = PatchCoreDetector(DetectorConfig(**{**base, "crossfit_correction": "size"})).fit(
+        scan(root).train
+    )
+    # each fold of 5 images against two banks: the other two folds', then the next fold's
+    assert searched == [5 * 64] * 6
+    assert plain.calibration_scores_ is not None and sized.calibration_scores_ is not None
+    # the same memory; every score carried down to the whole bank's size, or kept
+    assert torch.equal(plain.memory_, sized.memory_)
+    assert np.all(sized.calibration_scores_ <= plain.calibration_scores_)
+    assert np.any(sized.calibration_scores_ < plain.calibration_scores_)
+    assert sized.threshold_ is not None and plain.threshold_ is not None
+    assert sized.threshold_ < plain.threshold_
+    assert DetectorConfig().crossfit_correction == "none"
+    with pytest.raises(ConfigError, match="needs calibration_folds >= 3"):
+        DetectorConfig(crossfit_correction="size", calibration_folds=2)
+    with pytest.raises(ConfigError, match="crossfit_correction must be"):
+        DetectorConfig(crossfit_correction="sizes")  # type: ignore[arg-type]

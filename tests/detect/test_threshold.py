@@ -11,6 +11,7 @@ from feddymem.detect.threshold import (
     held_out_shift,
     oracle_recall,
     rule_threshold,
+    size_corrected,
     synthetic_threshold,
 )
 
@@ -83,3 +84,17 @@ def test_held_out_shift_estimates_how_far_held_out_normals_sit_above_cross_fitte
     assert held_out_shift(np.zeros(0), held) == 0.0
     # one exact difference everywhere: the estimate is it
     assert held_out_shift(np.array([1.0, 2.0, 3.0]), np.array([1.25, 2.25, 3.25])) == 0.25
+
+
+def test_size_corrected_carries_nearest_neighbour_scores_along_their_power_law() -> None:
+    # d ~ n^-1/4: scores 2 against 100 items and 2 * 2^-1/4 against 200 give 2 * 4^-1/4 at 400
+    small, big = np.array([2.0, 3.0]), np.array([2.0 * 2**-0.25, 3.0])
+    out = size_corrected(big, small, n_bank=200, n_small=100, n_full=400)
+    assert out[0] == pytest.approx(2.0 * 4**-0.25)
+    assert out[1] == 3.0  # no fall from the small bank to the larger: kept, never raised
+    rises = size_corrected(np.array([3.0]), np.array([2.0]), n_bank=2, n_small=1, n_full=3)
+    assert rises[0] == 3.0
+    with pytest.raises(ValueError, match="bank sizes must grow"):
+        size_corrected(big, small, n_bank=100, n_small=200, n_full=400)
+    with pytest.raises(ValueError, match="differ in shape"):
+        size_corrected(big, small[:1], n_bank=200, n_small=100, n_full=400)

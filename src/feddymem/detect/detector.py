@@ -20,7 +20,8 @@ from torch import nn
 
 from feddymem.config import ConfigError, DetectorConfig, FeatureConfig, FedDyMemConfig, from_dict
 from feddymem.data import Sample
-from feddymem.detect.base import Detector
+from feddymem.detect import threshold as thresholds
+from feddymem.detect.base import Detector, ScoreResult
 from feddymem.detect.features import PatchFeatureExtractor, patch_vectors
 from feddymem.detect.knn import NearestNeighbors
 from feddymem.detect.modelfile import (
@@ -315,23 +316,52 @@ class PatchCoreDetector(MemoryBankDetector):
             folds = 1
         images = bank.view(n, h * w, bank.shape[1])
         order = np.random.default_rng(cfg.seed).permutation(n)
-        results = []
+        size_correct = cfg.crossfit_correction == "size" and folds >= 3
+        results, small = [], []
         for fold in range(folds):
             held = torch.from_numpy(np.sort(order[fold::folds]))
             # one fold (a single image): scored against a memory of itself, as warned
             rest = (
                 images[torch.from_numpy(np.setdiff1d(order, held.numpy()))] if folds > 1 else images
             )
-            memory = subsample(
-                rest.reshape(-1, bank.shape[1]),
-                method=cfg.sampler,
-                ratio=cfg.coreset_ratio,
-                seed=cfg.seed + 1 + fold,
-            )
             z = images[held].view(len(held), h, w, -1).permute(0, 3, 1, 2)
-            patch = self.nearest_patch_scores(z, index=self._knn_index(memory))
-            results.append(self.result_from_patch_scores(patch))
-        self._threshold_from_results(results, quantile=cfg.threshold_quantile)
+            results.append(self._fold_scores(z, rest, seed=cfg.seed + 1 + fold))
+            if size_correct:  # the same fold against the next fold's bank alone
+                other = torch.from_numpy(np.sort(order[(fold + 1) % folds :: folds]))
+                small.append((self._fold_scores(z, images[other], seed=cfg.seed + 1 + fold), other))
+        if not size_correct:
+            self._threshold_from_results(results, quantile=cfg.threshold_quantile)
+            return
+        scores = torch.cat([r.image_scores for r in results]).numpy()
+        n_small = float(np.mean([len(o) for _, o in small]))
+        corrected = thresholds.size_corrected(
+            scores,
+            torch.cat([r.image_scores for r, _ in small]).numpy(),
+            n_bank=float(n - n / folds),
+            n_small=n_small,
+            n_full=float(n),
+        )
+        log.info(
+            "cross-fitted scores carried to the whole bank's size: median factor %.3f",
+            float(np.median(corrected / np.maximum(scores, 1e-12))),
+        )
+        stride = thresholds.FLOOR_STRIDE
+        self._threshold_from(
+            corrected,
+            maps=torch.cat([r.anomaly_maps[:, ::stride, ::stride] for r in results]).numpy(),
+            quantile=cfg.threshold_quantile,
+        )
+
+    def _fold_scores(self, z: torch.Tensor, rest: torch.Tensor, *, seed: int) -> ScoreResult:
+        """Patch vectors `z` (b, D, H, W) scored against a memory subsampled, as the fitted one
+        is, from the images `rest` (m, H * W, D)."""
+        cfg = self.config
+        memory = subsample(
+            rest.reshape(-1, rest.shape[-1]), method=cfg.sampler, ratio=cfg.coreset_ratio, seed=seed
+        )
+        return self.result_from_patch_scores(
+            self.nearest_patch_scores(z, index=self._knn_index(memory))
+        )
 
     def _patch_bank(
         self,

@@ -97,6 +97,27 @@ def held_out_shift(cross_fitted: np.ndarray, held_out: np.ndarray) -> float:
     return max(0.0, float(np.median(np.subtract.outer(a, b))))
 
 
+def size_corrected(
+    scores: np.ndarray, small_scores: np.ndarray, *, n_bank: float, n_small: float, n_full: float
+) -> np.ndarray:
+    """Cross-fitted normal scores (N,), each against a bank of `n_bank` other normals, carried
+    to a bank of `n_full`: nearest-neighbour distances shrink as a power of the bank's size,
+    d ~ n^-b, so each image's own b comes from its score against a smaller bank of `n_small`
+    (`small_scores`), and its score becomes `scores * (n_full / n_bank) ** -b`. An image whose
+    score did not fall from the small bank to the larger (b <= 0) keeps its score: the
+    correction lowers scores, never raises them."""
+    big = np.asarray(scores, np.float64)
+    small = np.asarray(small_scores, np.float64)
+    if big.shape != small.shape:
+        raise ValueError(f"scores {big.shape} and small_scores {small.shape} differ in shape")
+    if not 0 < n_small < n_bank <= n_full:
+        raise ValueError(f"bank sizes must grow: {n_small}, {n_bank}, {n_full}")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where((big > 0) & (small > 0), big / small, 1.0)
+    exponent = -np.log(np.minimum(ratio, 1.0)) / np.log(n_bank / n_small)  # b >= 0
+    return big * (n_full / n_bank) ** -exponent
+
+
 def rule_threshold(scores: np.ndarray, *, rule: str, false_alarm_rate: float) -> float:
     """The threshold `rule` sets on normal image scores (N,) for `false_alarm_rate`."""
     if rule == "quantile":

@@ -82,6 +82,16 @@ def test_out_of_range_options_name_the_option(
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_size_correction_with_two_folds_names_both_options(
+    tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "m.pt"
+    args = ["--calibration-folds", "2", "--crossfit-correction", "size"]
+    code, message = run(["fit", "--data", str(tree), "--out", str(out), *args], capsys)
+    assert_user_error(code, message, "--crossfit-correction 'size' needs --calibration-folds >= 3")
+    assert not out.exists()
+
+
 def test_neighbors_above_the_bank_size(
     tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -36,6 +36,7 @@ OPTION_VALUES: dict[str, list[str]] = {
     "--threshold-quantile": ["0.2", "0.99", "nan", "1"],
     "--calibration": ["holdout", "crossfit", "neither"],
     "--calibration-folds": ["1", "2", "3"],
+    "--crossfit-correction": ["none", "size", "sizes"],
     "--sampler": ["greedy", "random", "none"],
     "--knn-backend": ["torch", "faiss"],
 }

@@ -72,6 +72,7 @@ def _detector_config(args: argparse.Namespace) -> Any:
         refit_with_calibration=args.refit,
         calibration=args.calibration,
         calibration_folds=args.calibration_folds,
+        crossfit_correction=args.crossfit_correction,
         tap_balance=args.tap_balance,
         tile=args.tile,
         tile_scale=args.tile_scale,
@@ -189,6 +190,14 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULTS.calibration_folds,
         help="folds of --calibration crossfit (default: %(default)s)",
+    )
+    g.add_argument(
+        "--crossfit-correction",
+        default=DEFAULTS.crossfit_correction,
+        choices=["none", "size"],
+        help="size: carry each cross-fitted score to the whole bank's size by the power law "
+        "of nearest-neighbour distances, from each fold's score against one more bank of a "
+        "single fold (needs 3 folds or more; a third more coreset time) (default: %(default)s)",
     )
     g.add_argument(
         "--tap-balance",

@@ -22,6 +22,7 @@ import statistics
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import faiss
 import torch
@@ -30,8 +31,10 @@ from torch.utils.flop_counter import FlopCounterMode
 from feddymem.allocator import keep_freed_memory, keeping_freed_memory
 from feddymem.config import DetectorConfig
 from feddymem.data import Sample, export_elpv, iter_batches, scan
+from feddymem.detect.base import Detector
 from feddymem.detect.detector import PatchCoreDetector, patch_scores
 from feddymem.detect.features import PatchFeatureExtractor
+from feddymem.detect.gaussian import GaussianConfig, GaussianDetector, gaussian_config_like
 from feddymem.detect.knn import NearestNeighbors
 from feddymem.detect.sampling import greedy_coreset
 from feddymem.detect.threshold import (
@@ -78,21 +81,48 @@ RULE_FITS: dict[str, dict[str, object]] = {
 }
 
 
+# the fits `--only rules --detector padim` compares (GaussianConfig changes): the held-out
+# tenth, and the exact cross-fit (pooled moments minus the fold's) beside it
+GAUSSIAN_RULE_FITS: dict[str, dict[str, object]] = {
+    "padim_holdout": {"calibration": "holdout"},
+    "padim_crossfit3": {"calibration": "crossfit", "calibration_folds": 3},
+}
+
+
+def make_detector(cfg: DetectorConfig | GaussianConfig) -> Detector:
+    """The detector a config describes: PaDiM's Gaussians or PatchCore's memory."""
+    if isinstance(cfg, GaussianConfig):
+        return GaussianDetector(cfg)
+    return PatchCoreDetector(cfg)
+
+
+def gaussian_like(cfg: DetectorConfig) -> GaussianConfig:
+    """PaDiM on `cfg`'s features, seed, nominal false-alarm rate and calibration (the
+    Gaussian's own defaults otherwise: all channels, eps 0.01)."""
+    return gaussian_config_like(
+        cfg,
+        threshold_quantile=cfg.threshold_quantile,
+        calibration=cfg.calibration,
+        calibration_folds=cfg.calibration_folds,
+    )
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
+def run_one(name: str, root: Path, cfg: DetectorConfig | GaussianConfig) -> dict[str, object]:
     split = scan(root)
     t0 = time.perf_counter()
-    det = PatchCoreDetector(cfg).fit(split.train)
+    det: Any = make_detector(cfg).fit(split.train)
     fit_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     metrics, scores = det.evaluate_with_scores(split.test)
     eval_s = time.perf_counter() - t1
-    assert det.memory_ is not None
+    memory = det.memory_ if isinstance(det, PatchCoreDetector) else det.precision_
+    assert memory is not None
     row: dict[str, object] = {
-        "method": "patchcore",
+        "method": "padim" if isinstance(det, GaussianDetector) else "patchcore",
         "dataset": name,
         "clients": 1,
         "seed": cfg.seed,
@@ -110,11 +140,12 @@ def run_one(name: str, root: Path, cfg: DetectorConfig) -> dict[str, object]:
         "fit_s": round(fit_s, 2),
         "train_images": len(split.train),
         "image_hw": list(det.image_hw_ or ()),
-        "memory_items": int(det.memory_.shape[0]),
-        "memory_mb": round(det.memory_.numel() * 4 / 2**20, 3),
+        # PatchCore: the memory's items; PaDiM: its grid positions (one Gaussian each)
+        "memory_items": int(memory.shape[0]),
+        "memory_mb": round(memory.numel() * 4 / 2**20, 3),
         # --tap-balance: each tap's fitted factor (1 / sqrt(mean channel variance))
         "tap_scale": None
-        if det.feature_scale_ is None
+        if getattr(det, "feature_scale_", None) is None
         else [
             round(float(part[0]), 4)
             for part in det.feature_scale_.split(list(det.extractor.tap_channels))
@@ -156,7 +187,7 @@ def _rounded(value: object) -> object:
 def rules(
     name: str,
     root: Path,
-    cfg: DetectorConfig,
+    cfg: DetectorConfig | GaussianConfig,
     *,
     work: Path,
     rate: float = 0.02,
@@ -175,9 +206,10 @@ def rules(
     split = scan(root)
     rows: list[dict[str, object]] = []
     for fit_name in fits:
-        fit_cfg = dataclasses.replace(cfg, **RULE_FITS[fit_name])  # type: ignore[arg-type]
+        table = GAUSSIAN_RULE_FITS if isinstance(cfg, GaussianConfig) else RULE_FITS
+        fit_cfg: Any = dataclasses.replace(cfg, **table[fit_name])  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        det = PatchCoreDetector(fit_cfg).fit(split.train)
+        det: Any = make_detector(fit_cfg).fit(split.train)
         fit_s = time.perf_counter() - t0
         metrics, scores = det.evaluate_with_scores(split.test)
         calib = det.calibration_scores_
@@ -187,7 +219,9 @@ def rules(
             "genpareto": rule_threshold(calib, rule="genpareto", false_alarm_rate=rate),
             "quantile_0.99": quantile_threshold(calib, quantile=0.99),  # the 1% rule before
         }
-        if fit_cfg.calibration == "holdout" and not fit_cfg.refit_with_calibration:
+        if fit_cfg.calibration == "holdout" and not getattr(
+            fit_cfg, "refit_with_calibration", False
+        ):
             fit, held = split_calibration(
                 list(split.train), fraction=fit_cfg.calibration_fraction, seed=fit_cfg.seed
             )
@@ -243,16 +277,25 @@ def rules(
 
 
 def fit_times(
-    root: Path, cfg: DetectorConfig, *, n_fit: int = 400, fits: Sequence[str] = tuple(RULE_FITS)
+    root: Path,
+    cfg: DetectorConfig,
+    *,
+    n_fit: int = 400,
+    fits: Sequence[str] = tuple(RULE_FITS),
+    gaussian: bool = False,
 ) -> dict[str, object]:
-    """Fit time of each RULE_FITS setting on `n_fit` ELPV mono cells at 224 px, back to back in
-    one run, and its ratio to the held-out fit (the release's); the load is in `load`."""
+    """Fit time of each RULE_FITS setting (GAUSSIAN_RULE_FITS with `gaussian`) on `n_fit` ELPV
+    mono cells at 224 px, back to back in one run, and its ratio to PatchCore's held-out fit
+    (the release's); the load is in `load`."""
     train = list(scan(root).train)[:n_fit]
     times: dict[str, float] = {}
     for fit_name in ("holdout", *(f for f in fits if f != "holdout")):
-        fit_cfg = dataclasses.replace(cfg, **RULE_FITS[fit_name])  # type: ignore[arg-type]
+        if fit_name in RULE_FITS:
+            fit_cfg: Any = dataclasses.replace(cfg, **RULE_FITS[fit_name])  # type: ignore[arg-type]
+        else:
+            fit_cfg = dataclasses.replace(gaussian_like(cfg), **GAUSSIAN_RULE_FITS[fit_name])  # type: ignore[arg-type]
         t0 = time.perf_counter()
-        PatchCoreDetector(fit_cfg).fit(train)
+        make_detector(fit_cfg).fit(train)
         times[fit_name] = time.perf_counter() - t0
     out: dict[str, object] = {
         "fit_images": len(train),
@@ -640,6 +683,15 @@ def main() -> None:
         default=",".join(RULE_FITS),
         help="fits --only rules compares, comma-separated (default: all of them)",
     )
+    parser.add_argument(
+        "--detector",
+        choices=["patchcore", "padim"],
+        default="patchcore",
+        help="the detector of the elpv, surface and rules parts: PatchCore's memory, or PaDiM's "
+        "Gaussian per grid position on the same features (GaussianConfig's defaults, with "
+        "this run's seed, 2%% nominal false alarms and --calibration); the rules part then "
+        "compares GAUSSIAN_RULE_FITS",
+    )
     parser.add_argument("--coreset-ratio", type=float, default=0.01)
     parser.add_argument("--image-size", type=int, default=256, help="short side in pixels")
     parser.add_argument(
@@ -721,17 +773,19 @@ def main() -> None:
         tile_border=args.tile_border,
         tile_bank_patches=args.tile_bank_patches,
     )
+    # the detector of the elpv, surface, synth and rules parts
+    scored: Any = gaussian_like(cfg) if args.detector == "padim" else cfg
     rows: list[dict[str, object]] = []
     if parts & {"elpv", "synth", "speed", "coreset", "select", "rules"}:
         for cell in ("mono", "poly"):
             export_elpv(args.data_dir / f"elpv-{cell}", cell_type=cell, seed=data_seed)
     if "elpv" in parts:
         for cell in ("mono", "poly"):
-            rows.append(run_one(f"elpv-{cell}", args.data_dir / f"elpv-{cell}", cfg))
+            rows.append(run_one(f"elpv-{cell}", args.data_dir / f"elpv-{cell}", scored))
     if "surface" in parts:
         for name in args.surface_sets.split(","):
             if (SHARED / name).is_dir():
-                rows.append(run_one(name, SHARED / name, cfg))
+                rows.append(run_one(name, SHARED / name, scored))
             else:
                 print(json.dumps({"dataset": name, "skipped": f"not found under {SHARED}"}))
     if "synth" in parts:
@@ -745,7 +799,7 @@ def main() -> None:
             seed=data_seed,
             train=[s.path for s in mono.train],
         )
-        rows.append(run_one("elpv-mono-synth", target, cfg))
+        rows.append(run_one("elpv-mono-synth", target, scored))
     if rows:
         with (args.out / "detector.jsonl").open("w") as fh:
             for row in rows:
@@ -769,16 +823,21 @@ def main() -> None:
         lazy_rows = coreset(args.data_dir / "elpv-mono", cfg)
         (args.out / "coreset.json").write_text(json.dumps(lazy_rows, indent=2))
     if "rules" in parts:
-        rule_fits = args.rule_fits.split(",")
-        unknown = sorted(set(rule_fits) - set(RULE_FITS))
+        known = GAUSSIAN_RULE_FITS if args.detector == "padim" else RULE_FITS
+        rule_fits = (
+            list(GAUSSIAN_RULE_FITS)
+            if args.detector == "padim" and args.rule_fits == parser.get_default("rule_fits")
+            else args.rule_fits.split(",")
+        )
+        unknown = sorted(set(rule_fits) - set(known))
         if unknown:
-            parser.error(f"--rule-fits: unknown {unknown}; known: {sorted(RULE_FITS)}")
+            parser.error(f"--rule-fits: unknown {unknown}; known: {sorted(known)}")
         roots = {f"elpv-{cell}": args.data_dir / f"elpv-{cell}" for cell in ("mono", "poly")}
         roots.update({n: SHARED / n for n in args.surface_sets.split(",") if (SHARED / n).is_dir()})
         ruled = [
             row
             for name, root in roots.items()
-            for row in rules(name, root, cfg, work=args.out / "rules", fits=rule_fits)
+            for row in rules(name, root, scored, work=args.out / "rules", fits=rule_fits)
         ]
         with (args.out / "rules.jsonl").open("w") as fh:
             for row in ruled:
@@ -787,6 +846,7 @@ def main() -> None:
             args.data_dir / "elpv-mono",
             dataclasses.replace(cfg, keep_aspect=False, image_size=224),
             fits=rule_fits,
+            gaussian=args.detector == "padim",
         )
         (args.out / "rule_fit_times.json").write_text(json.dumps(times, indent=2))
     if "select" in parts:

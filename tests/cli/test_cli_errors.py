@@ -77,7 +77,8 @@ def test_out_of_range_options_name_the_option(
     named: str,
 ) -> None:
     out = tmp_path / "m.pt"
-    code, message = run(["fit", "--data", str(tree), "--out", str(out), option, value], capsys)
+    argv = ["fit", "--data", str(tree), "--out", str(out), "--detector", "patchcore"]
+    code, message = run([*argv, option, value], capsys)
     assert_user_error(code, message, named)
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
@@ -86,7 +87,7 @@ def test_size_correction_with_two_folds_names_both_options(
     tree: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "m.pt"
-    args = ["--calibration-folds", "2", "--crossfit-correction", "size"]
+    args = ["--detector", "patchcore", "--calibration-folds", "2", "--crossfit-correction", "size"]
     code, message = run(["fit", "--data", str(tree), "--out", str(out), *args], capsys)
     assert_user_error(code, message, "--crossfit-correction 'size' needs --calibration-folds >= 3")
     assert not out.exists()
@@ -97,7 +98,7 @@ def test_neighbors_above_the_bank_size(
 ) -> None:
     out = tmp_path / "m.pt"
     argv = ["fit", "--data", str(tree), "--out", str(out), "--image-size", "64"]
-    code, message = run([*argv, "--neighbors", "100000"], capsys)
+    code, message = run([*argv, "--detector", "patchcore", "--neighbors", "100000"], capsys)
     assert_user_error(code, message, "--neighbors = 100000 exceeds the memory bank's")
     assert list(tmp_path.iterdir()) == []
 
@@ -113,11 +114,16 @@ def test_unwritable_or_occupied_out_is_refused_before_the_fit(
     monkeypatch.setattr(detector.PatchCoreDetector, "fit", no_fit)
     folder = tmp_path / "occupied"
     folder.mkdir()
-    code, message = run(["fit", "--data", str(tree), "--out", str(folder)], capsys)
+    code, message = run(
+        ["fit", "--data", str(tree), "--out", str(folder), "--detector", "patchcore"], capsys
+    )
     assert_user_error(code, message, f"--out {folder} is a folder")
     a_file = tmp_path / "file"
     a_file.write_text("x")
-    code, message = run(["fit", "--data", str(tree), "--out", str(a_file / "m.pt")], capsys)
+    code, message = run(
+        ["fit", "--data", str(tree), "--out", str(a_file / "m.pt"), "--detector", "patchcore"],
+        capsys,
+    )
     assert_user_error(code, message, f"{a_file} is not a folder")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "occupied"]  # no <out>.tmp
     assert list(folder.iterdir()) == []

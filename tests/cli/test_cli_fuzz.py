@@ -27,6 +27,7 @@ BUDGET_S = float(os.environ.get("FUZZ_BUDGET_S", "60"))
 MAX_CASES = 200
 
 OPTION_VALUES: dict[str, list[str]] = {
+    "--detector": ["padim", "patchcore", "patchcore", "gauss"],
     "--seed": ["-1", "0", "7", "x", "99999999999"],
     "--blur-sigma": ["nan", "inf", "-1", "0", "2"],
     "--neighbors": ["0", "1", "3", "100000", "-2"],

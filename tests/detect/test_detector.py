@@ -204,6 +204,8 @@ def test_cli_fit_evaluate_predict(
                 str(model),
                 "--image-size",
                 "64",
+                "--detector",
+                "patchcore",
                 "--coreset-ratio",
                 "0.1",
             ]

@@ -270,3 +270,35 @@ def test_crossfit_threshold_scores_each_training_image_without_its_fold(tree: Pa
         GaussianConfig(calibration="both")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="calibration_folds"):
         GaussianConfig(calibration_folds=1)
+
+
+def test_cli_fit_defaults_to_padim_cross_fitted_and_evaluate_predict_read_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from feddymem.cli import main
+    from tests.conftest import make_texture_tree
+
+    root = make_texture_tree(tmp_path / "brick", n_train=20, n_good=4, n_bad=4)
+    monkeypatch.chdir(tmp_path)
+    model = tmp_path / "m.pt"
+    assert main(["fit", "--data", str(root), "--out", str(model), "--image-size", "64"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["detector"] == "padim" and fitted["calibration_folds"] == 10
+    assert fitted["gaussians"] == 8 * 8 and fitted["image_hw"] == [64, 64]
+    det = load_detector(model)
+    assert isinstance(det, GaussianDetector) and det.n_train_ == 20  # no tenth held out
+    assert main(["evaluate", "--model", str(model), "--data", str(root), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)
+    assert metrics["image_auroc"] > 0.5 and metrics["at_threshold"]["normals"] == 4
+    out = tmp_path / "pred"
+    folders = [str(d) for d in sorted((root / "test").iterdir())]
+    assert main(["predict", "--model", str(model), *folders, "--out", str(out)]) == 0
+    assert len(list(out.rglob("*_overlay.png"))) == 8
+    # a PatchCore option with PaDiM: one line naming it, nothing written
+    again = tmp_path / "n.pt"
+    argv = ["fit", "--data", str(root), "--out", str(again), "--coreset-ratio", "0.5"]
+    assert main(argv) == 2
+    assert "--coreset-ratio applies to --detector patchcore" in capsys.readouterr().err
+    assert not again.exists()

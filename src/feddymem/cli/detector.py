@@ -21,15 +21,21 @@ def cmd_fit(args: argparse.Namespace) -> int:
     from feddymem.config import ConfigError
     from feddymem.data import scan
     from feddymem.detect.detector import PatchCoreDetector
+    from feddymem.detect.gaussian import GaussianConfig, GaussianDetector
     from feddymem.outputs import check_output_file
 
     cfg = detector_config(args)
     check_output_file(args.out)  # before the fit, not after it
     split = scan(args.data)
     t0 = time.perf_counter()
+    det: Any
     with progress_bar(len(split.train), "features") as bar:
         try:
-            det = PatchCoreDetector(cfg, weights=args.weights).fit(split.train, progress=bar.update)
+            if isinstance(cfg, GaussianConfig):
+                det = GaussianDetector(cfg, weights=args.weights)
+            else:
+                det = PatchCoreDetector(cfg, weights=args.weights)
+            det.fit(split.train, progress=bar.update)
         except ConfigError as err:  # a setting that only the data show to be out of range
             raise UsageError(with_option_names(str(err))) from None
     fit_s = time.perf_counter() - t0
@@ -37,17 +43,24 @@ def cmd_fit(args: argparse.Namespace) -> int:
         args.out,
         provenance={"source": "fit", "data": str(args.data), "written_at": time.time()},
     )
-    assert det.memory_ is not None
-    summary = {
-        "model": str(args.out),
-        "train_images": len(split.train),
-        "patches": det.n_patches_,
-        "memory_items": int(det.memory_.shape[0]),
-        "memory_mb": round(det.memory_.numel() * 4 / 2**20, 3),
-        "image_hw": list(det.image_hw_ or ()),
-        "threshold": det.threshold_,
-        "fit_s": round(fit_s, 2),
-    }
+    summary: dict[str, Any] = {"model": str(args.out), "detector": args.detector}
+    summary["train_images"] = len(split.train)
+    if isinstance(det, GaussianDetector):
+        assert det.precision_ is not None
+        summary["gaussians"] = int(det.precision_.shape[0])  # one per grid position
+        summary["model_mb"] = round(
+            (det.precision_.numel() + det.mean_.numel()) * 4 / 2**20,
+            3,  # type: ignore[union-attr]
+        )
+        summary["calibration_folds"] = det.calibration_folds_
+    else:
+        assert det.memory_ is not None
+        summary["patches"] = det.n_patches_
+        summary["memory_items"] = int(det.memory_.shape[0])
+        summary["memory_mb"] = round(det.memory_.numel() * 4 / 2**20, 3)
+    summary.update(
+        image_hw=list(det.image_hw_ or ()), threshold=det.threshold_, fit_s=round(fit_s, 2)
+    )
     print(json.dumps(summary, indent=2))
     return 0
 
@@ -139,8 +152,8 @@ def register(sub: Any) -> None:
     """Add fit, evaluate and predict to the `feddymem` subcommands."""
     p = sub.add_parser(
         "fit",
-        help="fit a PatchCore-style detector on normal images",
-        description="Fit a memory-bank detector on <data>/train/good and save it as one file.",
+        help="fit a detector (PatchCore-style memory, or PaDiM) on normal images",
+        description="Fit a detector on <data>/train/good and save it as one file.",
     )
     p.add_argument(
         "--data",

@@ -52,9 +52,34 @@ def detector_config(args: argparse.Namespace) -> Any:
         raise UsageError(with_option_names(str(err))) from None
 
 
+# DetectorConfig fields that PaDiM's Gaussians have no use for: set away from their defaults
+# with `--detector padim`, they are a usage error naming the option
+PATCHCORE_ONLY = (
+    "sampler",
+    "coreset_ratio",
+    "num_neighbors",
+    "knn_backend",
+    "refit_with_calibration",
+    "crossfit_correction",
+    "tap_balance",
+    "threshold_rule",
+    "tile",
+    "tile_scale",
+    "tile_overlap",
+    "tile_pad",
+    "tile_border",
+    "tile_bank_patches",
+)
+# PaDiM's cross-fit: a fold's Gaussians are the moments minus the fold's (exact, no refit), so
+# folds are cheap and the usual ten leave each fold's model nine tenths of the normals
+PADIM_CROSSFIT_FOLDS = 10
+
+
 def _detector_config(args: argparse.Namespace) -> Any:
     from feddymem.config import DetectorConfig
 
+    if getattr(args, "detector", "patchcore") == "padim":
+        return _padim_config(args)
     return DetectorConfig(
         backbone=args.backbone,
         layers=tuple(args.layers) if args.layers else None,
@@ -71,7 +96,9 @@ def _detector_config(args: argparse.Namespace) -> Any:
         threshold_rule=args.threshold_rule,
         refit_with_calibration=args.refit,
         calibration=args.calibration,
-        calibration_folds=args.calibration_folds,
+        calibration_folds=DetectorConfig.calibration_folds
+        if args.calibration_folds is None
+        else args.calibration_folds,
         crossfit_correction=args.crossfit_correction,
         tap_balance=args.tap_balance,
         tile=args.tile,
@@ -84,6 +111,38 @@ def _detector_config(args: argparse.Namespace) -> Any:
     )
 
 
+def _padim_config(args: argparse.Namespace) -> Any:
+    """`--detector padim`: a Gaussian per grid position (GaussianConfig) on the same features,
+    at the same nominal false-alarm rate; its cross-fit holds no tenth out (every training
+    image is in the Gaussians and scored once out of its fold), as PatchCore's does."""
+    from feddymem.cli.errors import UsageError
+    from feddymem.config import DetectorConfig
+    from feddymem.detect.gaussian import GaussianConfig
+
+    # a PatchCore option set to anything but its default does nothing here: say so
+    base = DetectorConfig()
+    for field in PATCHCORE_ONLY:
+        dest = {"num_neighbors": "neighbors", "refit_with_calibration": "refit"}.get(field, field)
+        if getattr(args, dest) != getattr(base, field):
+            raise UsageError(f"{option_name(field)} applies to --detector patchcore, not padim")
+    crossfit = args.calibration == "crossfit"
+    folds = args.calibration_folds
+    return GaussianConfig(
+        backbone=args.backbone,
+        layers=tuple(args.layers) if args.layers else None,
+        image_size=args.image_size,
+        keep_aspect=not args.squash,
+        batch_size=args.batch_size,
+        blur_sigma=args.blur_sigma,
+        image_score=args.image_score,
+        threshold_quantile=args.threshold_quantile,
+        calibration=args.calibration,
+        calibration_folds=PADIM_CROSSFIT_FOLDS if folds is None else folds,
+        calibration_fraction=0.0 if crossfit else GaussianConfig.calibration_fraction,
+        seed=args.seed,
+    )
+
+
 def add_detector_options(p: argparse.ArgumentParser) -> None:
     from feddymem.config import DetectorConfig
     from feddymem.detect.backbones import available_backbones
@@ -91,6 +150,16 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     DEFAULTS = DetectorConfig()  # the release's settings: one source for the defaults
 
     g = p.add_argument_group("detector")
+    g.add_argument(
+        "--detector",
+        default="padim",
+        choices=["padim", "patchcore"],
+        help="padim: a Gaussian per grid position over the patch features, Mahalanobis "
+        "distance, threshold cross-fitted in 10 folds (the default by the criterion of "
+        "docs/detector.md, the operating point); patchcore: a coreset memory of the same "
+        "features, nearest-item distance (the options marked PatchCore apply to it only) "
+        "(default: %(default)s)",
+    )
     g.add_argument(
         "--backbone",
         default="efficientnet_lite0",
@@ -188,8 +257,9 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--calibration-folds",
         type=int,
-        default=DEFAULTS.calibration_folds,
-        help="folds of --calibration crossfit (default: %(default)s)",
+        default=None,
+        help=f"folds of --calibration crossfit (default: {DEFAULTS.calibration_folds}; "
+        f"--detector padim: {PADIM_CROSSFIT_FOLDS})",
     )
     g.add_argument(
         "--crossfit-correction",

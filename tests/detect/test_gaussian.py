@@ -277,8 +277,9 @@ def test_cli_fit_defaults_to_padim_cross_fitted_and_evaluate_predict_read_it(
 ) -> None:
     import json
 
-    from feddymem.cli import main
     from tests.conftest import make_texture_tree
+
+    from feddymem.cli import main
 
     root = make_texture_tree(tmp_path / "brick", n_train=20, n_good=4, n_bad=4)
     monkeypatch.chdir(tmp_path)

@@ -29,13 +29,12 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from feddymem.allocator import keep_freed_memory, keeping_freed_memory
-from feddymem.cli.options import PADIM_CROSSFIT_FOLDS
 from feddymem.config import DetectorConfig
 from feddymem.data import Sample, export_elpv, iter_batches, scan
 from feddymem.detect.base import Detector
 from feddymem.detect.detector import PatchCoreDetector, patch_scores
 from feddymem.detect.features import PatchFeatureExtractor
-from feddymem.detect.gaussian import GaussianConfig, GaussianDetector, gaussian_config_like
+from feddymem.detect.gaussian import GaussianConfig, GaussianDetector, central_config
 from feddymem.detect.knn import NearestNeighbors
 from feddymem.detect.sampling import greedy_coreset
 from feddymem.detect.threshold import (
@@ -113,15 +112,9 @@ def make_detector(cfg: DetectorConfig | GaussianConfig) -> Detector:
 
 def gaussian_like(cfg: DetectorConfig) -> GaussianConfig:
     """PaDiM on `cfg`'s features, seed, nominal false-alarm rate and calibration, as `feddymem
-    fit --detector padim` builds it: cross-fitted in PADIM_CROSSFIT_FOLDS folds with nothing
-    held out (the Gaussian's own defaults otherwise: all channels, eps 0.01)."""
-    crossfit = cfg.calibration == "crossfit"
-    return gaussian_config_like(
-        cfg,
-        threshold_quantile=cfg.threshold_quantile,
-        calibration=cfg.calibration,
-        calibration_folds=PADIM_CROSSFIT_FOLDS,
-        calibration_fraction=0.0 if crossfit else GaussianConfig.calibration_fraction,
+    fit --detector padim` builds it (`gaussian.central_config`)."""
+    return central_config(
+        cfg, calibration=cfg.calibration, threshold_quantile=cfg.threshold_quantile
     )
 
 

@@ -351,21 +351,28 @@ def test_tap_balance_equalises_the_taps_and_travels_with_the_model(tmp_path: Pat
         load_detector(tmp_path / "bad.pt")
 
 
-def test_crossfit_calibration_scores_every_training_image_once_out_of_its_fold(
-    fitted: tuple[PatchCoreDetector, Path], monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def searched(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of queries of every nearest-neighbour search the detector module runs."""
     import feddymem.detect.detector as detector_module
-    from feddymem.config import ConfigError
 
-    _, root = fitted
-    searched: list[int] = []
+    counts: list[int] = []
 
     class Counting(detector_module.NearestNeighbors):
         def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            searched.append(int(queries.shape[0]))
+            counts.append(int(queries.shape[0]))
             return super().search(queries, k)
 
     monkeypatch.setattr(detector_module, "NearestNeighbors", Counting)
+    return counts
+
+
+def test_crossfit_calibration_scores_every_training_image_once_out_of_its_fold(
+    fitted: tuple[PatchCoreDetector, Path], searched: list[int]
+) -> None:
+    from feddymem.config import ConfigError
+
+    _, root = fitted
     cfg = DetectorConfig(**{**CFG.__dict__, "calibration": "crossfit", "calibration_folds": 3})
     det = PatchCoreDetector(cfg).fit(scan(root).train)
     # no image held out of the bank; each of the 15 images scored once, in 3 folds of 5
@@ -387,20 +394,11 @@ def test_crossfit_calibration_scores_every_training_image_once_out_of_its_fold(
 
 
 def test_size_corrected_crossfit_scores_each_fold_against_one_more_bank_and_lowers_scores(
-    fitted: tuple[PatchCoreDetector, Path], monkeypatch: pytest.MonkeyPatch
+    fitted: tuple[PatchCoreDetector, Path], searched: list[int]
 ) -> None:
-    import feddymem.detect.detector as detector_module
     from feddymem.config import ConfigError
 
     _, root = fitted
-    searched: list[int] = []
-
-    class Counting(detector_module.NearestNeighbors):
-        def search(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-            searched.append(int(queries.shape[0]))
-            return super().search(queries, k)
-
-    monkeypatch.setattr(detector_module, "NearestNeighbors", Counting)
     base = {**CFG.__dict__, "calibration": "crossfit", "calibration_folds": 3}
     plain = PatchCoreDetector(DetectorConfig(**base)).fit(scan(root).train)
     searched.clear()

@@ -70,9 +70,19 @@ PATCHCORE_ONLY = (
     "tile_border",
     "tile_bank_patches",
 )
-# PaDiM's cross-fit: a fold's Gaussians are the moments minus the fold's (exact, no refit), so
-# folds are cheap and the usual ten leave each fold's model nine tenths of the normals
-PADIM_CROSSFIT_FOLDS = 10
+
+
+def _feature_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The FeatureConfig fields both detectors take from the options."""
+    return {
+        "backbone": args.backbone,
+        "layers": tuple(args.layers) if args.layers else None,
+        "image_size": args.image_size,
+        "keep_aspect": not args.squash,
+        "batch_size": args.batch_size,
+        "blur_sigma": args.blur_sigma,
+        "image_score": args.image_score,
+    }
 
 
 def _detector_config(args: argparse.Namespace) -> Any:
@@ -81,17 +91,11 @@ def _detector_config(args: argparse.Namespace) -> Any:
     if getattr(args, "detector", "patchcore") == "padim":
         return _padim_config(args)
     return DetectorConfig(
-        backbone=args.backbone,
-        layers=tuple(args.layers) if args.layers else None,
-        image_size=args.image_size,
-        keep_aspect=not args.squash,
-        batch_size=args.batch_size,
+        **_feature_options(args),
         sampler=args.sampler,
         coreset_ratio=args.coreset_ratio,
         num_neighbors=args.neighbors,
         knn_backend=args.knn_backend,
-        blur_sigma=args.blur_sigma,
-        image_score=args.image_score,
         threshold_quantile=args.threshold_quantile,
         threshold_rule=args.threshold_rule,
         refit_with_calibration=args.refit,
@@ -112,33 +116,24 @@ def _detector_config(args: argparse.Namespace) -> Any:
 
 
 def _padim_config(args: argparse.Namespace) -> Any:
-    """`--detector padim`: a Gaussian per grid position (GaussianConfig) on the same features,
-    at the same nominal false-alarm rate; its cross-fit holds no tenth out (every training
-    image is in the Gaussians and scored once out of its fold), as PatchCore's does."""
+    """`--detector padim`: `gaussian.central_config` on the options' features, calibration and
+    nominal false-alarm rate."""
     from feddymem.cli.errors import UsageError
-    from feddymem.config import DetectorConfig
-    from feddymem.detect.gaussian import GaussianConfig
+    from feddymem.config import DetectorConfig, FeatureConfig
+    from feddymem.detect.gaussian import central_config
 
     # a PatchCore option set to anything but its default does nothing here: say so
     base = DetectorConfig()
     for field in PATCHCORE_ONLY:
-        dest = {"num_neighbors": "neighbors", "refit_with_calibration": "refit"}.get(field, field)
+        dest = option_name(field).removeprefix("--").replace("-", "_")
         if getattr(args, dest) != getattr(base, field):
             raise UsageError(f"{option_name(field)} applies to --detector patchcore, not padim")
-    crossfit = args.calibration == "crossfit"
-    folds = args.calibration_folds
-    return GaussianConfig(
-        backbone=args.backbone,
-        layers=tuple(args.layers) if args.layers else None,
-        image_size=args.image_size,
-        keep_aspect=not args.squash,
-        batch_size=args.batch_size,
-        blur_sigma=args.blur_sigma,
-        image_score=args.image_score,
-        threshold_quantile=args.threshold_quantile,
+    features = FeatureConfig(**_feature_options(args))
+    return central_config(
+        features,
         calibration=args.calibration,
-        calibration_folds=PADIM_CROSSFIT_FOLDS if folds is None else folds,
-        calibration_fraction=0.0 if crossfit else GaussianConfig.calibration_fraction,
+        calibration_folds=args.calibration_folds,
+        threshold_quantile=args.threshold_quantile,
         seed=args.seed,
     )
 
@@ -146,6 +141,7 @@ def _padim_config(args: argparse.Namespace) -> Any:
 def add_detector_options(p: argparse.ArgumentParser) -> None:
     from feddymem.config import DetectorConfig
     from feddymem.detect.backbones import available_backbones
+    from feddymem.detect.gaussian import CENTRAL_CROSSFIT_FOLDS
 
     DEFAULTS = DetectorConfig()  # the release's settings: one source for the defaults
 
@@ -259,7 +255,7 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         type=int,
         default=None,
         help=f"folds of --calibration crossfit (default: {DEFAULTS.calibration_folds}; "
-        f"--detector padim: {PADIM_CROSSFIT_FOLDS})",
+        f"--detector padim: {CENTRAL_CROSSFIT_FOLDS})",
     )
     g.add_argument(
         "--crossfit-correction",

@@ -70,6 +70,39 @@ class GaussianConfig(FeatureConfig):
         check_calibration(self.calibration, self.calibration_folds)
 
 
+# a central PaDiM's cross-fit (`central_config`): a fold's Gaussians are the moments minus the
+# fold's (exact, no refit), so folds are cheap and the usual ten leave each fold's model nine
+# tenths of the normals
+CENTRAL_CROSSFIT_FOLDS = 10
+
+
+def central_config(
+    model: FeatureConfig,
+    *,
+    calibration: Literal["holdout", "crossfit"] = "crossfit",
+    calibration_folds: int | None = None,
+    threshold_quantile: float = 0.98,
+    seed: int | None = None,
+) -> GaussianConfig:
+    """PaDiM fitted at one site on its own images (`feddymem fit`, the default detector), on
+    `model`'s features and seed: cross-fitted in CENTRAL_CROSSFIT_FOLDS folds with no tenth held
+    out (every training image is in the Gaussians and scored once out of its fold, as
+    PatchCore's cross-fit), or with `calibration="holdout"` the held-out tenth; 2 % nominal
+    false alarms, as PatchCore's default (docs/detector.md, PaDiM against the criterion);
+    `seed` overrides the model's."""
+    crossfit = calibration == "crossfit"
+    return gaussian_config_like(
+        model,
+        seed=getattr(model, "seed", 0) if seed is None else seed,
+        calibration=calibration,
+        calibration_folds=CENTRAL_CROSSFIT_FOLDS
+        if calibration_folds is None
+        else calibration_folds,
+        calibration_fraction=0.0 if crossfit else GaussianConfig.calibration_fraction,
+        threshold_quantile=threshold_quantile,
+    )
+
+
 # the stream of `privacy.defences.defence_seed` that seeds fed-padim's moment noise (FedDyMem's
 # upload noise is stream 0)
 MOMENT_NOISE_STREAM = 7

@@ -237,8 +237,10 @@ class PatchMoments:
         if self.total is None or self.outer is None or self.count < 2:
             raise ValueError(f"a covariance needs at least 2 images, got {self.count}")
         mean = self.total / self.count
-        cov = (self.outer - self.count * mean.unsqueeze(2) * mean.unsqueeze(1)) / (self.count - 1)
-        return mean, (cov + cov.mT) / 2
+        # (outer - n mean mean^T) / (n - 1), then symmetrised: one (P, D, D) copy and one temporary
+        cov = torch.baddbmm(self.outer, mean.unsqueeze(2), mean.unsqueeze(1), alpha=-self.count)
+        cov.div_(self.count - 1)
+        return mean, cov.add_(cov.mT.clone()).mul_(0.5)
 
 
 def regularised_precision(covariance: torch.Tensor, *, eps: float) -> torch.Tensor:
@@ -249,17 +251,18 @@ def regularised_precision(covariance: torch.Tensor, *, eps: float) -> torch.Tens
     """
     if covariance.ndim != 3 or covariance.shape[1] != covariance.shape[2]:
         raise ValueError(f"covariance must be (P, D, D), got {tuple(covariance.shape)}")
-    d = covariance.shape[1]
-    sigma = covariance.to(torch.float64) + eps * torch.eye(d, dtype=torch.float64)
+    sigma = covariance.to(torch.float64, copy=True)
+    sigma.diagonal(dim1=1, dim2=2).add_(eps)
     chol, info = torch.linalg.cholesky_ex(sigma)
+    del sigma
     bad = int((info != 0).sum())
     if bad:
         raise ValueError(
-            f"{bad} of {sigma.shape[0]} covariance(s) are not positive definite with eps={eps}; "
+            f"{bad} of {covariance.shape[0]} covariance(s) are not positive definite with eps={eps}; "
             "raise eps"
         )
-    precision = torch.cholesky_inverse(chol)
-    return ((precision + precision.mT) / 2).to(covariance.dtype)
+    # cholesky_inverse fills both triangles from one: the result is exactly symmetric
+    return torch.cholesky_inverse(chol).to(covariance.dtype)
 
 
 def estimate_gaussian(features: torch.Tensor, *, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -370,13 +373,16 @@ class GaussianDetector(Detector):
         for i, feats in enumerate(batches):
             feats = feats if channels is None else feats[:, channels]
             noisy = noisy_moment_features(feats, cfg, batch=i)
-            moments.update(noisy)
-            if n_folds:
+            if not n_folds:
+                moments.update(noisy)
+            else:  # the whole is the folds' sum, added once at the end
                 label = (torch.arange(seen, seen + feats.shape[0]) % n_folds).tolist()
                 for f in set(label):  # a loop over the folds of this batch
                     folds[f].update(noisy[torch.tensor(label) == f])
                 kept.append(feats.half())
             seen += feats.shape[0]
+        if n_folds and any(f.count for f in folds):
+            moments = PatchMoments.pooled(folds)
         usable = n_folds and all(f.count for f in folds) and seen - max(f.count for f in folds) >= 2
         return LocalMoments(
             moments,

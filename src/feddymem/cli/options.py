@@ -153,8 +153,9 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         help="padim: a Gaussian per grid position over the patch features, Mahalanobis "
         "distance, threshold cross-fitted in 10 folds (the default by the criterion of "
         "docs/detector.md, the operating point); patchcore: a coreset memory of the same "
-        "features, nearest-item distance (the options marked PatchCore apply to it only) "
-        "(default: %(default)s)",
+        "features, nearest-item distance (--sampler, --coreset-ratio, --neighbors, "
+        "--knn-backend, --refit, --crossfit-correction, --tap-balance, --threshold-rule and "
+        "the --tile options apply to it only) (default: %(default)s)",
     )
     g.add_argument(
         "--backbone",

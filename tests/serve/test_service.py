@@ -222,3 +222,32 @@ def load_state(path: Path) -> dict:  # type: ignore[type-arg]
     from feddymem.detect.modelfile import read_state
 
     return read_state(path)
+
+
+def test_serves_a_padim_model_as_fit_writes_it_by_default(
+    models: Models,
+    serve_process,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    from feddymem.config import FeatureConfig
+    from feddymem.data import scan
+    from feddymem.detect.gaussian import GaussianDetector, central_config
+
+    cfg = central_config(FeatureConfig(image_size=64, batch_size=8))
+    det = GaussianDetector(cfg).fit(scan(models.data).train)
+    model = det.save(tmp_path / "padim.pt", provenance={"source": "fit"})
+    image = sorted((models.data / "test" / "spot").glob("*.png"))[0]
+    server = serve_process(model)
+    with server.client() as c:
+        info = c.get("/v1/model").json()
+        assert info["kind"] == "gaussian" and info["memory_items"] is None
+        assert info["image_hw"] == [64, 64]
+        body = c.post(
+            "/v1/score", params={"heatmap": "png"}, files={"file": (image.name, image.read_bytes())}
+        ).json()
+    expected = _in_process_score(model, image)
+    assert body["score"] == pytest.approx(expected, rel=1e-4)
+    assert body["threshold"] == pytest.approx(info["threshold"])
+    assert body["decision"] == ("anomalous" if expected > info["threshold"] else "normal")
+    overlay = Image.open(io.BytesIO(base64.b64decode(body["overlay_png"])))
+    assert overlay.format == "PNG" and overlay.size[0] >= Image.open(image).size[0]

@@ -247,9 +247,9 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         default=DEFAULTS.calibration,
         choices=["holdout", "crossfit"],
         help="holdout: the threshold from a held-out tenth of the normals, kept out of the "
-        "memory bank; crossfit: every training image scored against a bank built without its "
-        "fold, then the bank built from all of them (the coreset runs once more per fold) "
-        "(default: %(default)s)",
+        "model; crossfit: every training image scored against a model built without its fold "
+        "(PatchCore: a coreset per fold; PaDiM: the moments minus the fold's), then the model "
+        "built from all of them (default: %(default)s)",
     )
     g.add_argument(
         "--calibration-folds",

@@ -398,10 +398,17 @@ class Detector:
         )
         return shift
 
-    def _threshold_from_results(self, results: Sequence[ScoreResult], *, quantile: float) -> float:
-        """`_threshold_from` over the normal images scored batch by batch in `results`."""
+    def _threshold_from_results(
+        self,
+        results: Sequence[ScoreResult],
+        *,
+        quantile: float,
+        scores: np.ndarray | None = None,
+    ) -> float:
+        """`_threshold_from` over the normal images scored batch by batch in `results` (their
+        image scores replaced by `scores` (N,) when given, e.g. corrected ones)."""
         return self._threshold_from(
-            torch.cat([r.image_scores for r in results]).numpy(),
+            torch.cat([r.image_scores for r in results]).numpy() if scores is None else scores,
             maps=torch.cat(
                 [
                     r.anomaly_maps[:, :: thresholds.FLOOR_STRIDE, :: thresholds.FLOOR_STRIDE]

@@ -345,12 +345,7 @@ class PatchCoreDetector(MemoryBankDetector):
             "cross-fitted scores carried to the whole bank's size: median factor %.3f",
             float(np.median(corrected / np.maximum(scores, 1e-12))),
         )
-        stride = thresholds.FLOOR_STRIDE
-        self._threshold_from(
-            corrected,
-            maps=torch.cat([r.anomaly_maps[:, ::stride, ::stride] for r in results]).numpy(),
-            quantile=cfg.threshold_quantile,
-        )
+        self._threshold_from_results(results, quantile=cfg.threshold_quantile, scores=corrected)
 
     def _fold_scores(self, z: torch.Tensor, rest: torch.Tensor, *, seed: int) -> ScoreResult:
         """Patch vectors `z` (b, D, H, W) scored against a memory subsampled, as the fitted one

@@ -46,12 +46,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     summary: dict[str, Any] = {"model": str(args.out), "detector": args.detector}
     summary["train_images"] = len(split.train)
     if isinstance(det, GaussianDetector):
-        assert det.precision_ is not None
+        assert det.precision_ is not None and det.mean_ is not None
         summary["gaussians"] = int(det.precision_.shape[0])  # one per grid position
-        summary["model_mb"] = round(
-            (det.precision_.numel() + det.mean_.numel()) * 4 / 2**20,
-            3,  # type: ignore[union-attr]
-        )
+        summary["model_mb"] = round((det.precision_.numel() + det.mean_.numel()) * 4 / 2**20, 3)
         summary["calibration_folds"] = det.calibration_folds_
     else:
         assert det.memory_ is not None

@@ -8,9 +8,11 @@ into the machine's outward IP unless Ray's cluster mode is off
 `LOOPBACK_INIT_ARGS` asks Ray for the loopback address, so every listening socket is on
 127.0.0.1 (checked with ``ss -ltnp`` in tests/federation/test_localray.py).
 
-On the way out (normal end, an exception, SIGTERM or SIGINT) Ray is shut down and every process
-it started that is still alive is terminated, then killed after a grace period. SIGKILL cannot
-be caught: then Ray's own fate-sharing is all there is.
+On the way out (normal end or an exception) Ray is shut down and every process it started that
+is still alive is terminated, then killed after a grace period. On SIGTERM or SIGINT the process
+leaves at once with 128 + the signal number and `reaper` does the same for Ray's processes once
+it is gone (shutting Ray down inside the handler races Flower's threads). SIGKILL cannot be
+caught: then Ray's own fate-sharing is all there is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator, Mapping
@@ -29,6 +32,8 @@ import psutil
 import ray
 from ray._private import ray_constants
 
+from feddymem.federation import reaper
+
 __all__ = ["LOOPBACK", "LOOPBACK_INIT_ARGS", "contained_ray"]
 
 log = logging.getLogger(__name__)
@@ -36,7 +41,6 @@ log = logging.getLogger(__name__)
 LOOPBACK = "127.0.0.1"
 LOOPBACK_INIT_ARGS: dict[str, Any] = {"_node_ip_address": LOOPBACK, "include_dashboard": False}
 _CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-_GRACE_S = 5.0
 
 
 def _descendants() -> dict[int, psutil.Process]:
@@ -47,21 +51,9 @@ def _descendants() -> dict[int, psutil.Process]:
 
 
 def _end(processes: list[psutil.Process]) -> None:
-    """Terminate, wait `_GRACE_S`, kill what is left."""
-    alive = [p for p in processes if p.is_running()]
-    for proc in alive:
-        try:
-            proc.terminate()
-        except psutil.Error:
-            pass
-    _, left = psutil.wait_procs(alive, timeout=_GRACE_S)
-    for proc in left:
-        try:
-            proc.kill()
-        except psutil.Error:
-            pass
-    if left:
-        log.warning("killed %d Ray process(es) that outlived shutdown", len(left))
+    killed = reaper.end(processes)
+    if killed:
+        log.warning("killed %d Ray process(es) that outlived shutdown", killed)
 
 
 @contextmanager
@@ -88,10 +80,16 @@ def contained_ray(init_args: Mapping[str, Any]) -> Iterator[None]:
             )
 
         def stop(signum: int, _frame: FrameType | None) -> None:
-            # Flower's threads would keep the interpreter alive after an exception: end Ray and
-            # its processes here, then leave with 128 + signal number.
-            log.warning("signal %d received: stopping Ray and exiting", signum)
-            _cleanup(before, handlers, saved_env, saved_cluster)
+            # Flower's threads would keep the interpreter alive after an exception, and
+            # `ray.shutdown()` here races them (Ray's core worker then exits the process with
+            # code 1): hand Ray's processes to a reaper and leave with 128 + signal number.
+            started = sorted(pid for pid in _descendants() if pid not in before)
+            log.warning(
+                "signal %d received: exiting; %d Ray process(es) ended after this one",
+                signum,
+                len(started),
+            )
+            _start_reaper(started)
             logging.shutdown()
             sys.stdout.flush()
             sys.stderr.flush()
@@ -103,6 +101,21 @@ def contained_ray(init_args: Mapping[str, Any]) -> Iterator[None]:
         yield
     finally:
         _cleanup(before, handlers, saved_env, saved_cluster)
+
+
+def _start_reaper(pids: list[int]) -> None:
+    """Start `reaper` (a new session, no inherited pipes) to end `pids` once this process is gone."""
+    try:
+        subprocess.Popen(
+            [sys.executable, "-m", "feddymem.federation.reaper", str(os.getpid()), *map(str, pids)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except OSError as exc:  # no reaper: Ray's own fate-sharing is all there is
+        log.warning("could not start the reaper of Ray's processes: %s", exc)
 
 
 def _cleanup(

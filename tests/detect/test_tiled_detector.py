@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from feddymem.config import ConfigError, DetectorConfig
+from feddymem.config import ConfigError, DetectorConfig, FeatureConfig
 from feddymem.data import scan
 from feddymem.detect.detector import PatchCoreDetector
+from feddymem.detect.gaussian import GaussianDetector, central_config
 from feddymem.detect.modelfile import ModelFileError
 from feddymem.detect.registry import load_detector
 
@@ -173,3 +174,52 @@ def test_auto_resizes_images_near_the_input_size(texture_tree: Path) -> None:
 def test_tiling_refuses_refit() -> None:
     with pytest.raises(ConfigError, match="tiling"):
         dataclasses.replace(CFG, refit_with_calibration=True)
+
+
+def test_tiled_padim_finds_small_spots_and_round_trips(
+    large: tuple[PatchCoreDetector, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """PaDiM tiled: a Gaussian per position within a tile, shared by all tiles; the default
+    cross-fit gives way to the held-out share; the plan is saved and restored."""
+    _, root = large
+    base = FeatureConfig(**{f: getattr(CFG, f) for f in FeatureConfig.__dataclass_fields__})
+    with caplog.at_level(logging.INFO, logger="feddymem.detect.gaussian"):
+        tiled = GaussianDetector(central_config(base)).fit(scan(root).train)
+    assert any(
+        "tiled fit: the threshold comes from a held-out" in r.message for r in caplog.records
+    )
+    assert tiled.tiling_ is not None and tiled.image_hw_ == (160, 160)
+    assert tiled.grid_hw_ == (8, 8) and tiled.calibration_folds_ == 0  # a tile's grid
+    resized = GaussianDetector(central_config(dataclasses.replace(base, tile="off")))
+    resized.fit(scan(root).train)
+    m_tiled, m_resized = tiled.evaluate(scan(root).test), resized.evaluate(scan(root).test)
+    assert m_tiled.image_auroc >= max(0.9, m_resized.image_auroc + 0.15)
+    path = tiled.save(tmp_path / "padim_tiled.pt")
+    back = load_detector(path)
+    assert isinstance(back, GaussianDetector) and back.tiling_ == tiled.tiling_
+    images = torch.rand(2, 3, 160, 160)
+    assert torch.allclose(back.score(images).anomaly_maps, tiled.score(images).anomaly_maps)
+
+
+def test_cli_fit_tiles_padim_and_predict_draws_it(
+    large: tuple[PatchCoreDetector, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from feddymem.cli import main
+
+    _, root = large
+    model = tmp_path / "m.pt"
+    argv = ["fit", "--data", str(root), "--out", str(model), "--image-size", "64"]
+    assert main([*argv, "--tile", "on", "--tile-overlap", "16"]) == 0
+    fitted = json.loads(capsys.readouterr().out)
+    assert fitted["detector"] == "padim" and fitted["calibration_folds"] == 0
+    assert fitted["tiling"] == {"tile": 64, "overlap": 16, "pad": 0, "tiles_per_image": 9}
+    assert fitted["gaussians"] == 8 * 8 and fitted["image_hw"] == [160, 160]
+    out = tmp_path / "pred"
+    assert (
+        main(["predict", "--model", str(model), str(root / "test" / "spot"), "--out", str(out)])
+        == 0
+    )
+    overlays = sorted(out.rglob("*_overlay.png"))
+    assert len(overlays) == 8 and all(min(Image.open(p).size) >= 160 for p in overlays)

@@ -77,11 +77,14 @@ def test_spec_carries_the_moment_settings_to_every_site(spec: Path) -> None:
     text = spec.read_text(encoding="utf-8")
     other = spec.with_name("other.toml")
     other.write_text(
-        text.replace("[model]\n", '[model]\nupload_noise = 1.5\ncalibration = "crossfit"\n'),
+        text.replace(
+            "[model]\n", '[model]\nupload_noise = 1.5\ncalibration = "crossfit"\ntile = "auto"\n'
+        ),
         "utf-8",
     )
     cfg = gaussian_config(load_spec(other))
-    assert (cfg.moment_noise, cfg.calibration) == (1.5, "crossfit")
+    # a FedDyMem site's tiling does not reach fed-padim's moments: one grid of whole images
+    assert (cfg.moment_noise, cfg.calibration, cfg.tile) == (1.5, "crossfit", "off")
     plain = gaussian_config(load_spec(spec))
     assert (plain.moment_noise, plain.calibration) == (0.0, "holdout")
     other.write_text(text.replace("[model]\n", '[model]\ncalibration = "both"\n'), "utf-8")

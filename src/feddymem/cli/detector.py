@@ -55,6 +55,14 @@ def cmd_fit(args: argparse.Namespace) -> int:
         summary["patches"] = det.n_patches_
         summary["memory_items"] = int(det.memory_.shape[0])
         summary["memory_mb"] = round(det.memory_.numel() * 4 / 2**20, 3)
+    if det.tiling_ is not None:  # the --tile rule's choice, for the user to see
+        plan = det.tiling_
+        summary["tiling"] = {
+            "tile": plan.tile,
+            "overlap": plan.overlap,
+            "pad": plan.pad,
+            "tiles_per_image": plan.grid(det.extractor.stride).n_tiles,
+        }
     summary.update(
         image_hw=list(det.image_hw_ or ()), threshold=det.threshold_, fit_s=round(fit_s, 2)
     )

@@ -63,11 +63,6 @@ PATCHCORE_ONLY = (
     "crossfit_correction",
     "tap_balance",
     "threshold_rule",
-    "tile",
-    "tile_scale",
-    "tile_overlap",
-    "tile_pad",
-    "tile_border",
     "tile_bank_patches",
 )
 
@@ -82,6 +77,11 @@ def _feature_options(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "blur_sigma": args.blur_sigma,
         "image_score": args.image_score,
+        "tile": args.tile,
+        "tile_scale": args.tile_scale,
+        "tile_overlap": args.tile_overlap,
+        "tile_pad": args.tile_pad,
+        "tile_border": args.tile_border,
     }
 
 
@@ -105,11 +105,6 @@ def _detector_config(args: argparse.Namespace) -> Any:
         else args.calibration_folds,
         crossfit_correction=args.crossfit_correction,
         tap_balance=args.tap_balance,
-        tile=args.tile,
-        tile_scale=args.tile_scale,
-        tile_overlap=args.tile_overlap,
-        tile_pad=args.tile_pad,
-        tile_border=args.tile_border,
         tile_bank_patches=args.tile_bank_patches,
         seed=args.seed,
     )
@@ -155,7 +150,7 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         "docs/detector.md, the operating point); patchcore: a coreset memory of the same "
         "features, nearest-item distance (--sampler, --coreset-ratio, --neighbors, "
         "--knn-backend, --refit, --crossfit-correction, --tap-balance, --threshold-rule and "
-        "the --tile options apply to it only) (default: %(default)s)",
+        "--tile-bank-patches apply to it only) (default: %(default)s)",
     )
     g.add_argument(
         "--backbone",

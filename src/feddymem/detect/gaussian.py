@@ -5,6 +5,12 @@ normal training images give a mean mu_j (D,) and a covariance Sigma_j + eps * I 
 patch scores its Mahalanobis distance sqrt((p - mu_j)^T Sigma_j^-1 (p - mu_j)). Anomaly maps,
 image scores, thresholds, evaluation and the model file are the family's (`feddymem.detect.base`).
 
+Tiled (`tile`, `detect/tiling.py`), the grid is a tile's: the Gaussians are those of the
+positions within a tile, fitted on every tile of every training image, and an image's tiles are
+scored as images and stitched into its map. That trades the absolute position (which a tiled
+large image would make too many Gaussians of) for native resolution; the threshold then comes
+from the held-out share (the cross-fit needs one grid per image).
+
 The statistics are streamed (`PatchMoments`: n, sum x, sum x x^T per position), so fitting never
 holds all training features at once; the sums also add up exactly across clients.
 
@@ -325,6 +331,9 @@ class GaussianDetector(Detector):
 
     kind = "gaussian"
     config: GaussianConfig
+    # tiled, the Gaussians are those of the positions within a tile, shared by every tile of
+    # every image: a tile stands for an image (`Detector.image_patch_scores` stitches them)
+    supports_tiling = True
 
     def __init__(self, config: GaussianConfig, *, weights: Path | None = None) -> None:
         super().__init__(config, weights=weights)
@@ -359,13 +368,24 @@ class GaussianDetector(Detector):
         share), at `image_hw` (default: resolved from the images as `fit` does); with
         `moment_noise`, of their noised patch vectors (`noisy_moment_features`)."""
         cfg = self.config
+        n_folds = cfg.calibration_folds if cfg.calibration == "crossfit" else 0
+        fraction = cfg.calibration_fraction
+        if n_folds and self._plan_tiling([s.path for s in samples]) is not None:
+            # the cross-fit scores one grid per image; tiled, an image is many tiles
+            n_folds, fraction = 0, fraction or GaussianConfig.calibration_fraction
+            log.info(
+                "tiled fit: the threshold comes from a held-out %.0f%% of the normals "
+                "(the cross-fit takes one grid per image)",
+                100 * fraction,
+            )
         train, calib, resolved = self._fit_split(
-            samples, fraction=cfg.calibration_fraction, seed=cfg.seed, min_images=1
+            samples, fraction=fraction, seed=cfg.seed, min_images=1
         )
+        if image_hw is not None and self.tiling_ is not None:
+            raise ValueError("moments at a given image size are of whole images: set tile='off'")
         image_hw = image_hw or resolved
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
         moments = PatchMoments()
-        n_folds = cfg.calibration_folds if cfg.calibration == "crossfit" else 0
         folds = [PatchMoments() for _ in range(n_folds)]
         kept: list[torch.Tensor] = []
         seen = 0
@@ -506,4 +526,5 @@ class GaussianDetector(Detector):
         det.map_floor_ = map_floor_from_state(state, where=where)
         det.calibration_scores_ = calibration_scores_from_state(state, where=where)
         det.n_train_ = None if n_train is None else int(n_train)
+        det._restore_tiling(state, where=where)
         return det

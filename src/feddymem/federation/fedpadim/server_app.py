@@ -48,6 +48,9 @@ def gaussian_config(spec: FederationSpec) -> GaussianConfig:
         moment_noise=spec.model.upload_noise,
         calibration=spec.model.calibration or "holdout",  # fed-padim's default
         calibration_folds=spec.model.calibration_folds,
+        # the sites' moments are summed on one grid of whole images at the federation's size:
+        # a site's tile plan would not be (a FedDyMem site with `tile` still tiles)
+        tile="off",
     )
 
 

@@ -123,7 +123,8 @@ def gaussian_config(config: AuditConfig, *, noise: float = 0.0) -> GaussianConfi
     `noise` as the moment noise."""
     assert config.fed_padim is not None
     model = from_dict(FedDyMemConfig, dict(config.model), where="[model]")
-    return gaussian_config_like(model, eps=config.fed_padim.eps, moment_noise=noise)
+    # resized, as fed-padim's sites (`fedpadim.server_app.gaussian_config`)
+    return gaussian_config_like(model, eps=config.fed_padim.eps, moment_noise=noise, tile="off")
 
 
 def audit_fed_padim(

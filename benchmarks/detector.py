@@ -177,6 +177,8 @@ def run_one(name: str, root: Path, cfg: DetectorConfig | GaussianConfig) -> dict
             "pad": det.tiling_.pad,
             "image_border": det.image_border_,
             "tiles_per_image": det.tiling_.grid(det.extractor.stride).n_tiles,
+            # PaDiM: Gaussians per position of the native image or of a tile
+            "gaussians": getattr(det, "tile_gaussians_", None),
         },
         # the test set scored end to end (decode included), images per second
         "images_per_s": round(len(split.test) / eval_s, 2),
@@ -749,6 +751,12 @@ def main() -> None:
         "--tile-pad", type=int, default=None, help="DetectorConfig.tile_pad (None: the rule)"
     )
     parser.add_argument(
+        "--tile-gaussians",
+        default="auto",
+        choices=["auto", "image", "tile"],
+        help="--detector padim, tiled: GaussianConfig.tile_gaussians",
+    )
+    parser.add_argument(
         "--tile-border",
         choices=["auto", "on", "off"],
         default=DetectorConfig.tile_border,
@@ -789,7 +797,11 @@ def main() -> None:
         tile_bank_patches=args.tile_bank_patches,
     )
     # the detector of the elpv, surface, synth and rules parts
-    scored: Any = gaussian_like(cfg) if args.detector == "padim" else cfg
+    scored: Any = (
+        dataclasses.replace(gaussian_like(cfg), tile_gaussians=args.tile_gaussians)
+        if args.detector == "padim"
+        else cfg
+    )
     rows: list[dict[str, object]] = []
     if parts & {"elpv", "synth", "speed", "coreset", "select", "rules"}:
         for cell in ("mono", "poly"):

@@ -91,6 +91,10 @@ def test_stitch_inverts_cut_of_a_grid(hw: tuple[int, int]) -> None:
     per_tile = cut_tiles(cells, cell_grid)[:, 0]
     window = blend_window(grid.tile // stride, ramp=3)
     assert torch.allclose(stitch(per_tile, grid, stride=stride, window=window), cells[:, 0])
+    # grids of several channels (features) stitch channel by channel, in one call
+    channels = torch.rand(3, 5, hw[0] // stride, hw[1] // stride)
+    per_tile = cut_tiles(channels, cell_grid)
+    assert torch.allclose(stitch(per_tile, grid, stride=stride, window=window), channels)
 
 
 def test_blend_window_positive_and_flat_inside() -> None:

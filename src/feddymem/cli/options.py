@@ -4,6 +4,7 @@ progress bar of long loops."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,6 @@ def option_name(field: str) -> str:
 
 def with_option_names(message: str) -> str:
     """`message` with every `DetectorConfig` field name replaced by its option's name."""
-    import dataclasses
     import re
 
     from feddymem.config import DetectorConfig
@@ -90,6 +90,10 @@ def _detector_config(args: argparse.Namespace) -> Any:
 
     if getattr(args, "detector", "patchcore") == "padim":
         return _padim_config(args)
+    if getattr(args, "tile_gaussians", "auto") != "auto":
+        from feddymem.cli.errors import UsageError
+
+        raise UsageError("--tile-gaussians applies to --detector padim, not patchcore")
     return DetectorConfig(
         **_feature_options(args),
         sampler=args.sampler,
@@ -124,13 +128,14 @@ def _padim_config(args: argparse.Namespace) -> Any:
         if getattr(args, dest) != getattr(base, field):
             raise UsageError(f"{option_name(field)} applies to --detector patchcore, not padim")
     features = FeatureConfig(**_feature_options(args))
-    return central_config(
+    config = central_config(
         features,
         calibration=args.calibration,
         calibration_folds=args.calibration_folds,
         threshold_quantile=args.threshold_quantile,
         seed=args.seed,
     )
+    return dataclasses.replace(config, tile_gaussians=args.tile_gaussians)
 
 
 def add_detector_options(p: argparse.ArgumentParser) -> None:
@@ -302,6 +307,14 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         choices=["auto", "on", "off"],
         help="tiled: leave the image's edge band out of the image score; auto: when held-out "
         "normals' maps peak there beyond chance (default: %(default)s)",
+    )
+    g.add_argument(
+        "--tile-gaussians",
+        default="auto",
+        choices=["auto", "image", "tile"],
+        help="--detector padim, tiled: a Gaussian per position of the native image (the "
+        "tiles' features stitched) or per position within a tile, shared by every tile; auto: "
+        "image unless its precisions would exceed 2 GB (default: %(default)s)",
     )
     g.add_argument(
         "--tile-bank-patches",

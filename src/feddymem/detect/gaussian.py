@@ -5,11 +5,14 @@ normal training images give a mean mu_j (D,) and a covariance Sigma_j + eps * I 
 patch scores its Mahalanobis distance sqrt((p - mu_j)^T Sigma_j^-1 (p - mu_j)). Anomaly maps,
 image scores, thresholds, evaluation and the model file are the family's (`feddymem.detect.base`).
 
-Tiled (`tile`, `detect/tiling.py`), the grid is a tile's: the Gaussians are those of the
-positions within a tile, fitted on every tile of every training image, and an image's tiles are
-scored as images and stitched into its map. That trades the absolute position (which a tiled
-large image would make too many Gaussians of) for native resolution; the threshold then comes
-from the held-out share (the cross-fit needs one grid per image).
+Tiled (`tile`, `detect/tiling.py`), images keep their native size and the backbone sees
+tiles. With `tile_gaussians` "image" the tiles' features are stitched back into one grid per
+image (overlaps blended) and there is a Gaussian per position of that native grid, as PaDiM
+has for a resized image; with "tile" the grid is a tile's, the Gaussians are shared by every
+tile, and the tiles' scores are stitched instead (no absolute position, but a model whose size
+does not grow with the image). "auto" keeps the absolute positions unless their precisions
+would exceed `tile_gaussian_mb`. Tiled fits set the threshold on the held-out share (the
+cross-fit's per-fold moments would be ten models of the native grid).
 
 The statistics are streamed (`PatchMoments`: n, sum x, sum x x^T per position), so fitting never
 holds all training features at once; the sums also add up exactly across clients.
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -60,9 +63,20 @@ class GaussianConfig(FeatureConfig):
     # sums: pooled minus the fold's), beside the held-out share; "holdout": that share alone
     calibration: Literal["holdout", "crossfit"] = "holdout"
     calibration_folds: int = 3
+    # tiled: "image": a Gaussian per position of the native image (its tiles' features
+    # stitched first); "tile": per position within a tile, shared by every tile; "auto":
+    # "image" when its precisions fit in `tile_gaussian_mb`, else "tile"
+    tile_gaussians: Literal["auto", "image", "tile"] = "auto"
+    tile_gaussian_mb: float = 2048.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.tile_gaussians not in ("auto", "image", "tile"):
+            raise ConfigError(
+                f"tile_gaussians must be 'auto', 'image' or 'tile', got {self.tile_gaussians!r}"
+            )
+        if not (math.isfinite(self.tile_gaussian_mb) and self.tile_gaussian_mb > 0):
+            raise ConfigError(f"tile_gaussian_mb must be > 0, got {self.tile_gaussian_mb}")
         if self.n_features is not None and self.n_features < 1:
             raise ConfigError(f"n_features must be >= 1 or unset, got {self.n_features}")
         if not self.eps > 0.0:
@@ -346,6 +360,8 @@ class GaussianDetector(Detector):
         # scores were raised by (`_crossfit_threshold`)
         self.calibration_folds_ = 0
         self.calibration_shift_ = 0.0
+        # tiled: "image" (a Gaussian per position of the stitched native grid) or "tile"
+        self.tile_gaussians_: str | None = None
 
     def _is_fitted(self) -> bool:
         return self.mean_ is not None and self.precision_ is not None
@@ -385,6 +401,7 @@ class GaussianDetector(Detector):
             raise ValueError("moments at a given image size are of whole images: set tile='off'")
         image_hw = image_hw or resolved
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
+        self.tile_gaussians_ = self._choose_tile_gaussians(channels)
         moments = PatchMoments()
         folds = [PatchMoments() for _ in range(n_folds)]
         kept: list[torch.Tensor] = []
@@ -412,6 +429,59 @@ class GaussianDetector(Detector):
             folds=tuple(folds) if usable else (),
             features=torch.cat(kept) if usable else None,
         )
+
+    def _choose_tile_gaussians(self, channels: torch.Tensor | None) -> str | None:
+        """Tiled: the config's `tile_gaussians`, "auto" resolved by the precisions' size."""
+        cfg = self.config
+        if self.tiling_ is None:
+            return None
+        stride = self.extractor.stride
+        d = self.extractor.out_channels if channels is None else int(channels.numel())
+        h, w = (side // stride for side in self.tiling_.image_hw)
+        image_mb = h * w * d * d * 4 / 2**20
+        choice = cfg.tile_gaussians
+        if choice == "auto":
+            choice = "image" if image_mb <= cfg.tile_gaussian_mb else "tile"
+        log.info(
+            "tiled PaDiM: a Gaussian per position of the %s (the image's %d x %d positions "
+            "would take %.0f MB of precisions; limit %.0f MB)",
+            "native image" if choice == "image" else "tile, shared by every tile",
+            h,
+            w,
+            image_mb,
+            cfg.tile_gaussian_mb,
+        )
+        return choice
+
+    def _stitched(self) -> bool:
+        return self.tiling_ is not None and self.tile_gaussians_ == "image"
+
+    def _tile_features(self, images: torch.Tensor) -> Iterator[torch.Tensor]:
+        """As the base's; with Gaussians per native position, the tiles' features stitched
+        into one grid per image (B, D, H, W)."""
+        if not self._stitched():
+            yield from super()._tile_features(images)
+            return
+        yield self._stitched_features(images)
+
+    def _stitched_features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H_in, W_in) -> p(x) of their tiles, in batches of `batch_size` tiles,
+        stitched into one grid per image (overlaps blended as scores are)."""
+        assert self.tiling_ is not None
+        stride = self.extractor.stride
+        tiles = self.tiling_.cut(images, stride)
+        feats = torch.cat([self.features(part) for part in tiles.split(self.config.batch_size)])
+        return self.tiling_.stitch(feats, stride)
+
+    def image_patch_scores(self, images: torch.Tensor) -> torch.Tensor:
+        """As the base's; with Gaussians per native position, scored on the stitched grid."""
+        if not self._stitched():
+            return super().image_patch_scores(images)
+        assert self.mean_ is not None and self.precision_ is not None
+        feats = self._stitched_features(images)
+        if self.channels_ is not None:
+            feats = feats[:, self.channels_]
+        return mahalanobis(feats, self.mean_, self.precision_)
 
     def fit_pooled(
         self, samples: Sequence[Sample], pooled: PatchMoments, *, image_hw: tuple[int, int]
@@ -496,6 +566,7 @@ class GaussianDetector(Detector):
             "channels": self.channels_,
             "grid_hw": list(self.grid_hw_),
             "n_train": self.n_train_,
+            **({} if self.tile_gaussians_ is None else {"tile_gaussians": self.tile_gaussians_}),
         }
 
     @classmethod
@@ -527,4 +598,8 @@ class GaussianDetector(Detector):
         det.calibration_scores_ = calibration_scores_from_state(state, where=where)
         det.n_train_ = None if n_train is None else int(n_train)
         det._restore_tiling(state, where=where)
+        positions = state.get("tile_gaussians", None if det.tiling_ is None else "tile")
+        if positions not in ((None,) if det.tiling_ is None else ("image", "tile")):
+            raise ModelFileError(f"{where}: bad tile_gaussians entry {positions!r}")
+        det.tile_gaussians_ = positions
         return det

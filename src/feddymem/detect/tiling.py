@@ -84,12 +84,13 @@ class TilePlan:
         return cut_tiles(images, grid)
 
     def stitch(self, tile_scores: torch.Tensor, stride: int) -> torch.Tensor:
-        """Per-tile score grids -> (B, H / stride, W / stride): stitched (:func:`stitch`,
-        each tile's border cells down-weighted) and cropped to the image without its pad."""
+        """Per-tile grids (B * n_tiles, [C,] h, w) -> (B, [C,] H / stride, W / stride):
+        stitched (:func:`stitch`, each tile's border cells down-weighted) and cropped to the
+        image without its pad."""
         window = blend_window(self.tile // stride, ramp=self.overlap // stride)
         grids = stitch(tile_scores, self.grid(stride), stride=stride, window=window)
         p = self.pad // stride
-        return grids[:, p : grids.shape[1] - p, p : grids.shape[2] - p] if p else grids
+        return grids[..., p : grids.shape[-2] - p, p : grids.shape[-1] - p] if p else grids
 
 
 @dataclass(frozen=True)
@@ -166,12 +167,21 @@ def blend_window(size: int, *, ramp: int) -> torch.Tensor:
 def stitch(
     tile_scores: torch.Tensor, grid: TileGrid, *, stride: int, window: torch.Tensor | None = None
 ) -> torch.Tensor:
-    """(B * n_tiles, h, w) per-tile score grids -> (B, H / stride, W / stride) image grids.
+    """(B * n_tiles, [C,] h, w) per-tile grids (scores, or features of C channels) ->
+    (B, [C,] H / stride, W / stride) image grids.
 
     Each tile's grid is placed at its offset / stride; where tiles overlap, the result is the
     mean of their values weighted by `window` (h, w) (uniform when None). One scatter-add of
-    the weighted scores and one of the weights; no loop over tiles or cells.
+    the weighted values and one of the weights; no loop over tiles, channels or cells.
     """
+    if tile_scores.ndim == 4:  # channels: stitched as one scatter-add over (B, C)
+        n, c, h, w = tile_scores.shape
+        if n % grid.n_tiles:
+            raise ValueError(f"{n} tile grids is not a whole number of images of {grid.n_tiles}")
+        per_channel = tile_scores.view(n // grid.n_tiles, grid.n_tiles, c, h, w).transpose(1, 2)
+        flat = per_channel.reshape(-1, h, w)  # (B * C * n_tiles, h, w), tiles innermost
+        stitched = stitch(flat, grid, stride=stride, window=window)
+        return stitched.view(n // grid.n_tiles, c, *stitched.shape[1:])
     n, h, w = tile_scores.shape
     if grid.tile % stride or any(v % stride for v in grid.ys + grid.xs):
         raise ValueError(f"tile {grid.tile} and its offsets must be multiples of stride {stride}")

@@ -843,7 +843,7 @@ def main() -> None:
         from tiled_speed import tiled_speed
 
         kol = scan(SHARED / "kolektorsdd")
-        figures = tiled_speed(kol.train[:30], kol.test[:32], cfg, repeats=2)
+        figures = tiled_speed(kol.train[:30], kol.test[:32], scored, repeats=2, make=make_detector)
         print(json.dumps(figures), flush=True)
         (args.out / "tiled_speed.json").write_text(json.dumps(figures, indent=2))
     if "coreset" in parts:

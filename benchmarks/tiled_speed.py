@@ -13,14 +13,22 @@ import os
 import resource
 import statistics
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from feddymem.config import DetectorConfig
 from feddymem.data import Sample
+from feddymem.detect.base import Detector
 from feddymem.detect.detector import PatchCoreDetector
 
 
-def _rate(det: PatchCoreDetector, files: Sequence[Sample], repeats: int) -> list[float]:
+def _items(det: Any) -> int:
+    """PatchCore: the memory's items; PaDiM: its Gaussians (grid positions)."""
+    kept = getattr(det, "memory_", None)
+    kept = getattr(det, "precision_", None) if kept is None else kept
+    return 0 if kept is None else int(kept.shape[0])
+
+
+def _rate(det: Detector, files: Sequence[Sample], repeats: int) -> list[float]:
     det.score_samples(files[: det.config.batch_size])  # warm-up: tracing, allocator
     rates = []
     for _ in range(repeats):
@@ -33,23 +41,25 @@ def _rate(det: PatchCoreDetector, files: Sequence[Sample], repeats: int) -> list
 def tiled_speed(
     train: Sequence[Sample],
     files: Sequence[Sample],
-    cfg: DetectorConfig,
+    cfg: Any,
     *,
     repeats: int = 3,
     tile_scales: Sequence[float] = (1.0,),
+    make: Callable[[Any], Detector] = PatchCoreDetector,
 ) -> dict[str, object]:
-    """Images/s of `files` scored resized (cfg with tile off) and tiled at each scale."""
+    """Images/s of `files` scored resized (cfg with tile off) and tiled at each scale, by the
+    detector `make` builds from a config (PatchCore, or PaDiM with a GaussianConfig)."""
     out: dict[str, object] = {"load_before": os.getloadavg(), "images": len(files)}
-    resized = PatchCoreDetector(dataclasses.replace(cfg, tile="off")).fit(train)
+    resized = make(dataclasses.replace(cfg, tile="off")).fit(train)
     ref = _rate(resized, files, repeats)
     out["resized"] = {
         "image_hw": list(resized.image_hw_ or ()),
-        "memory_items": int(resized.memory_.shape[0]) if resized.memory_ is not None else 0,
+        "memory_items": _items(resized),
         "images_per_s": round(statistics.median(ref), 2),
         "runs": [round(r, 2) for r in ref],
     }
     for scale in tile_scales:
-        tiled = PatchCoreDetector(dataclasses.replace(cfg, tile="on", tile_scale=scale)).fit(train)
+        tiled = make(dataclasses.replace(cfg, tile="on", tile_scale=scale)).fit(train)
         rates = _rate(tiled, files, repeats)
         assert tiled.tiling_ is not None
         out[f"tiled_scale_{scale}"] = {
@@ -57,7 +67,8 @@ def tiled_speed(
             "tile": tiled.tiling_.tile,
             "overlap": tiled.tiling_.overlap,
             "tiles_per_image": tiled.tiling_.grid(tiled.extractor.stride).n_tiles,
-            "memory_items": int(tiled.memory_.shape[0]) if tiled.memory_ is not None else 0,
+            "memory_items": _items(tiled),
+            "gaussians": getattr(tiled, "tile_gaussians_", None),
             "images_per_s": round(statistics.median(rates), 2),
             "runs": [round(r, 2) for r in rates],
             "tiled_over_resized": round(statistics.median(rates) / statistics.median(ref), 3),

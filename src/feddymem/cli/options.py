@@ -314,7 +314,7 @@ def add_detector_options(p: argparse.ArgumentParser) -> None:
         choices=["auto", "image", "tile"],
         help="--detector padim, tiled: a Gaussian per position of the native image (the "
         "tiles' features stitched) or per position within a tile, shared by every tile; auto: "
-        "image unless its precisions would exceed 2 GB (default: %(default)s)",
+        "image unless its precisions would exceed 1 GB (default: %(default)s)",
     )
     g.add_argument(
         "--tile-bank-patches",

@@ -101,6 +101,20 @@ def test_moments_stream_like_one_batch() -> None:
     single.update(feats[:1])
     with pytest.raises(ValueError, match="at least 2"):
         single.mean_covariance()
+    with pytest.raises(ValueError, match="at least 2"):
+        single.gaussians(eps=0.01)
+
+
+def test_gaussians_by_chunks_of_positions_are_the_whole_grids() -> None:
+    """`gaussians` computes a chunk of positions at a time: the same means and precisions,
+    to the bit, as one batch of every position (a chunk that does not divide the grid too)."""
+    moments = PatchMoments()
+    moments.update(torch.randn(12, 5, 4, 5, generator=torch.Generator().manual_seed(3)))
+    mean, cov = moments.mean_covariance()
+    whole = regularised_precision(cov, eps=0.01).float()
+    for chunk in (1, 7, 20, 512):
+        got_mean, got_precision = moments.gaussians(eps=0.01, chunk=chunk)
+        assert torch.equal(got_mean, mean.float()) and torch.equal(got_precision, whole)
 
 
 def test_select_channels_is_seeded() -> None:

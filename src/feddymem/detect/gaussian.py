@@ -171,6 +171,10 @@ def select_channels(n_channels: int, n_features: int | None, *, seed: int) -> to
     return torch.randperm(n_channels, generator=gen)[:n_features].sort().values
 
 
+# positions per chunk of `PatchMoments.gaussians` (152 channels: 94 MB of float64 a chunk)
+GAUSSIAN_CHUNK = 512
+
+
 class PatchMoments:
     """Streaming sufficient statistics of patch features, per grid position, in float64.
 
@@ -256,11 +260,35 @@ class PatchMoments:
         """Means (P, D) and unbiased covariances (P, D, D), float64; needs two images or more."""
         if self.total is None or self.outer is None or self.count < 2:
             raise ValueError(f"a covariance needs at least 2 images, got {self.count}")
-        mean = self.total / self.count
-        # (outer - n mean mean^T) / (n - 1), then symmetrised: one (P, D, D) copy and one temporary
-        cov = torch.baddbmm(self.outer, mean.unsqueeze(2), mean.unsqueeze(1), alpha=-self.count)
-        cov.div_(self.count - 1)
-        return mean, cov.add_(cov.mT.clone()).mul_(0.5)
+        return _mean_covariance(self.count, self.total, self.outer)
+
+    def gaussians(
+        self, *, eps: float, chunk: int = GAUSSIAN_CHUNK
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Means (P, D) and precisions (Sigma + eps * I)^-1 (P, D, D), float32, computed
+        `chunk` positions at a time: the float64 covariances and Cholesky factors are a chunk's,
+        so a large grid's fit holds little more than its sums and the result."""
+        if self.total is None or self.outer is None or self.count < 2:
+            raise ValueError(f"a covariance needs at least 2 images, got {self.count}")
+        p, d = self.total.shape
+        mean = (self.total / self.count).float()
+        precision = torch.empty(p, d, d, dtype=torch.float32)
+        for start in range(0, p, chunk):  # a loop over chunks of positions, not over positions
+            part = slice(start, start + chunk)
+            _, cov = _mean_covariance(self.count, self.total[part], self.outer[part])
+            precision[part] = regularised_precision(cov, eps=eps)
+        return mean, precision
+
+
+def _mean_covariance(
+    count: int, total: torch.Tensor, outer: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Means and unbiased covariances (float64) of `count` vectors from their sums."""
+    mean = total / count
+    # (outer - n mean mean^T) / (n - 1), then symmetrised: one (P, D, D) copy and one temporary
+    cov = torch.baddbmm(outer, mean.unsqueeze(2), mean.unsqueeze(1), alpha=-count)
+    cov.div_(count - 1)
+    return mean, cov.add_(cov.mT.clone()).mul_(0.5)
 
 
 def regularised_precision(covariance: torch.Tensor, *, eps: float) -> torch.Tensor:
@@ -292,8 +320,7 @@ def estimate_gaussian(features: torch.Tensor, *, eps: float) -> tuple[torch.Tens
     """
     moments = PatchMoments()
     moments.update(features)
-    mean, cov = moments.mean_covariance()
-    return mean.float(), regularised_precision(cov, eps=eps).float()
+    return moments.gaussians(eps=eps)
 
 
 def mahalanobis(
@@ -509,10 +536,8 @@ class GaussianDetector(Detector):
         moments = pooled or split.moments
         train, calib, image_hw = list(split.train), list(split.calib), split.image_hw
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
-        mean, cov = moments.mean_covariance()
+        self.mean_, self.precision_ = moments.gaussians(eps=cfg.eps)
         assert moments.grid_hw is not None
-        self.mean_ = mean.float()
-        self.precision_ = regularised_precision(cov, eps=cfg.eps).float()
         self.channels_ = channels
         self.grid_hw_ = moments.grid_hw
         self.image_hw_ = image_hw
@@ -520,8 +545,8 @@ class GaussianDetector(Detector):
         log.info(
             "gaussian: %d images, %d positions x %d channels",
             self.n_train_,
-            mean.shape[0],
-            mean.shape[1],
+            self.mean_.shape[0],
+            self.mean_.shape[1],
         )
         if split.folds and split.features is not None:
             self._crossfit_threshold(split, moments)
@@ -538,10 +563,9 @@ class GaussianDetector(Detector):
         label = torch.arange(split.features.shape[0]) % len(split.folds)
         results = []
         for f, part in enumerate(split.folds):
-            mean, cov = moments.minus(part).mean_covariance()
-            precision = regularised_precision(cov, eps=cfg.eps).float()
+            mean, precision = moments.minus(part).gaussians(eps=cfg.eps)
             for chunk in split.features[label == f].split(cfg.batch_size):
-                scores = mahalanobis(chunk.float(), mean.float(), precision)
+                scores = mahalanobis(chunk.float(), mean, precision)
                 results.append(self.result_from_patch_scores(scores))
         self.calibration_folds_ = len(split.folds)
         self.calibration_shift_ = self.threshold_from_crossfit(

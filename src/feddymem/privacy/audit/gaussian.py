@@ -28,7 +28,6 @@ from feddymem.detect.gaussian import (
     PatchMoments,
     gaussian_config_like,
     mahalanobis,
-    regularised_precision,
 )
 from feddymem.privacy import defences
 from feddymem.privacy.audit.config import AuditConfig
@@ -65,8 +64,7 @@ def released_gaussians(
         )
     moments = PatchMoments()
     moments.update(picked)
-    mean, cov = moments.mean_covariance()
-    return mean.float(), regularised_precision(cov, eps=eps).float()
+    return moments.gaussians(eps=eps)
 
 
 def at_positions(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -67,7 +67,7 @@ class GaussianConfig(FeatureConfig):
     # stitched first); "tile": per position within a tile, shared by every tile; "auto":
     # "image" when its precisions fit in `tile_gaussian_mb`, else "tile"
     tile_gaussians: Literal["auto", "image", "tile"] = "auto"
-    tile_gaussian_mb: float = 1024.0  # the fit peaks near 10x this (float64 sums, Cholesky)
+    tile_gaussian_mb: float = 1024.0  # the fit peaks near 5x this (float64 sums, features)
 
     def __post_init__(self) -> None:
         super().__post_init__()

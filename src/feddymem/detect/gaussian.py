@@ -372,8 +372,8 @@ class GaussianDetector(Detector):
 
     kind = "gaussian"
     config: GaussianConfig
-    # tiled, the Gaussians are those of the positions within a tile, shared by every tile of
-    # every image: a tile stands for an image (`Detector.image_patch_scores` stitches them)
+    # tiled: Gaussians of the stitched native grid, or of a tile's positions shared by every
+    # tile (`tile_gaussians_`; the module docstring)
     supports_tiling = True
 
     def __init__(self, config: GaussianConfig, *, weights: Path | None = None) -> None:
@@ -424,8 +424,12 @@ class GaussianDetector(Detector):
         train, calib, resolved = self._fit_split(
             samples, fraction=fraction, seed=cfg.seed, min_images=1
         )
-        if image_hw is not None and self.tiling_ is not None:
-            raise ValueError("moments at a given image size are of whole images: set tile='off'")
+        if self.tiling_ is not None:
+            if image_hw is not None:
+                raise ValueError(
+                    "moments at a given image size are of whole images: set tile='off'"
+                )
+            n_folds = 0  # as above, also if the training share's sizes alone chose tiling
         image_hw = image_hw or resolved
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
         self.tile_gaussians_ = self._choose_tile_gaussians(channels)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import numpy as np
 import pytest
 import tomli_w
 from tests.conftest import make_texture_tree
@@ -133,24 +132,3 @@ def test_protocol_columns_build_their_mixtures(
     assert [d.spec_path.parent.name for d in found] == names
     with pytest.raises(BenchError, match="unknown protocol"):
         resolve_datasets(TINY, tmp_path, names=["textures.few"], specs={}, shared_data=None)
-
-
-def test_standardised_mean_puts_detectors_on_their_normals_scale() -> None:
-    """Each detector's scores are measured in standard deviations of its own calibration
-    normals before the two are averaged: a detector with scores in the thousands does not
-    drown one with scores near 1."""
-    from feddymem.bench.methods import standardised_mean
-
-    small = np.array([1.0, 1.2, 3.0])
-    large = np.array([1000.0, 5000.0, 1000.0])
-    fused = standardised_mean(
-        [small, large], [np.array([0.9, 1.0, 1.1]), np.array([0.0, 1000.0, 2000.0])]
-    )
-    z_small = (small - 1.0) / np.std([0.9, 1.0, 1.1])
-    z_large = (large - 1000.0) / np.std([0.0, 1000.0, 2000.0])
-    np.testing.assert_allclose(fused, (z_small + z_large) / 2)
-    assert fused.argmax() == 2  # the small detector's clear outlier still counts
-    with pytest.raises(ValueError, match="cannot standardise"):
-        standardised_mean([small], [np.array([2.0, 2.0])])
-    with pytest.raises(ValueError, match="one set"):
-        standardised_mean([small, large], [np.array([0.9, 1.1])])

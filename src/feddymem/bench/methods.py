@@ -13,8 +13,7 @@ parameters    ``fedavg`` / ``fedprox`` over the generator's weights with a local
 statistics    ``fed-padim``: per-position count, sum and sum of outer products of the patch
               features, summed by the server (= PaDiM on the pooled images): a Flower simulation
 levers        ``feddymem-own-memory`` (score against M_g and the own M_k), ``-fp16`` (memories
-              travel as float16), ``-fp16-2x`` (twice the items in the same bytes), ``-fp16-2x-own``,
-              ``feddymem-local-padim`` (FedDyMem beside the site's own PaDiM, scores combined)
+              travel as float16), ``-fp16-2x`` (twice the items in the same bytes), ``-fp16-2x-own``
 FedDyMem      ``feddymem`` and its ablations ``feddymem-no-generator``, ``-no-metric-loss``,
               ``-no-dynamic-memory``, ``-no-reduce``, ``-kmeans-reduce``, ``-mean-server``:
               Flower simulations
@@ -202,21 +201,16 @@ def run_central_cfa(task: Task) -> Outcome:
     return out
 
 
-def _local_padim(task: Task, train: Any) -> Any:
-    """The site's own PaDiM (the `local-padim` row's model): the task's features and seed,
-    the threshold from a held-out tenth."""
+def run_local_padim(task: Task) -> Outcome:
     from feddymem.detect.gaussian import GaussianConfig, GaussianDetector
 
     shared = {f.name for f in dataclasses.fields(FeatureConfig)}
     values = {k: v for k, v in task.model.items() if k in shared}
-    cfg = from_dict(GaussianConfig, {**values, "seed": task.seed}, where="bench model")
-    return GaussianDetector(cfg).fit(train)
-
-
-def run_local_padim(task: Task) -> Outcome:
     out = Outcome()
     for c in client_data(task.spec_path):
-        out.add(c.name, *_local_padim(task, c.train).evaluate_with_scores(c.test))
+        cfg = from_dict(GaussianConfig, {**values, "seed": task.seed}, where="bench model")
+        det = GaussianDetector(cfg).fit(c.train)
+        out.add(c.name, *det.evaluate_with_scores(c.test))
     return out
 
 
@@ -266,80 +260,22 @@ def _from_results(results: Mapping[str, Any]) -> Outcome:
     return out
 
 
-def _run_feddymem(task: Task, memory_scale: int, overrides: Mapping[str, Any]) -> Any:
-    """A FedDyMem simulation of the task with `overrides` of its model; its results.json."""
-    from feddymem.federation.simulation import run_federation
-
-    model = {**task.model, **overrides}
-    if memory_scale != 1:
-        size = int(model.get("client_memory_size", FedDyMemConfig.client_memory_size))
-        model["client_memory_size"] = size * memory_scale
-        if model.get("global_memory_size") is not None:
-            model["global_memory_size"] = int(model["global_memory_size"]) * memory_scale
-    spec = _derived_spec(task, f"{task.dataset}-feddymem", model)
-    return run_federation(spec, task.work, feature_cache=task.feature_cache)
-
-
 def _feddymem(memory_scale: int = 1, **overrides: Any) -> Callable[[Task], Outcome]:
     """A FedDyMem row with `overrides` of the task's model; `memory_scale` multiplies the
     client and global memory sizes (a larger memory in the same bytes with float16)."""
 
     def run(task: Task) -> Outcome:
-        return _from_results(_run_feddymem(task, memory_scale, overrides))
+        from feddymem.federation.simulation import run_federation
 
-    return run
-
-
-def standardised_mean(scores: list[np.ndarray], normals: list[np.ndarray]) -> np.ndarray:
-    """Image scores of several detectors (each (N,)) as one: each standardised by the mean and
-    standard deviation of its own calibration normals' scores (the normals that set its
-    threshold; no defect involved), then averaged."""
-    if len(scores) != len(normals) or not scores:
-        raise ValueError("one set of calibration scores per detector is needed")
-    z = []
-    for s, cal in zip(scores, normals, strict=True):
-        cal = np.asarray(cal, dtype=np.float64)
-        if cal.size < 2 or not np.isfinite(cal).all() or cal.std() == 0:
-            raise ValueError(f"calibration scores cannot standardise ({cal.size} values)")
-        z.append((np.asarray(s, dtype=np.float64) - cal.mean()) / cal.std())
-    return np.mean(z, axis=0)
-
-
-def _feddymem_with_local_padim(**overrides: Any) -> Callable[[Task], Outcome]:
-    """FedDyMem's site model and the site's own PaDiM (which never leaves it), their image
-    scores combined by `standardised_mean`; pixel metrics are not computed for this row."""
-
-    def run(task: Task) -> Outcome:
-        from feddymem.detect.registry import load_detector
-        from feddymem.method.client import SCORES_FILE
-        from feddymem.metrics.image import f1_max, image_auroc
-
-        results = _run_feddymem(task, 1, overrides)
-        fed = _from_results(results)
-        out = Outcome(bytes_up=fed.bytes_up, bytes_down=fed.bytes_down, rounds=fed.rounds)
-        for c in client_data(task.spec_path):
-            model_file = results["clients"].get(c.name, {}).get("model_file")
-            if not model_file:
-                continue  # a client dropped on the way: it has no result
-            site = load_detector(Path(model_file))
-            with np.load(Path(model_file).parent / SCORES_FILE) as z:
-                labels, fed_scores = z["labels"], z["image_scores"]
-            padim = _local_padim(task, c.train)
-            _, own = padim.evaluate_with_scores(c.test)
-            if not np.array_equal(own.labels, labels):
-                raise RuntimeError(f"{c.name}: the two detectors' test images differ")
-            fused = standardised_mean(
-                [fed_scores, own.image_scores],
-                [site.calibration_scores_, padim.calibration_scores_],
-            )
-            out.clients[c.name] = {
-                "image_auroc": image_auroc(labels, fused),
-                "pixel_auroc": None,
-                "aupro": None,
-                "f1_max": f1_max(labels, fused),
-            }
-            out.scores[c.name] = (labels.copy(), fused)
-        return out
+        model = {**task.model, **overrides}
+        if memory_scale != 1:
+            size = int(model.get("client_memory_size", FedDyMemConfig.client_memory_size))
+            model["client_memory_size"] = size * memory_scale
+            if model.get("global_memory_size") is not None:
+                model["global_memory_size"] = int(model["global_memory_size"]) * memory_scale
+        spec = _derived_spec(task, f"{task.dataset}-feddymem", model)
+        results = run_federation(spec, task.work, feature_cache=task.feature_cache)
+        return _from_results(results)
 
     return run
 
@@ -456,14 +392,6 @@ _ALL = [
     ),
 ]
 _LEVERS = [
-    Method(
-        "feddymem-local-padim",
-        "lever",
-        True,
-        _feddymem_with_local_padim(),
-        "FedDyMem's site model beside the site's own PaDiM: image scores standardised on "
-        "each one's calibration normals, averaged",
-    ),
     Method(
         "feddymem-own-memory",
         "lever",

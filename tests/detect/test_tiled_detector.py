@@ -233,7 +233,13 @@ def test_cli_fit_tiles_padim_and_predict_draws_it(
     assert main([*argv, "--tile", "on", "--tile-overlap", "16"]) == 0
     fitted = json.loads(capsys.readouterr().out)
     assert fitted["detector"] == "padim" and fitted["calibration_folds"] == 0
-    assert fitted["tiling"] == {"tile": 64, "overlap": 16, "pad": 0, "tiles_per_image": 9}
+    assert fitted["tiling"] == {
+        "tile": 64,
+        "overlap": 16,
+        "pad": 0,
+        "tiles_per_image": 9,
+        "gaussians": "image",  # auto: 20 x 20 positions of precisions fit in 1 GB
+    }
     assert fitted["gaussians"] == 20 * 20 and fitted["image_hw"] == [160, 160]
     out = tmp_path / "pred"
     assert (

@@ -62,6 +62,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
             "overlap": plan.overlap,
             "pad": plan.pad,
             "tiles_per_image": plan.grid(det.extractor.stride).n_tiles,
+            **({"gaussians": det.tile_gaussians_} if isinstance(det, GaussianDetector) else {}),
         }
     summary.update(
         image_hw=list(det.image_hw_ or ()), threshold=det.threshold_, fit_s=round(fit_s, 2)

@@ -46,9 +46,11 @@ def tiled_speed(
     repeats: int = 3,
     tile_scales: Sequence[float] = (1.0,),
     make: Callable[[Any], Detector] = PatchCoreDetector,
+    native_size: int | None = None,
 ) -> dict[str, object]:
-    """Images/s of `files` scored resized (cfg with tile off) and tiled at each scale, by the
-    detector `make` builds from a config (PatchCore, or PaDiM with a GaussianConfig)."""
+    """Images/s of `files` scored resized (cfg with tile off), tiled at each scale, and, with
+    `native_size`, whole at that short side (the native one: no tiles), by the detector `make`
+    builds from a config (PatchCore, or PaDiM with a GaussianConfig)."""
     out: dict[str, object] = {"load_before": os.getloadavg(), "images": len(files)}
     resized = make(dataclasses.replace(cfg, tile="off")).fit(train)
     ref = _rate(resized, files, repeats)
@@ -72,6 +74,17 @@ def tiled_speed(
             "images_per_s": round(statistics.median(rates), 2),
             "runs": [round(r, 2) for r in rates],
             "tiled_over_resized": round(statistics.median(rates) / statistics.median(ref), 3),
+        }
+    if native_size:
+        # native resolution without tiles: the whole image through the backbone in one pass
+        whole = make(dataclasses.replace(cfg, tile="off", image_size=native_size)).fit(train)
+        rates = _rate(whole, files, repeats)
+        out[f"whole_{native_size}"] = {
+            "image_hw": list(whole.image_hw_ or ()),
+            "memory_items": _items(whole),
+            "images_per_s": round(statistics.median(rates), 2),
+            "runs": [round(r, 2) for r in rates],
+            "whole_over_resized": round(statistics.median(rates) / statistics.median(ref), 3),
         }
     out["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0, 1)
     out["load_after"] = os.getloadavg()

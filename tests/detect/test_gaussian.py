@@ -13,6 +13,7 @@ from feddymem.detect.gaussian import (
     GaussianConfig,
     GaussianDetector,
     PatchMoments,
+    central_config,
     estimate_gaussian,
     mahalanobis,
     regularised_precision,
@@ -284,6 +285,31 @@ def test_crossfit_threshold_scores_each_training_image_without_its_fold(tree: Pa
         GaussianConfig(calibration="both")  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="calibration_folds"):
         GaussianConfig(calibration_folds=1)
+
+
+def test_crossfit_too_large_for_its_limit_holds_out_instead(
+    tree: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The cross-fit keeps a float64 sum of outer products per fold: past `crossfit_max_mb`
+    the fit says so and sets its threshold on a held-out tenth (a central config holds out
+    nothing when it cross-fits, so the tenth is split off then)."""
+    import dataclasses
+    import logging
+
+    base = central_config(GaussianConfig(image_size=64, batch_size=4))
+    train = list(scan(tree).train)
+    crossed = GaussianDetector(base).fit(train)
+    assert crossed.calibration_folds_ == 10
+    # 10 folds x 64 positions x 152^2 x 8 B = 113 MB of sums (and 0.6 MB of features)
+    small = dataclasses.replace(base, crossfit_max_mb=100.0)
+    with caplog.at_level(logging.WARNING, logger="feddymem.detect.gaussian"):
+        held = GaussianDetector(small).fit(train)
+    assert any("the cross-fit would hold 113 MB" in r.message for r in caplog.records)
+    assert held.calibration_folds_ == 0 and held.calibration_scores_ is not None
+    n_calib = held.calibration_scores_.shape[0]
+    assert n_calib == round(0.1 * len(train)) and held.n_train_ == len(train) - n_calib
+    with pytest.raises(ConfigError, match="crossfit_max_mb"):
+        GaussianConfig(crossfit_max_mb=0.0)
 
 
 def test_cli_fit_defaults_to_padim_cross_fitted_and_evaluate_predict_read_it(

@@ -68,6 +68,9 @@ class GaussianConfig(FeatureConfig):
     # "image" when its precisions fit in `tile_gaussian_mb`, else "tile"
     tile_gaussians: Literal["auto", "image", "tile"] = "auto"
     tile_gaussian_mb: float = 1024.0  # the fit peaks near 5x this (float64 sums, features)
+    # the cross-fit keeps a float64 sum of outer products per fold and the images' features:
+    # past this (a third of the 24 GB a site's machine is taken to have), hold out instead
+    crossfit_max_mb: float = 8192.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -75,8 +78,10 @@ class GaussianConfig(FeatureConfig):
             raise ConfigError(
                 f"tile_gaussians must be 'auto', 'image' or 'tile', got {self.tile_gaussians!r}"
             )
-        if not (math.isfinite(self.tile_gaussian_mb) and self.tile_gaussian_mb > 0):
-            raise ConfigError(f"tile_gaussian_mb must be > 0, got {self.tile_gaussian_mb}")
+        for name in ("tile_gaussian_mb", "crossfit_max_mb"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"{name} must be > 0, got {value}")
         if self.n_features is not None and self.n_features < 1:
             raise ConfigError(f"n_features must be >= 1 or unset, got {self.n_features}")
         if not self.eps > 0.0:
@@ -431,6 +436,20 @@ class GaussianDetector(Detector):
                 )
             n_folds = 0  # as above, also if the training share's sizes alone chose tiling
         image_hw = image_hw or resolved
+        need_mb = self._crossfit_mb(len(train), image_hw, n_folds)
+        if n_folds and need_mb > cfg.crossfit_max_mb:
+            n_folds, fraction = 0, fraction or GaussianConfig.calibration_fraction
+            log.warning(
+                "the cross-fit would hold %.0f MB (%d folds' sums and the images' features; "
+                "limit %.0f MB): the threshold comes from a held-out %.0f%% of the normals",
+                need_mb,
+                cfg.calibration_folds,
+                cfg.crossfit_max_mb,
+                100 * fraction,
+            )
+            train, calib, _ = self._fit_split(
+                samples, fraction=fraction, seed=cfg.seed, min_images=1
+            )
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
         self.tile_gaussians_ = self._choose_tile_gaussians(channels)
         moments = PatchMoments()
@@ -460,6 +479,14 @@ class GaussianDetector(Detector):
             folds=tuple(folds) if usable else (),
             features=torch.cat(kept) if usable else None,
         )
+
+    def _crossfit_mb(self, n_images: int, image_hw: tuple[int, int], n_folds: int) -> float:
+        """MB the cross-fit holds beside the model: a float64 sum of outer products per fold
+        and every training image's features in float16, at `image_hw`."""
+        stride = self.extractor.stride
+        d = self.config.n_features or self.extractor.out_channels
+        p = (image_hw[0] // stride) * (image_hw[1] // stride)
+        return (n_folds * p * d * d * 8 + n_images * p * d * 2) / 2**20
 
     def _choose_tile_gaussians(self, channels: torch.Tensor | None) -> str | None:
         """Tiled: the config's `tile_gaussians`, "auto" resolved by the precisions' size."""

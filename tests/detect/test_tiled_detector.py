@@ -186,18 +186,22 @@ def test_tiled_padim_finds_small_spots_and_round_trips(
 ) -> None:
     """PaDiM tiled: a Gaussian per position of the native image (the tiles' features stitched;
     what "auto" picks for a model this small) or per position within a tile, shared by all
-    tiles; the default cross-fit gives way to the held-out share; the plan and the choice are
-    saved and restored."""
+    tiles; cross-fitted by image (an image's tiles in one fold), every training image scored
+    out of its fold; the plan and the choice are saved and restored."""
     _, root = large
     base = FeatureConfig(**{f: getattr(CFG, f) for f in FeatureConfig.__dataclass_fields__})
-    cfg = dataclasses.replace(central_config(base), tile_gaussians=positions)
+    # four folds of two images: the central default's ten would leave folds empty here
+    cfg = dataclasses.replace(central_config(base, calibration_folds=4), tile_gaussians=positions)
     with caplog.at_level(logging.INFO, logger="feddymem.detect.gaussian"):
         tiled = GaussianDetector(cfg).fit(scan(root).train)
     messages = [r.message for r in caplog.records]
-    assert any("tiled fit: the threshold comes from a held-out" in m for m in messages)
     assert any(m.startswith("tiled PaDiM: a Gaussian per position") for m in messages)
     assert tiled.tiling_ is not None and tiled.image_hw_ == (160, 160)
-    assert tiled.grid_hw_ == grid and tiled.calibration_folds_ == 0
+    assert tiled.grid_hw_ == grid and tiled.calibration_folds_ == 4
+    assert tiled.calibration_scores_ is not None and tiled.calibration_scores_.shape == (8,)
+    # out of fold, the training images score higher than against Gaussians they are in
+    in_sample = tiled.score_samples(list(scan(root).train)).image_scores
+    assert tiled.calibration_scores_.mean() > in_sample.mean()
     assert tiled.tile_gaussians_ == ("image" if positions == "auto" else "tile")
     resized = GaussianDetector(central_config(dataclasses.replace(base, tile="off")))
     resized.fit(scan(root).train)

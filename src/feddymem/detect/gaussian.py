@@ -35,6 +35,7 @@ import torch
 
 from feddymem.config import ConfigError, FeatureConfig, check_calibration, from_dict, to_dict
 from feddymem.data import Sample
+from feddymem.detect import threshold as thresholds
 from feddymem.detect.base import Detector
 from feddymem.detect.modelfile import (
     ModelFileError,
@@ -418,24 +419,14 @@ class GaussianDetector(Detector):
         cfg = self.config
         n_folds = cfg.calibration_folds if cfg.calibration == "crossfit" else 0
         fraction = cfg.calibration_fraction
-        if n_folds and self._plan_tiling([s.path for s in samples]) is not None:
-            # the cross-fit scores one grid per image; tiled, an image is many tiles
-            n_folds, fraction = 0, fraction or GaussianConfig.calibration_fraction
-            log.info(
-                "tiled fit: the threshold comes from a held-out %.0f%% of the normals "
-                "(the cross-fit takes one grid per image)",
-                100 * fraction,
-            )
         train, calib, resolved = self._fit_split(
             samples, fraction=fraction, seed=cfg.seed, min_images=1
         )
-        if self.tiling_ is not None:
-            if image_hw is not None:
-                raise ValueError(
-                    "moments at a given image size are of whole images: set tile='off'"
-                )
-            n_folds = 0  # as above, also if the training share's sizes alone chose tiling
+        if image_hw is not None and self.tiling_ is not None:
+            raise ValueError("moments at a given image size are of whole images: set tile='off'")
         image_hw = image_hw or resolved
+        channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
+        self.tile_gaussians_ = self._choose_tile_gaussians(channels)
         need_mb = self._crossfit_mb(len(train), image_hw, n_folds)
         if n_folds and need_mb > cfg.crossfit_max_mb:
             n_folds, fraction = 0, fraction or GaussianConfig.calibration_fraction
@@ -450,8 +441,8 @@ class GaussianDetector(Detector):
             train, calib, _ = self._fit_split(
                 samples, fraction=fraction, seed=cfg.seed, min_images=1
             )
-        channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
-        self.tile_gaussians_ = self._choose_tile_gaussians(channels)
+        # rows of a feature batch per image: a tile each with Gaussians per tile position
+        per_image = self._tiles_per_row_image()
         moments = PatchMoments()
         folds = [PatchMoments() for _ in range(n_folds)]
         kept: list[torch.Tensor] = []
@@ -463,7 +454,8 @@ class GaussianDetector(Detector):
             if not n_folds:
                 moments.update(noisy)
             else:  # the whole is the folds' sum, added once at the end
-                label = (torch.arange(seen, seen + feats.shape[0]) % n_folds).tolist()
+                rows = torch.arange(seen, seen + feats.shape[0])
+                label = (rows // per_image % n_folds).tolist()  # an image's rows share a fold
                 for f in set(label):  # a loop over the folds of this batch
                     folds[f].update(noisy[torch.tensor(label) == f])
                 kept.append(feats.half())
@@ -480,13 +472,23 @@ class GaussianDetector(Detector):
             features=torch.cat(kept) if usable else None,
         )
 
+    def _tiles_per_row_image(self) -> int:
+        """Feature rows per image: its tiles with Gaussians per tile position, else 1."""
+        if self.tiling_ is None or self.tile_gaussians_ != "tile":
+            return 1
+        return self.tiling_.grid(self.extractor.stride).n_tiles
+
     def _crossfit_mb(self, n_images: int, image_hw: tuple[int, int], n_folds: int) -> float:
         """MB the cross-fit holds beside the model: a float64 sum of outer products per fold
-        and every training image's features in float16, at `image_hw`."""
+        and every training image's features in float16 (per tile, with tile Gaussians)."""
         stride = self.extractor.stride
         d = self.config.n_features or self.extractor.out_channels
-        p = (image_hw[0] // stride) * (image_hw[1] // stride)
-        return (n_folds * p * d * d * 8 + n_images * p * d * 2) / 2**20
+        rows = n_images * self._tiles_per_row_image()
+        if self.tiling_ is not None and self.tile_gaussians_ == "tile":
+            p = (self.tiling_.tile // stride) ** 2
+        else:
+            p = (image_hw[0] // stride) * (image_hw[1] // stride)
+        return (n_folds * p * d * d * 8 + rows * p * d * 2) / 2**20
 
     def _choose_tile_gaussians(self, channels: torch.Tensor | None) -> str | None:
         """Tiled: the config's `tile_gaussians`, "auto" resolved by the precisions' size."""
@@ -588,16 +590,28 @@ class GaussianDetector(Detector):
     def _crossfit_threshold(self, split: LocalMoments, moments: PatchMoments) -> None:
         """Threshold and map floor from this site's training images, each scored against the
         Gaussians of `moments` without its fold (`PatchMoments.minus`), with its held-out
-        images (`threshold_from_crossfit`)."""
+        images (`threshold_from_crossfit`). Tiled, the border rule is decided first from the
+        same out-of-fold maps, as `calibrate` decides it from held-out ones."""
         cfg = self.config
         assert split.features is not None
-        label = torch.arange(split.features.shape[0]) % len(split.folds)
-        results = []
+        per_image = self._tiles_per_row_image()
+        label = torch.arange(split.features.shape[0]) // per_image % len(split.folds)
+        grids = []  # out-of-fold patch scores, one grid per image
         for f, part in enumerate(split.folds):
             mean, precision = moments.minus(part).gaussians(eps=cfg.eps)
-            for chunk in split.features[label == f].split(cfg.batch_size):
+            for chunk in split.features[label == f].split(cfg.batch_size * per_image):
                 scores = mahalanobis(chunk.float(), mean, precision)
-                results.append(self.result_from_patch_scores(scores))
+                if per_image > 1:  # whole images' tiles: stitched as scoring stitches them
+                    assert self.tiling_ is not None
+                    scores = self.tiling_.stitch(scores, self.extractor.stride)
+                grids.append(scores)
+        results = [self.result_from_patch_scores(g) for g in grids]
+        if self.tiling_ is not None:
+            stride = thresholds.FLOOR_STRIDE
+            self.image_border_ = 0
+            maps = torch.cat([r.anomaly_maps[:, ::stride, ::stride] for r in results]).numpy()
+            if self._decide_border(maps, map_stride=stride):
+                results = [self.result_from_patch_scores(g) for g in grids]
         self.calibration_folds_ = len(split.folds)
         self.calibration_shift_ = self.threshold_from_crossfit(
             results, list(split.calib), quantile=cfg.threshold_quantile

@@ -11,8 +11,9 @@ image (overlaps blended) and there is a Gaussian per position of that native gri
 has for a resized image; with "tile" the grid is a tile's, the Gaussians are shared by every
 tile, and the tiles' scores are stitched instead (no absolute position, but a model whose size
 does not grow with the image). "auto" keeps the absolute positions unless their precisions
-would exceed `tile_gaussian_mb`. Tiled fits set the threshold on the held-out share (the
-cross-fit's per-fold moments would be ten models of the native grid).
+would exceed `tile_gaussian_mb`. The cross-fit folds by image either way (an image's tiles
+share a fold); when its fold sums and kept features would pass `crossfit_max_mb` (a native
+grid's ten fold models soon do), the fit holds out a tenth instead.
 
 The statistics are streamed (`PatchMoments`: n, sum x, sum x x^T per position), so fitting never
 holds all training features at once; the sums also add up exactly across clients.
@@ -364,7 +365,8 @@ class LocalMoments:
     calib: tuple[Sample, ...]
     image_hw: tuple[int, int]
     # calibration "crossfit": each fold's share of `moments` (image j of the stream is in fold
-    # j % folds) and the images' clean patch features (N, d, H, W) float16, to score them
+    # j % folds) and the images' clean patch features (N, d, H, W) float16, to score them (N
+    # rows per image's tiles when the Gaussians are a tile's)
     folds: tuple[PatchMoments, ...] = ()
     features: torch.Tensor | None = None
 

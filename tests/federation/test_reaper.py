@@ -30,7 +30,7 @@ def test_reaper_waits_for_the_parent_then_ends_the_listed_processes() -> None:
             ],
             env={"PYTHONPATH": str(REPO / "src")},
         )
-        time.sleep(2.0)  # the reaper is up and waits: the parent still runs
+        time.sleep(1.0)  # the reaper is up and waits: the parent still runs
         assert proc.poll() is None
         assert all(p.poll() is None for p in left)
         parent.terminate()

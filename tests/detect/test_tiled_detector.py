@@ -258,3 +258,26 @@ def test_cli_fit_tiles_padim_and_predict_draws_it(
     assert main([*patchcore, "--tile", "on", "--tile-gaussians", "tile"]) == 2
     assert "--tile-gaussians applies to --detector padim" in capsys.readouterr().err
     assert not again.exists()
+
+
+def test_tiled_padim_cross_fit_takes_the_border_band_from_out_of_fold_maps(
+    large: tuple[PatchCoreDetector, Path],
+) -> None:
+    """With the band forced (`tile_border="on"`), the cross-fitted normals' image scores are
+    read from the interior: the band is set and the threshold's scores move."""
+    _, root = large
+    base = FeatureConfig(**{f: getattr(CFG, f) for f in FeatureConfig.__dataclass_fields__})
+    fits = {
+        mode: GaussianDetector(
+            dataclasses.replace(
+                central_config(dataclasses.replace(base, tile_border=mode), calibration_folds=4),
+                tile_gaussians="tile",
+            )
+        ).fit(scan(root).train)
+        for mode in ("off", "on")
+    }
+    off, on = fits["off"], fits["on"]
+    assert off.image_border_ == 0 and on.image_border_ == 2 * on.extractor.coarse_stride
+    assert off.calibration_folds_ == on.calibration_folds_ == 4
+    assert off.calibration_scores_ is not None and on.calibration_scores_ is not None
+    assert not np.allclose(off.calibration_scores_, on.calibration_scores_)

@@ -37,7 +37,7 @@ import torch
 from feddymem.config import ConfigError, FeatureConfig, check_calibration, from_dict, to_dict
 from feddymem.data import Sample
 from feddymem.detect import threshold as thresholds
-from feddymem.detect.base import Detector
+from feddymem.detect.base import Detector, ScoreResult
 from feddymem.detect.modelfile import (
     ModelFileError,
     calibration_scores_from_state,
@@ -428,8 +428,9 @@ class GaussianDetector(Detector):
             raise ValueError("moments at a given image size are of whole images: set tile='off'")
         image_hw = image_hw or resolved
         channels = select_channels(self.extractor.out_channels, cfg.n_features, seed=cfg.seed)
-        self.tile_gaussians_ = self._choose_tile_gaussians(channels)
-        need_mb = self._crossfit_mb(len(train), image_hw, n_folds)
+        width = self.extractor.out_channels if channels is None else int(channels.numel())
+        self.tile_gaussians_ = self._choose_tile_gaussians(width)
+        need_mb = self._crossfit_mb(len(train), image_hw, n_folds, width)
         if n_folds and need_mb > cfg.crossfit_max_mb:
             n_folds, fraction = 0, fraction or GaussianConfig.calibration_fraction
             log.warning(
@@ -440,9 +441,8 @@ class GaussianDetector(Detector):
                 cfg.crossfit_max_mb,
                 100 * fraction,
             )
-            train, calib, _ = self._fit_split(
-                samples, fraction=fraction, seed=cfg.seed, min_images=1
-            )
+            # the size and tile plan stay as chosen: only the held-out share is new
+            train, calib = thresholds.split_calibration(samples, fraction=fraction, seed=cfg.seed)
         # rows of a feature batch per image: a tile each with Gaussians per tile position
         per_image = self._tiles_per_row_image()
         moments = PatchMoments()
@@ -480,11 +480,11 @@ class GaussianDetector(Detector):
             return 1
         return self.tiling_.grid(self.extractor.stride).n_tiles
 
-    def _crossfit_mb(self, n_images: int, image_hw: tuple[int, int], n_folds: int) -> float:
-        """MB the cross-fit holds beside the model: a float64 sum of outer products per fold
-        and every training image's features in float16 (per tile, with tile Gaussians)."""
+    def _crossfit_mb(self, n_images: int, image_hw: tuple[int, int], n_folds: int, d: int) -> float:
+        """MB the cross-fit holds beside the model: a float64 sum of outer products of `d`
+        channels per fold and every training image's features in float16 (per tile, with
+        tile Gaussians)."""
         stride = self.extractor.stride
-        d = self.config.n_features or self.extractor.out_channels
         rows = n_images * self._tiles_per_row_image()
         if self.tiling_ is not None and self.tile_gaussians_ == "tile":
             p = (self.tiling_.tile // stride) ** 2
@@ -492,13 +492,13 @@ class GaussianDetector(Detector):
             p = (image_hw[0] // stride) * (image_hw[1] // stride)
         return (n_folds * p * d * d * 8 + rows * p * d * 2) / 2**20
 
-    def _choose_tile_gaussians(self, channels: torch.Tensor | None) -> str | None:
-        """Tiled: the config's `tile_gaussians`, "auto" resolved by the precisions' size."""
+    def _choose_tile_gaussians(self, d: int) -> str | None:
+        """Tiled: the config's `tile_gaussians`, "auto" resolved by the size of the native
+        grid's precisions of `d` channels."""
         cfg = self.config
         if self.tiling_ is None:
             return None
         stride = self.extractor.stride
-        d = self.extractor.out_channels if channels is None else int(channels.numel())
         h, w = (side // stride for side in self.tiling_.image_hw)
         image_mb = h * w * d * d * 4 / 2**20
         choice = cfg.tile_gaussians
@@ -612,8 +612,11 @@ class GaussianDetector(Detector):
             stride = thresholds.FLOOR_STRIDE
             self.image_border_ = 0
             maps = torch.cat([r.anomaly_maps[:, ::stride, ::stride] for r in results]).numpy()
-            if self._decide_border(maps, map_stride=stride):
-                results = [self.result_from_patch_scores(g) for g in grids]
+            if self._decide_border(maps, map_stride=stride):  # the maps stay; scores move
+                results = [
+                    ScoreResult(self._image_scores(g, r.anomaly_maps), r.anomaly_maps)
+                    for g, r in zip(grids, results, strict=True)
+                ]
         self.calibration_folds_ = len(split.folds)
         self.calibration_shift_ = self.threshold_from_crossfit(
             results, list(split.calib), quantile=cfg.threshold_quantile

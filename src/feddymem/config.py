@@ -276,6 +276,11 @@ class FedDyMemConfig(FeatureConfig):
     #                            times the spread of the site's vectors (0: off)
     upload_margin: float = 0.0  # drop released items nearer than this times that spread to any
     #                             single training patch vector (0: off)
+    # --- the public vote (feddymem.privacy.public_vote; a Gaussian mechanism): upload only
+    # public images' vectors, those of the codebook cells the site's images vote for ---
+    public_vote: bool = False
+    vote_cells: int = 64  # K: k-means cells of the public vectors
+    vote_noise: float = 4.0  # sigma: noise std on each cell's vote (one image's vote: norm 1)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -324,3 +329,16 @@ class FedDyMemConfig(FeatureConfig):
         _check(self.upload_noise >= 0, f"upload_noise must be >= 0, got {self.upload_noise}")
         check_calibration(self.calibration, self.calibration_folds, unset=True)
         _check(self.upload_margin >= 0, f"upload_margin must be >= 0, got {self.upload_margin}")
+        _check(self.vote_cells >= 2, f"vote_cells must be >= 2, got {self.vote_cells}")
+        _check(self.vote_noise >= 0, f"vote_noise must be >= 0, got {self.vote_noise}")
+        if self.public_vote:
+            _check(
+                self.memory_reduce != "position_average",
+                "public_vote uploads public vectors by cell; memory_reduce 'position_average' "
+                "keeps no cells (use coreset, kmeans or none)",
+            )
+            _check(
+                self.dp_clip_norm is None and self.upload_noise == 0 and self.upload_margin == 0,
+                "public_vote uploads none of the site's vectors: dp_clip_norm, upload_noise and "
+                "upload_margin have nothing to act on (unset them)",
+            )

@@ -82,9 +82,11 @@ class FakeClient:
         config: FedDyMemConfig,
         state_dir: Path,
         feature_cache: Path | None = None,
+        public: Sequence[Any] = (),
     ) -> None:
         if not train:
             raise ValueError("a FedDyMem client needs at least one normal training image")
+        self.public = list(public)
         self.train = list(train)
         self.test = list(test)
         self.config = config

@@ -80,3 +80,37 @@ scheme = "iid"
     )
     sizes = [len(load_client_data(spec, i).train) for i in range(3)]
     assert sizes == [3, 3, 3]
+
+
+def test_public_roots_give_a_client_their_normals_from_the_spec_or_the_node_config(
+    tmp_path: Path,
+) -> None:
+    from feddymem.federation.client_base import client_data
+    from feddymem.federation.runconfig import site_settings
+
+    make_tree(tmp_path / "data" / "a", n_train=3)
+    make_tree(tmp_path / "data" / "pub", n_train=5, n_bad=1)
+    spec = load_spec(
+        write_spec(tmp_path, BASE + "[[clients]]\nname='a'\ndata=['data/a']\npublic=['data/pub']\n")
+    )
+    assert spec.to_dict()["clients"][0]["public"] == [str((tmp_path / "data" / "pub").resolve())]
+    data = load_client_data(spec, 0)
+    assert len(data.public) == 5 and all(s.label == 0 for s in data.public)
+    # a deployed site names them in its node config
+    site = site_settings(
+        {
+            "name": "a",
+            "data": str(tmp_path / "data" / "a"),
+            "public": str(tmp_path / "data" / "pub"),
+            "work-dir": str(tmp_path / "w"),
+        },
+        {},
+        defaults={},
+    )
+    assert len(client_data(site).public) == 5
+    without = site_settings(
+        {"name": "a", "data": str(tmp_path / "data" / "a"), "work-dir": str(tmp_path / "w")},
+        {},
+        defaults={},
+    )
+    assert client_data(without).public == ()

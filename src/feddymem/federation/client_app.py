@@ -71,6 +71,7 @@ def _open_client(
         config=config,
         state_dir=folder,
         feature_cache=site.features_dir,
+        public=data.public,
     )
     return data, client, folder
 

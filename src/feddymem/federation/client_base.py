@@ -68,7 +68,7 @@ def client_name(site: SiteSettings) -> str:
 
 def client_data(site: SiteSettings) -> ClientData:
     if site.name is not None:
-        return load_site_data(site.name, site.roots)
+        return load_site_data(site.name, site.roots, public=site.public)
     assert site.spec is not None and site.partition_id is not None
     return load_client_data(load_spec(site.spec), site.partition_id)
 

@@ -24,10 +24,12 @@ class ClientData:
     train: tuple[Sample, ...]
     test: tuple[Sample, ...]
     sources: tuple[str, ...]
+    public: tuple[Sample, ...] = ()  # public normals (the public vote's codebook)
 
 
-def load_site_data(name: str, roots: Sequence[Path]) -> ClientData:
-    """A client's data from its roots: the union of their train and test splits."""
+def load_site_data(name: str, roots: Sequence[Path], *, public: Sequence[Path] = ()) -> ClientData:
+    """A client's data from its roots: the union of their train and test splits; the
+    training normals of the `public` roots as its public images."""
     if not roots:
         raise SpecError(f"client {name!r}: no data roots given")
     train: list[Sample] = []
@@ -38,7 +40,14 @@ def load_site_data(name: str, roots: Sequence[Path]) -> ClientData:
         train.extend(split.train)
         test.extend(split.test)
         sources.append(split.name)
-    return ClientData(name=name, train=tuple(train), test=tuple(test), sources=tuple(sources))
+    public_normals = tuple(s for root in public for s in scan(root).train if s.label == 0)
+    return ClientData(
+        name=name,
+        train=tuple(train),
+        test=tuple(test),
+        sources=tuple(sources),
+        public=public_normals,
+    )
 
 
 def load_client_data(spec: FederationSpec, index: int) -> ClientData:
@@ -56,7 +65,7 @@ def load_client_data(spec: FederationSpec, index: int) -> ClientData:
             raise SpecError(
                 f"{spec.path} clients[{index}] ({client.name}): 'data' is required to run it here"
             )
-        return load_site_data(client.name, client.data)
+        return load_site_data(client.name, client.data, public=client.public)
     part = spec.partition
     splits = [scan(root) for root in part.sources]
     pool = [s for split in splits for s in split.train]

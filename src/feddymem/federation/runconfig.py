@@ -14,6 +14,8 @@ Node config (``flower-supernode --node-config``) of a deployed site:
 
 ``name``      the site's client name, e.g. ``"site-a"``
 ``data``      comma-separated data roots (MVTec layout) on that machine
+``public``    optional comma-separated roots of public normal images of the site's kind (the
+              public vote's codebook, ``[model] public_vote``)
 ``work-dir``  the site's state folder
 
 In simulation Flower sets ``partition-id`` instead: it indexes the spec's clients.
@@ -31,6 +33,7 @@ __all__ = [
     "NAME",
     "OUT",
     "PARTITION_ID",
+    "PUBLIC",
     "RESUME",
     "SPEC",
     "WORK_DIR",
@@ -47,6 +50,7 @@ WORK_DIR = "work-dir"
 RESUME = "resume"
 NAME = "name"
 DATA = "data"
+PUBLIC = "public"
 PARTITION_ID = "partition-id"
 FEATURE_CACHE = "feature-cache"
 
@@ -77,6 +81,7 @@ class SiteSettings:
     work_dir: Path
     name: str | None = None
     roots: tuple[Path, ...] = ()
+    public: tuple[Path, ...] = ()
     partition_id: int | None = None
     spec: Path | None = None
     feature_cache: Path | None = None
@@ -101,6 +106,10 @@ def _path(values: Mapping[str, Value], key: str, where: str) -> Path:
     if not isinstance(value, str) or not value:
         raise RunConfigError(f"{where}: '{key}' must be set to a path (got {value!r})")
     return Path(value).expanduser()
+
+
+def _roots(value: str) -> tuple[Path, ...]:
+    return tuple(Path(p.strip()).expanduser().resolve() for p in value.split(",") if p.strip())
 
 
 def server_settings(
@@ -142,11 +151,22 @@ def site_settings(
             raise RunConfigError(
                 f"node config: '{DATA}' must be comma-separated paths, got {data!r}"
             )
-        roots = tuple(Path(p.strip()).expanduser().resolve() for p in data.split(",") if p.strip())
+        roots = _roots(data)
+        public = node_config.get(PUBLIC, "")
+        if not isinstance(public, str):
+            raise RunConfigError(
+                f"node config: '{PUBLIC}' must be comma-separated paths, got {public!r}"
+            )
         name = node_config.get(NAME, "")
         if not isinstance(name, str) or not name:
             raise RunConfigError(f"node config: '{NAME}' must be set next to '{DATA}'")
-        return SiteSettings(work_dir=work_dir, name=name, roots=roots, feature_cache=cache)
+        return SiteSettings(
+            work_dir=work_dir,
+            name=name,
+            roots=roots,
+            public=_roots(public),
+            feature_cache=cache,
+        )
     if PARTITION_ID in node_config:
         pid = node_config[PARTITION_ID]
         if isinstance(pid, bool) or not isinstance(pid, int):

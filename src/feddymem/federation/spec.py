@@ -90,11 +90,14 @@ class ClientSpec:
 
     `node_id` (deployment with SuperNode authentication): the node id the SuperLink gave the
     site's public key at ``flwr supernode register``; only that node may answer as `name`.
+    `public`: roots of public normal images of the site's kind (their ``train/good``), the
+    codebook of the public vote (``[model] public_vote``, privacy/public_vote.py).
     """
 
     name: str
     data: tuple[Path, ...] = ()
     node_id: int | None = None
+    public: tuple[Path, ...] = ()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -161,6 +164,7 @@ class FederationSpec:
             out["clients"] = [
                 {"name": c.name, "data": [str(p) for p in c.data]}
                 | ({} if c.node_id is None else {"node_id": c.node_id})
+                | ({"public": [str(p) for p in c.public]} if c.public else {})
                 for c in self.clients
             ]
         return out
@@ -338,7 +342,7 @@ def _clients(value: Any, base: Path, where: str) -> tuple[ClientSpec, ...]:
         w = f"{where} clients[{i}]"
         if not isinstance(entry, dict):
             raise SpecError(f"{w}: must be a table")
-        _no_unknown(entry, frozenset({"name", "data", "node_id"}), where, f"clients[{i}]")
+        _no_unknown(entry, frozenset({"name", "data", "node_id", "public"}), where, f"clients[{i}]")
         name = check_client_name(_get(entry, "name", str, w), f"{w} name")
         if name in seen:
             raise SpecError(f"{w}: client name {name!r} is used twice")
@@ -347,7 +351,8 @@ def _clients(value: Any, base: Path, where: str) -> tuple[ClientSpec, ...]:
         node_id = _get(entry, "node_id", int, w, default=None)
         if node_id is not None and node_id < 0:
             raise SpecError(f"{w}: 'node_id' must be >= 0, got {node_id}")
-        out.append(ClientSpec(name=name, data=data, node_id=node_id))
+        public = _paths(entry["public"], base, w, "public") if "public" in entry else ()
+        out.append(ClientSpec(name=name, data=data, node_id=node_id, public=public))
     return tuple(out)
 
 

@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -31,6 +31,9 @@ from feddymem.method.seeds import round_seed
 from feddymem.metrics import DetectionMetrics
 from feddymem.outputs import atomic_open
 
+if TYPE_CHECKING:
+    from feddymem.privacy.public_vote import PublicCodebook
+
 log = logging.getLogger(__name__)
 
 STATE_FILE = "client_state.pt"
@@ -38,13 +41,27 @@ FEATURES_FILE = "features.pt"
 SCORES_FILE = "test_scores.npz"
 
 
-def build_upload(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> ReducedMemory:
+def build_upload(
+    z: torch.Tensor,
+    *,
+    config: FedDyMemConfig,
+    round_idx: int,
+    public: PublicCodebook | None = None,
+) -> ReducedMemory:
     """The memory M_k a client uploads in round `round_idx`, from its patch vectors z(x)
     (n, d, H, W): clipped, reduced and noised when the config asks for differential privacy
     (privacy.py), else reduced by the configured memory-reduce; seeded by the config's seed and
     the round. The one place that maps `memory_reduce` to a reducer (the privacy audit builds
     its counterfactual uploads with it too). The heuristic defences `upload_noise` and
-    `upload_margin` (privacy/defences.py) act before and after the reduce."""
+    `upload_margin` (privacy/defences.py) act before and after the reduce. With `public_vote`
+    the upload is the codebook `public`'s items in the cells z votes for
+    (privacy/public_vote.py)."""
+    if config.public_vote:
+        if public is None:
+            raise ValueError("public_vote needs the public images' codebook")
+        from feddymem.privacy.public_vote import public_vote_memory
+
+        return public_vote_memory(z, public, config=config, round_idx=round_idx)
     if config.upload_noise <= 0 and config.upload_margin <= 0:
         return _reduce(z, config=config, round_idx=round_idx)
     from feddymem.privacy import defences
@@ -93,10 +110,16 @@ class FedDyMemClient:
         calibration_fraction: float = 0.1,
         feature_cache: Path | None = None,
         extractor: PatchFeatureExtractor | None = None,
+        public: Sequence[Sample] = (),
     ) -> None:
         self.check_config(config)
         if not train:
             raise ValueError("a FedDyMem client needs at least one normal training image")
+        if config.public_vote and not public:
+            raise ValueError("public_vote needs public normal images of the site's kind")
+        # `public`: normal images anyone may hold (the public vote's codebook; only their
+        # vectors are uploaded); the anomalous ones are left out
+        self.public_samples = [s for s in public if s.label == 0]
         self.config = config
         self.test = list(test)
         self.state_dir = Path(state_dir)
@@ -148,6 +171,7 @@ class FedDyMemClient:
         self.memory: ReducedMemory | None = None
         self.rounds_done = -1
         self._features: torch.Tensor | None = None
+        self._public_features: torch.Tensor | None = None
         self._detector_state: int | None = None  # rounds_done when detector_with last ran
         self.calibration_normals_ = len(self.calibration)  # normals the threshold came from
         self.calibration_folds_ = 0  # their cross-fit's folds; 0: the held-out normals alone
@@ -196,11 +220,12 @@ class FedDyMemClient:
         with atomic_open(self.state_dir / STATE_FILE, "wb") as fh:
             torch.save(state, fh)
 
-    def _features_key(self) -> str:
-        """Digest of what p(x) depends on: backbone, taps, input size and the training files."""
+    def _features_key(self, samples: Sequence[Sample] | None = None) -> str:
+        """Digest of what p(x) depends on: backbone, taps, input size and the files
+        (default: the training files)."""
         cfg = self.config
         files = []
-        for s in self.train_samples:
+        for s in self.train_samples if samples is None else samples:
             st = s.path.stat()
             files.append([str(s.path.resolve()), st.st_size, st.st_mtime_ns])
         tiling = self.detector.tiling_
@@ -212,12 +237,14 @@ class FedDyMemClient:
             payload.append(tiles)
         return hashlib.sha256(json.dumps(payload).encode()).hexdigest()[:24]
 
-    def _features_path(self) -> Path:
-        """Where p(x) is cached: the shared cache (keyed by content) or the state folder."""
+    def _features_path(self, samples: Sequence[Sample] | None = None) -> Path:
+        """Where p(x) of `samples` (default: the training images) is cached: the shared cache
+        (keyed by content) or the state folder."""
         if self.feature_cache is None:
-            return self.state_dir / FEATURES_FILE
+            name = FEATURES_FILE if samples is None else f"public_{FEATURES_FILE}"
+            return self.state_dir / name
         self.feature_cache.mkdir(parents=True, exist_ok=True)
-        return self.feature_cache / f"{self._features_key()}.pt"
+        return self.feature_cache / f"{self._features_key(samples)}.pt"
 
     def features(self) -> torch.Tensor:
         """p(x) of the training images, (n_k, D, H, W) float16 (of their tiles when tiled,
@@ -226,21 +253,29 @@ class FedDyMemClient:
         With `feature_cache` set, the cache is shared by every run on the same files, backbone
         and size (a site re-running a federation, a benchmark running many methods).
         """
-        if self._features is not None:
-            return self._features
-        path = self._features_path()
+        if self._features is None:
+            self._features = self._cached_features(self.train_samples, what="training")
+        return self._features
+
+    def public_features(self) -> torch.Tensor:
+        """p(x) of the public images (the public vote's), at the training images' size, cached
+        as `features`."""
+        if self._public_features is None:
+            self._public_features = self._cached_features(self.public_samples, what="public")
+        return self._public_features
+
+    def _cached_features(self, samples: Sequence[Sample], *, what: str) -> torch.Tensor:
+        key = None if what == "training" else samples
+        path = self._features_path(key)
         if path.is_file():
             cached = torch.load(path, map_location="cpu", weights_only=True)
-            if tuple(cached["image_hw"]) == self.image_hw and cached["n"] == len(
-                self.train_samples
-            ):
-                self._features = cached["features"]
-                return self._features
+            if tuple(cached["image_hw"]) == self.image_hw and cached["n"] == len(samples):
+                return cached["features"]
         report = LoadReport(loaded=0, skipped=[])
         chunks = [
             feats.half()
             for batch in iter_batches(
-                self.train_samples,
+                samples,
                 size=self.image_hw,
                 batch_size=self.detector._images_per_batch(),
                 with_masks=False,
@@ -249,22 +284,17 @@ class FedDyMemClient:
             for feats in self.detector._tile_features(batch.images)
         ]
         if not chunks:
-            raise ValueError(
-                f"none of the {len(self.train_samples)} training images could be loaded"
-            )
+            raise ValueError(f"none of the {len(samples)} {what} images could be loaded")
         feats = torch.cat(chunks)
         if report.skipped:
             log.warning(
-                "%d training image(s) could not be read: %s",
+                "%d %s image(s) could not be read: %s",
                 len(report.skipped),
+                what,
                 ", ".join(str(p) for p, _ in report.skipped[:5]),
             )
         with atomic_open(path, "wb") as fh:
-            torch.save(
-                {"features": feats, "image_hw": list(self.image_hw), "n": len(self.train_samples)},
-                fh,
-            )
-        self._features = feats
+            torch.save({"features": feats, "image_hw": list(self.image_hw), "n": len(samples)}, fh)
         return feats
 
     # --- the round --------------------------------------------------------------------------
@@ -291,10 +321,22 @@ class FedDyMemClient:
     @torch.no_grad()
     def _build_memory(self, *, round_idx: int) -> ReducedMemory:
         """Dynamic memory: z(x) of every training image with the current G_k, then reduce."""
-        feats = self.features()
         cfg = self.config
-        z = torch.cat([self._embed(feats[i : i + 64]) for i in range(0, feats.shape[0], 64)])
-        return build_upload(z, config=cfg, round_idx=round_idx)
+        z = self._embedded(self.features())
+        codebook = None
+        if cfg.public_vote:
+            from feddymem.privacy.public_vote import public_codebook
+
+            codebook = public_codebook(
+                self._embedded(self.public_features()),
+                config=cfg,
+                seed=round_seed(cfg.seed, round_idx),
+            )
+        return build_upload(z, config=cfg, round_idx=round_idx, public=codebook)
+
+    def _embedded(self, feats: torch.Tensor) -> torch.Tensor:
+        """z = G_k(p) of feature maps (N, D, H, W), 64 at a time."""
+        return torch.cat([self._embed(feats[i : i + 64]) for i in range(0, feats.shape[0], 64)])
 
     def fit_round(
         self, *, round_idx: int, global_memory: torch.Tensor | None
@@ -433,6 +475,12 @@ class FedDyMemClient:
         up (`detector_with`, which calls this through `site_threshold`)."""
         cfg, det = self.config, self.detector
         if det.tiling_ is not None:
+            return None
+        if cfg.public_vote:
+            log.info(
+                "cross-fit: the public vote uploads no training vector to leave out of a fold; "
+                "threshold from the held-out normals"
+            )
             return None
         others = self.others_items(global_memory)
         if others is None:

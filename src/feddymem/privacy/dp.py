@@ -304,6 +304,17 @@ def privacy_guarantee(
     """
     releases = releases_for(config, rounds)
     clip, sigma = config.dp_clip_norm, config.dp_noise_multiplier
+    # A memory rebuilt after G_k has trained on the data (dynamic memory, R >= 1) depends on
+    # every image through G_k; one built once in round 0 uses the data-independent initial G_k.
+    trained = (
+        config.generator
+        and config.metric_loss
+        and config.local_epochs > 0
+        and config.dynamic_memory
+        and rounds > 0
+    )
+    if config.public_vote:
+        return _public_vote_guarantee(config, releases=releases, delta=delta, trained=trained)
     if clip is None:
         return PrivacyGuarantee(
             formal=False,
@@ -316,15 +327,6 @@ def privacy_guarantee(
             noise_std=None,
             reason="no DP option: the memory is uploaded as computed",
         )
-    # A memory rebuilt after G_k has trained on the data (dynamic memory, R >= 1) depends on
-    # every image through G_k; one built once in round 0 uses the data-independent initial G_k.
-    trained = (
-        config.generator
-        and config.metric_loss
-        and config.local_epochs > 0
-        and config.dynamic_memory
-        and rounds > 0
-    )
     if config.memory_reduce != "position_average":
         reason = (
             f"memory_reduce={config.memory_reduce!r}: one image's effect on the released "
@@ -361,4 +363,43 @@ def privacy_guarantee(
         sensitivity=None,
         noise_std=sigma * clip,
         reason=reason,
+    )
+
+
+def _public_vote_guarantee(
+    config: FedDyMemConfig, *, releases: int, delta: float, trained: bool
+) -> PrivacyGuarantee:
+    """The public vote's (privacy/public_vote.py): one Gaussian mechanism of sensitivity 1
+    (an image's vote has norm 1) per release, noise multiplier `vote_noise`; formal unless the
+    public vectors are embedded by a G_k trained on the site's images."""
+    sigma = config.vote_noise
+    if trained:
+        return PrivacyGuarantee(
+            formal=False,
+            epsilon=None,
+            delta=delta,
+            releases=releases,
+            noise_multiplier=sigma,
+            clip_norm=None,
+            sensitivity=1.0,
+            noise_std=sigma,
+            reason=(
+                "public vote with a G_k trained on this client's data: the vote is a Gaussian "
+                "mechanism, but the public vectors are embedded by weights the vote does not "
+                "bound (fix G_k: dynamic_memory = false or local_epochs = 0)"
+            ),
+        )
+    return PrivacyGuarantee(
+        formal=True,
+        epsilon=epsilon_for(sigma, releases, delta),
+        delta=delta,
+        releases=releases,
+        noise_multiplier=sigma,
+        clip_norm=None,
+        sensitivity=1.0,
+        noise_std=sigma,
+        reason=(
+            "public vote: Gaussian mechanism on the per-image unit votes over public codebook "
+            "cells, add/remove-one-image neighbours, RDP composition over releases"
+        ),
     )

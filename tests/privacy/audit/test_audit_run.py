@@ -68,3 +68,37 @@ def test_run_audit_writes_the_summary_grid_and_plot(
     assert "fed-padim statistics" in format_defence_table(report, reference="b_pa")
     assert "fed-padim (positions)" in format_membership_table(report)
     assert "fed-padim, moment noise 2 statistics" in format_defence_table(report, reference="b_pa")
+
+
+def test_the_public_vote_is_audited_with_the_attacker_rebuilding_its_codebook(
+    tmp_path: Path, write_config: Callable[[str], Path]
+) -> None:
+    make_texture_tree(tmp_path / "tree", n_train=24, n_good=4, n_bad=4, size=64)
+    head = CONFIG[: CONFIG.index("[[settings]]")]
+    settings = """
+[[settings]]
+name = "a_full"
+group = "a"
+generator = false
+memory_reduce = "none"
+client_memory_size = 100000
+[[settings]]
+name = "d_vote"
+group = "d"
+memory_reduce = "coreset"
+public_vote = true
+vote_cells = 4
+vote_noise = 2.0
+dynamic_memory = false
+"""
+    report = run_audit(write_config(head + settings), tmp_path / "out")
+    full, vote = report["settings"]
+    # the vote's upload is made of the audit's public images' vectors: members sit no nearer
+    # to it than to a public bank, while the raw bank gives them away
+    leak = full["membership"]["M_k round 1"]["distance"]["auc"]
+    vote_auc = vote["membership"]["M_k round 1"]["distance"]["auc"]
+    assert leak > 0.9 and vote_auc < leak
+    assert vote["n_images_uploaded"] == 10  # the public images', not the site's 8
+    g = vote["guarantee"]
+    assert g["formal"] and g["releases"] == 1 and g["sensitivity"] == 1.0 and g["epsilon"] > 0
+    assert 0.0 <= vote["image_auroc"] <= 1.0

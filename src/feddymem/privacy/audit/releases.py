@@ -15,6 +15,7 @@ from torch import nn
 from feddymem.config import FedDyMemConfig
 from feddymem.method.aggregate import aggregate_memories
 from feddymem.method.client import build_upload
+from feddymem.method.seeds import round_seed
 from feddymem.privacy.audit.attack import embed
 from feddymem.privacy.audit.membership import (
     Candidates,
@@ -22,6 +23,7 @@ from feddymem.privacy.audit.membership import (
     flat_queries,
     membership_attacks,
 )
+from feddymem.privacy.public_vote import PublicCodebook, public_codebook
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +78,14 @@ def _shadow_memories(
     """The attacker's counterparts of `release`: the same pipeline (reduce, noise, defences,
     server k-means) run on random subsets of `n_images` public images."""
     out = []
+    codebook = release_codebook(
+        cfg, release.generator, data.public, upload_round=release.upload_round
+    )
     for i, pick in enumerate(shadow_subsets(data, public_z.shape[0], n_images)):
         shadow_cfg = dataclasses.replace(cfg, seed=cfg.seed + 50_021 * (i + 1))
-        upload = build_upload(public_z[pick], config=shadow_cfg, round_idx=release.upload_round)
+        upload = build_upload(
+            public_z[pick], config=shadow_cfg, round_idx=release.upload_round, public=codebook
+        )
         if release.aggregated is None:
             out.append(upload.vectors)
             continue
@@ -92,6 +99,22 @@ def _shadow_memories(
             )
         )
     return out
+
+
+def release_codebook(
+    cfg: FedDyMemConfig,
+    generator: nn.Module | None,
+    public_features: torch.Tensor,
+    *,
+    upload_round: int,
+) -> PublicCodebook | None:
+    """With `public_vote`, the codebook the site built in `upload_round` from the public images'
+    p(x) (N, D, H, W) and its G_k, which the attacker, holding the same public images and G_k,
+    rebuilds exactly (from float16 features, as the site caches them); else None."""
+    if not cfg.public_vote:
+        return None
+    public_z = embed(generator, public_features.half())
+    return public_codebook(public_z, config=cfg, seed=round_seed(cfg.seed, upload_round))
 
 
 def _same(a: Release, b: Release) -> bool:

@@ -23,7 +23,12 @@ from feddymem.privacy.audit.attack import Attacker, embed, sample_items
 from feddymem.privacy.audit.config import AuditConfig, SettingSpec
 from feddymem.privacy.audit.data import AuditData, tile_patches
 from feddymem.privacy.audit.decoder import PatchDecoder
-from feddymem.privacy.audit.releases import MembershipData, Release, release_membership
+from feddymem.privacy.audit.releases import (
+    MembershipData,
+    Release,
+    release_codebook,
+    release_membership,
+)
 from feddymem.privacy.audit.scores import (
     MatchScores,
     attack_summary,
@@ -124,6 +129,8 @@ def _new_client(
         state_dir=state,
         feature_cache=work / "cache",
         extractor=shared,
+        # the public vote's codebook: the public images the attacker holds too
+        public=data.public if cfg.public_vote else (),
     )
 
 
@@ -286,7 +293,14 @@ def audit_setting(
     generator = client.generator.eval() if client.generator is not None else None
     twin_cfg = dataclasses.replace(cfg, seed=cfg.seed + 7_919)
     twin = build_upload(
-        embed(generator, twin_features), config=twin_cfg, round_idx=config.run.rounds
+        embed(generator, twin_features),
+        config=twin_cfg,
+        round_idx=config.run.rounds,
+        public=release_codebook(
+            cfg, generator, client.public_features(), upload_round=config.run.rounds
+        )
+        if cfg.public_vote
+        else None,
     )
     pa = _attack_patches(client, memory, twin, attacker=attacker, config=config)
 

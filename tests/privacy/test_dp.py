@@ -205,3 +205,19 @@ def test_config_validates_dp_options() -> None:
         FedDyMemConfig(dp_clip_norm=-1.0)
     with pytest.raises(ConfigError, match="dp_noise_multiplier"):
         FedDyMemConfig(dp_clip_norm=1.0, dp_noise_multiplier=-0.1)
+
+
+def test_the_hypothesis_testing_bounds_of_a_guarantee() -> None:
+    from feddymem.privacy.dp import auc_bound, tpr_bound
+
+    # no privacy loss: no test beats chance; epsilon 0.2 at delta 1e-5: TPR <= e^0.2 x 1 % + delta
+    assert tpr_bound(0.0, 0.0, 0.01) == pytest.approx(0.01)
+    assert auc_bound(0.0, 0.0) == pytest.approx(0.5, abs=1e-6)
+    assert tpr_bound(0.2, 1e-5, 0.01) == pytest.approx(math.exp(0.2) * 0.01 + 1e-5)
+    assert 0.5 < auc_bound(0.2, 1e-5) < auc_bound(1.0, 1e-5) < 1.0
+    assert tpr_bound(math.inf, 1e-5, 0.01) == 1.0 and auc_bound(math.inf, 1e-5) == 1.0
+    # delta = 0: two lines that meet at FPR 1 / (1 + e^eps); the area under them in closed form
+    eps = 0.7
+    knee = 1.0 / (1.0 + math.exp(eps))
+    area = math.exp(eps) * knee**2 / 2 + (1 - knee) - math.exp(-eps) * (1 - knee) ** 2 / 2
+    assert auc_bound(eps, 0.0) == pytest.approx(area, abs=1e-6)

@@ -269,6 +269,27 @@ def noise_for_epsilon(
     return hi
 
 
+def tpr_bound(epsilon: float, delta: float, fpr: float) -> float:
+    """The highest TPR any membership test can reach at false-positive rate `fpr` against an
+    (epsilon, delta)-DP release: min(e^eps fpr + delta, 1 - e^-eps (1 - delta - fpr)), within
+    [0, 1] (the hypothesis-testing view of DP, Kairouz et al. 2015)."""
+    if math.isinf(epsilon):
+        return 1.0
+    tpr = min(math.exp(epsilon) * fpr + delta, 1.0 - math.exp(-epsilon) * (1.0 - delta - fpr))
+    return min(1.0, max(0.0, tpr))
+
+
+def auc_bound(epsilon: float, delta: float) -> float:
+    """The highest ROC AUC any membership test can reach against an (epsilon, delta)-DP release:
+    the area under `tpr_bound` over every FPR (piecewise linear; integrated on a fine grid)."""
+    if math.isinf(epsilon):
+        return 1.0
+    fpr = np.linspace(0.0, 1.0, 200_001)
+    e = math.exp(epsilon)
+    tpr = np.clip(np.minimum(e * fpr + delta, 1.0 - (1.0 - delta - fpr) / e), 0.0, 1.0)
+    return float(np.trapezoid(tpr, fpr))
+
+
 def releases_for(config: FedDyMemConfig, rounds: int) -> int:
     """Memories a client releases over R rounds after round 0: R + 1, or 1 without dynamic
     memory (M_k is built once and re-sent unchanged, which costs nothing more)."""

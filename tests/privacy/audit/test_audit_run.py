@@ -101,4 +101,6 @@ dynamic_memory = false
     assert vote["n_images_uploaded"] == 10  # the public images', not the site's 8
     g = vote["guarantee"]
     assert g["formal"] and g["releases"] == 1 and g["sensitivity"] == 1.0 and g["epsilon"] > 0
+    assert 0.01 < g["tpr_bound_at_1%"] < 1.0 and 0.5 < g["auc_bound"] < 1.0
+    assert "TPR@1% <=" in format_defence_table(report, reference="a_full")
     assert 0.0 <= vote["image_auroc"] <= 1.0

@@ -53,8 +53,13 @@ def _eps(g: dict[str, Any]) -> str:
     if g["formal"]:
         eps = g["epsilon"]
         value = f"{eps:.3g}" if isinstance(eps, float) else str(eps)
-        return f"{value} ({g['delta']:g}, {g['releases']})"
-    return "no formal bound" if g["clip_norm"] is not None else "—"
+        out = f"{value} ({g['delta']:g}, {g['releases']})"
+        if "tpr_bound_at_1%" in g:  # what the bound promises against any attack
+            out += f": TPR@1% <= {100 * g['tpr_bound_at_1%']:.1f}, AUC <= {g['auc_bound']:.3f}"
+        return out
+    if g["clip_norm"] is not None or g.get("sensitivity") is not None:
+        return "no formal bound"
+    return "—"
 
 
 def _mia_cells(result: dict[str, Any]) -> str:

@@ -35,7 +35,7 @@ from feddymem.privacy.audit.scores import (
     identification,
     image_match,
 )
-from feddymem.privacy.dp import privacy_guarantee
+from feddymem.privacy.dp import auc_bound, privacy_guarantee, tpr_bound
 
 log = logging.getLogger(__name__)
 
@@ -381,6 +381,10 @@ def _whole_images(
 
 def _guarantee_dict(g: Any) -> dict[str, Any]:
     out = dataclasses.asdict(g)
+    if g.formal and g.epsilon is not None:
+        # what the bound itself promises against every membership attack, not only the audit's
+        out["tpr_bound_at_1%"] = tpr_bound(g.epsilon, g.delta, 0.01)
+        out["auc_bound"] = auc_bound(g.epsilon, g.delta)
     if out["epsilon"] is not None and math.isinf(out["epsilon"]):
         out["epsilon"] = "inf"
     return out

@@ -60,10 +60,13 @@ def run_client(
     The server step is the real one (aggregate_memories over the one upload), so G_k trains
     against a global memory as it would in a federation of one. `released`, when given,
     receives every M_g the server sends (after round t = 1..R) and, last, the server's M_g
-    after round R, each with a copy of the G_k that built the upload it came from.
+    after round R, each with a copy of the G_k that built the upload it came from: without
+    dynamic memory that is round 0's G_k (the upload is built once and re-sent), whatever G_k
+    has trained into since, which never leaves the site.
     """
     cfg = client.config
     memory, metrics = client.fit_round(round_idx=0, global_memory=None)
+    built_by, built_in = _frozen(client), 0  # the G_k and round of the upload being sent
     history = [metrics]
     for t in range(1, rounds + 2):
         if released is None and t > rounds:
@@ -77,11 +80,13 @@ def run_client(
         )
         if released is not None:
             released.append(
-                Release(f"M_g after round {t - 1}", global_memory, _frozen(client), t - 1, t)
+                Release(f"M_g after round {t - 1}", global_memory, built_by, built_in, t)
             )
         if t > rounds:
             break
         memory, metrics = client.fit_round(round_idx=t, global_memory=global_memory)
+        if cfg.dynamic_memory:
+            built_by, built_in = _frozen(client), t
         history.append(metrics)
     return memory, history
 
@@ -288,7 +293,9 @@ def audit_setting(
     mia = None
     if membership is not None:
         last = config.run.rounds
-        upload = Release(f"M_k round {last}", memory.vectors, _frozen(client), last)
+        # the G_k and round that built the last upload (round 0's without dynamic memory)
+        built = released[-1]
+        upload = Release(f"M_k round {last}", memory.vectors, built.generator, built.upload_round)
         mia = release_membership([upload, released[0], released[-1]], cfg, membership)
     generator = client.generator.eval() if client.generator is not None else None
     twin_cfg = dataclasses.replace(cfg, seed=cfg.seed + 7_919)

@@ -104,3 +104,32 @@ dynamic_memory = false
     assert 0.01 < g["tpr_bound_at_1%"] < 1.0 and 0.5 < g["auc_bound"] < 1.0
     assert "TPR@1% <=" in format_defence_table(report, reference="a_full")
     assert 0.0 <= vote["image_auroc"] <= 1.0
+
+
+def test_an_upload_built_once_is_attacked_through_the_g_k_that_built_it(tmp_path: Path) -> None:
+    import torch
+
+    from feddymem.config import FedDyMemConfig
+    from feddymem.data import scan
+    from feddymem.method.client import FedDyMemClient
+    from feddymem.privacy.audit.releases import Release
+    from feddymem.privacy.audit.setting import run_client
+
+    split = scan(make_texture_tree(tmp_path / "tree", n_train=12, size=64))
+    config = FedDyMemConfig(
+        image_size=64, batch_size=4, client_memory_size=32, kmeans_iterations=3,
+        train_batch_size=4, dynamic_memory=False,
+    )  # fmt: skip
+    client = FedDyMemClient(
+        train=split.train, test=split.test, config=config, state_dir=tmp_path / "s"
+    )
+    assert client.generator is not None
+    initial = {k: v.clone() for k, v in client.generator.state_dict().items()}
+    released: list[Release] = []
+    run_client(client, rounds=2, released=released)
+    trained = client.generator.state_dict()
+    assert any(not torch.equal(initial[k], trained[k]) for k in initial)  # G_k did train
+    for release in released:  # but every release is round 0's upload, made by round 0's G_k
+        assert release.upload_round == 0 and release.generator is not None
+        state = release.generator.state_dict()
+        assert all(torch.equal(initial[k], state[k]) for k in initial)

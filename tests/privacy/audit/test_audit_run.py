@@ -71,7 +71,7 @@ def test_run_audit_writes_the_summary_grid_and_plot(
 
 
 def test_the_public_vote_is_audited_with_the_attacker_rebuilding_its_codebook(
-    tmp_path: Path, write_config: Callable[[str], Path]
+    tmp_path: Path, write_config: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     make_texture_tree(tmp_path / "tree", n_train=24, n_good=4, n_bad=4, size=64)
     head = CONFIG[: CONFIG.index("[[settings]]")]
@@ -91,7 +91,24 @@ vote_cells = 4
 vote_noise = 2.0
 dynamic_memory = false
 """
-    report = run_audit(write_config(head + settings), tmp_path / "out")
+    from feddymem.cli import main
+
+    assert (
+        main(
+            [
+                "audit",
+                "--config",
+                str(write_config(head + settings)),
+                "--out",
+                str(tmp_path / "out"),
+            ]
+        )
+        == 0
+    )
+    # the command prints each setting's cost and strongest attack before the file it wrote
+    printed = capsys.readouterr().out
+    assert "| (d) d_vote |" in printed and "TPR@1% <=" in printed and "wrote " in printed
+    report = json.loads((tmp_path / "out" / "audit.json").read_text())
     full, vote = report["settings"]
     # the vote's upload is made of the audit's public images' vectors: members sit no nearer
     # to it than to a public bank, while the raw bank gives them away

@@ -394,33 +394,22 @@ def _public_vote_guarantee(
     (an image's vote has norm 1) per release, noise multiplier `vote_noise`; formal unless the
     public vectors are embedded by a G_k trained on the site's images."""
     sigma = config.vote_noise
-    if trained:
-        return PrivacyGuarantee(
-            formal=False,
-            epsilon=None,
-            delta=delta,
-            releases=releases,
-            noise_multiplier=sigma,
-            clip_norm=None,
-            sensitivity=1.0,
-            noise_std=sigma,
-            reason=(
-                "public vote with a G_k trained on this client's data: the vote is a Gaussian "
-                "mechanism, but the public vectors are embedded by weights the vote does not "
-                "bound (fix G_k: dynamic_memory = false or local_epochs = 0)"
-            ),
-        )
+    reason = (
+        "public vote with a G_k trained on this client's data: the vote is a Gaussian "
+        "mechanism, but the public vectors are embedded by weights the vote does not bound "
+        "(fix G_k: dynamic_memory = false or local_epochs = 0)"
+        if trained
+        else "public vote: Gaussian mechanism on the per-image unit votes over public codebook "
+        "cells, add/remove-one-image neighbours, RDP composition over releases"
+    )
     return PrivacyGuarantee(
-        formal=True,
-        epsilon=epsilon_for(sigma, releases, delta),
+        formal=not trained,
+        epsilon=None if trained else epsilon_for(sigma, releases, delta),
         delta=delta,
         releases=releases,
         noise_multiplier=sigma,
         clip_norm=None,
         sensitivity=1.0,
         noise_std=sigma,
-        reason=(
-            "public vote: Gaussian mechanism on the per-image unit votes over public codebook "
-            "cells, add/remove-one-image neighbours, RDP composition over releases"
-        ),
+        reason=reason,
     )

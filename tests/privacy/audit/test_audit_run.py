@@ -74,14 +74,8 @@ def test_the_public_vote_is_audited_with_the_attacker_rebuilding_its_codebook(
     tmp_path: Path, write_config: Callable[[str], Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     make_texture_tree(tmp_path / "tree", n_train=24, n_good=4, n_bad=4, size=64)
-    head = CONFIG[: CONFIG.index("[[settings]]")]
+    head = CONFIG[: CONFIG.index('[[settings]]\nname = "b_pa"')]  # with the raw bank a_full
     settings = """
-[[settings]]
-name = "a_full"
-group = "a"
-generator = false
-memory_reduce = "none"
-client_memory_size = 100000
 [[settings]]
 name = "d_vote"
 group = "d"

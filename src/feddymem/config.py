@@ -277,10 +277,11 @@ class FedDyMemConfig(FeatureConfig):
     upload_margin: float = 0.0  # drop released items nearer than this times that spread to any
     #                             single training patch vector (0: off)
     # --- the public vote (feddymem.privacy.public_vote; a Gaussian mechanism): upload only
-    # public images' vectors, those of the codebook cells the site's images vote for ---
+    # public images' vectors, those of the codebook cells the site's images vote for. The
+    # defaults with dynamic_memory = false are docs/privacy.md's setting: (0.199, 1e-5) ---
     public_vote: bool = False
-    vote_cells: int = 64  # K: k-means cells of the public vectors
-    vote_noise: float = 4.0  # sigma: noise std on each cell's vote (one image's vote: norm 1)
+    vote_cells: int = 2  # K: k-means cells of the public vectors
+    vote_noise: float = 18.0  # sigma: noise std on each cell's vote (one image's vote: norm 1)
 
     def __post_init__(self) -> None:
         super().__post_init__()

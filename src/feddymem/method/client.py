@@ -116,7 +116,10 @@ class FedDyMemClient:
         if not train:
             raise ValueError("a FedDyMem client needs at least one normal training image")
         if config.public_vote and not public:
-            raise ValueError("public_vote needs public normal images of the site's kind")
+            raise ValueError(
+                "public_vote needs public normal images of the site's kind: name their roots "
+                "in the spec's [[clients]] public = [...] or the site's node config public=..."
+            )
         # `public`: normal images anyone may hold (the public vote's codebook; only their
         # vectors are uploaded); the anomalous ones are left out
         self.public_samples = [s for s in public if s.label == 0]

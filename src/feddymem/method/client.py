@@ -493,7 +493,7 @@ class FedDyMemClient:
         folds = min(cfg.calibration_folds, n)
         if folds < 2:
             return None
-        z = torch.cat([self._embed(feats[i : i + 64]) for i in range(0, n, 64)])
+        z = self._embedded(feats)
         order = np.random.default_rng(cfg.seed).permutation(n)
         results = []
         for fold in range(folds):

@@ -179,3 +179,26 @@ def test_bad_node_config_is_a_clear_error(
     reply = build_client_app()(_message("train", 0), _context(node_config))  # type: ignore[arg-type]
     assert reply.has_error()
     assert re.search(match, str(reply.error.reason)), str(reply.error.reason)
+
+
+def test_a_site_hands_its_public_images_to_its_client(
+    tmp_path: Path, trees: dict[str, Path], fake_client: type[FakeClient]
+) -> None:
+    from feddymem.federation.client_app import _open_client
+    from feddymem.federation.runconfig import site_settings
+
+    settings = site_settings(
+        {
+            "name": "site-a",
+            "data": str(trees["alpha"]),
+            "public": str(trees["gamma"]),
+            "work-dir": str(tmp_path / "work"),
+        },
+        {},
+        defaults={},
+    )
+    instructions = wire.Instructions(round_idx=0, num_rounds=2, run_name="fed", run_id="r1")
+    data, client, _ = _open_client(settings, config=CONFIG, instructions=instructions)
+    assert isinstance(client, FakeClient)
+    assert client.public == list(data.public) and len(client.public) > 0
+    assert all(s.label == 0 for s in client.public)

@@ -26,7 +26,7 @@ def test_run_audit_writes_the_summary_grid_and_plot(
     make_texture_tree(tmp_path / "tree", n_train=24, n_good=4, n_bad=4, size=64)
     out = tmp_path / "out"
     report = run_audit(write_config(CONFIG + "[fed_padim]\neps = 0.01\nnoise = [0, 2]\n"), out)
-    for name in ("audit.json", "grid.png", "auroc_vs_psnr.png"):
+    for name in ("audit.json", "grid.png", "auroc_vs_psnr.png", "auroc_vs_membership.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0
     saved = json.loads((out / "audit.json").read_text())
     assert [s["name"] for s in saved["settings"]] == ["a_full", "b_pa", "c_noise"]

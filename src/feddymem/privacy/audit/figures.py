@@ -1,4 +1,4 @@
-"""The audit's figures: grid.png and auroc_vs_psnr.png."""
+"""The audit's figures: grid.png, auroc_vs_psnr.png and auroc_vs_membership.png."""
 
 from __future__ import annotations
 
@@ -114,5 +114,71 @@ def save_plot(path: Path, settings: Sequence[dict[str, Any]], baselines: dict[st
         ax.set_ylabel("image AUROC (victim's test split)", fontsize=8)
         ax.grid(alpha=0.3)
     fig.suptitle("Utility against leakage: each point is one upload setting", fontsize=9)
+    fig.savefig(path, dpi=130)
+    plt.close(fig)
+
+
+def save_membership_plot(
+    path: Path,
+    settings: Sequence[dict[str, Any]],
+    *,
+    baselines: dict[str, Any],
+    fed_padim: Sequence[dict[str, Any]] | None = None,
+    reference: str = "coreset_4096",
+    target_auc: float = 0.55,
+    target_cost: float = 0.02,
+) -> None:
+    """auroc_vs_membership.png: image AUROC against the strongest membership attack (worst AUC
+    over both attacks and every release), one point per setting; a formal setting's point is
+    joined to its AUC bound (no attack can reach right of it); the public raw bank (which knows
+    nothing) as the measure's floor; the target (AUC <= `target_auc`, at most `target_cost`
+    below `reference`'s image AUROC) shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from feddymem.privacy.audit.report import worst_attack
+
+    fig, ax = plt.subplots(figsize=(8, 5.5), layout="constrained")
+    colours = {"a": "tab:red", "b": "tab:blue", "c": "tab:green", "d": "tab:purple"}
+    rows = [(s, colours.get(s["group"], "k")) for s in settings if s.get("membership")]
+    rows += [(f, "tab:grey") for f in fed_padim or [] if f.get("membership")]
+    ref = next((s["image_auroc"] for s in settings if s["name"] == reference), None)
+    if ref is not None:
+        ax.fill_between(
+            [0.4, target_auc], ref - target_cost, 1.0, color="tab:green", alpha=0.12,
+            label=f"target: worst AUC <= {target_auc}, <= {100 * target_cost:.0f} points "
+            f"below {reference}",
+        )  # fmt: skip
+    floor = baselines.get("membership_public_raw_bank")
+    if floor:
+        ax.axvline(worst_attack(floor)[0], color="grey", ls="--", lw=1,
+                   label="a raw bank of public images (knows nothing)")  # fmt: skip
+    left = 0.4
+    # settings on (nearly) one spot share one label, their names stacked
+    names: dict[tuple[float, float], list[str]] = {}
+    for s, colour in rows:
+        x = max(worst_attack(r)[0] for r in s["membership"].values())
+        y = s["image_auroc"]
+        left = min(left, x - 0.02)
+        ax.scatter(x, y, color=colour, s=36, zorder=3)
+        bound = (s.get("guarantee") or {}).get("auc_bound")
+        if bound is not None:
+            ax.plot([x, bound], [y, y], color=colour, lw=1, ls=":")
+            ax.scatter(bound, y, marker="|", color=colour, s=120)
+        spot = next((k for k in names if abs(k[0] - x) < 0.015 and abs(k[1] - y) < 0.004), (x, y))
+        names.setdefault(spot, []).append(s["name"])
+    for (x, y), group in names.items():
+        ax.annotate("\n".join(group), (x, y), fontsize=7, xytext=(4, 3), textcoords="offset points")
+    ax.scatter([], [], marker="|", color="k", s=120, label="AUC bound of a formal (ε, δ)")
+    ax.set_xlim(left, 1.02)
+    ax.set_xlabel("strongest membership attack: worst AUC over attacks and releases", fontsize=8)
+    ax.set_ylabel("image AUROC (victim's test split)", fontsize=8)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2)
+    ax.set_title(
+        "What each upload setting costs and gives away (one point per setting)", fontsize=9
+    )
     fig.savefig(path, dpi=130)
     plt.close(fig)

@@ -133,7 +133,7 @@ def format_identification_table(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _worst(result: dict[str, Any]) -> tuple[float, float]:
+def worst_attack(result: dict[str, Any]) -> tuple[float, float]:
     """The strongest attack on one release: (AUC, TPR at 1 % FPR), each the max over attacks."""
     attacks = [result[a] for a in ("distance", "calibrated") if a in result]
     return max(a["auc"] for a in attacks), max(a["tpr_at_1%"] for a in attacks)
@@ -154,7 +154,7 @@ def format_defence_table(report: dict[str, Any], *, reference: str = "coreset_40
         mia = s.get("membership") or {}
         if not mia:
             continue
-        worst = [_worst(r) for r in mia.values()]
+        worst = [worst_attack(r) for r in mia.values()]
         delta = "—" if ref is None else f"{100 * (s['image_auroc'] - ref):+.1f}"
         lines.append(
             f"| ({s['group']}) {s['name']} | {s['image_auroc']:.3f} | {delta} "
@@ -164,7 +164,7 @@ def format_defence_table(report: dict[str, Any], *, reference: str = "coreset_40
     for fed in report.get("fed_padim") or []:
         if not fed.get("membership"):
             continue
-        worst = [_worst(r) for r in fed["membership"].values()]
+        worst = [worst_attack(r) for r in fed["membership"].values()]
         delta = "—" if ref is None else f"{100 * (fed['image_auroc'] - ref):+.1f}"
         lines.append(
             f"| {fed['name']} statistics | {fed['image_auroc']:.3f} | {delta} "

@@ -17,7 +17,7 @@ from feddymem.method.client import FedDyMemClient
 from feddymem.privacy.audit.attack import Attacker, sample_items
 from feddymem.privacy.audit.config import AuditConfig, SettingSpec, load_audit_config
 from feddymem.privacy.audit.data import AuditData, PatchSet, load_patch_set, select_data
-from feddymem.privacy.audit.figures import save_grid, save_plot
+from feddymem.privacy.audit.figures import save_grid, save_membership_plot, save_plot
 from feddymem.privacy.audit.gaussian import audit_fed_padim
 from feddymem.privacy.audit.membership import query_positions
 from feddymem.privacy.audit.releases import MembershipData, Release, release_membership
@@ -224,12 +224,17 @@ def _report(
         "fed_padim": fed_padim,
         "timing": timing,
         "config": config.as_dict(),
-        "files": {"grid": "grid.png", "plot": "auroc_vs_psnr.png"},
+        "files": {
+            "grid": "grid.png",
+            "plot": "auroc_vs_psnr.png",
+            "membership_plot": "auroc_vs_membership.png",
+        },
     }
 
 
 def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
-    """Run the audit of `config_path`; write audit.json, grid.png, auroc_vs_psnr.png to `out_dir`.
+    """Run the audit of `config_path`; write audit.json, grid.png, auroc_vs_psnr.png and
+    auroc_vs_membership.png to `out_dir`.
 
     Returns the JSON summary (also written to `<out>/audit.json`).
     """
@@ -271,6 +276,12 @@ def run_audit(config_path: Path, out_dir: Path) -> dict[str, Any]:
         log.info("fed-padim: the statistics a site sends")
         fed_padim = audit_fed_padim(config, data, membership)
     _save_figures(out, results, victim, baselines)
+    save_membership_plot(
+        out / "auroc_vs_membership.png",
+        [r.summary for r in results],
+        baselines=baselines,
+        fed_padim=fed_padim,
+    )
     report = _report(
         config,
         data,

@@ -83,10 +83,12 @@ class FakeClient:
         state_dir: Path,
         feature_cache: Path | None = None,
         public: Sequence[Any] = (),
+        noise_key: int = 0,
     ) -> None:
         if not train:
             raise ValueError("a FedDyMem client needs at least one normal training image")
         self.public = list(public)
+        self.noise_key = noise_key
         self.train = list(train)
         self.test = list(test)
         self.config = config

@@ -181,10 +181,12 @@ def test_bad_node_config_is_a_clear_error(
     assert re.search(match, str(reply.error.reason)), str(reply.error.reason)
 
 
-def test_a_site_hands_its_public_images_to_its_client(
+def test_a_site_hands_its_client_its_public_images_and_its_noise_key(
     tmp_path: Path, trees: dict[str, Path], fake_client: type[FakeClient]
 ) -> None:
-    from feddymem.federation.client_app import _open_client
+    import dataclasses
+
+    from feddymem.federation.client_app import _open_client, noise_key
     from feddymem.federation.runconfig import site_settings
 
     settings = site_settings(
@@ -202,3 +204,11 @@ def test_a_site_hands_its_public_images_to_its_client(
     assert isinstance(client, FakeClient)
     assert client.public == list(data.public) and len(client.public) > 0
     assert all(s.label == 0 for s in client.public)
+    # and a secret of its own for its noise, the same in every message of the run
+    _, again, folder = _open_client(settings, config=CONFIG, instructions=instructions)
+    assert client.noise_key > 0 and again.noise_key == client.noise_key
+    assert (folder / "noise.key").is_file()
+    # a simulated client (the server's own operator runs every site) seeds by the config alone
+    simulated = dataclasses.replace(settings, name=None, partition_id=0, spec=tmp_path / "x")
+    assert noise_key(simulated, tmp_path / "sim") == 0
+    assert not (tmp_path / "sim" / "noise.key").exists()

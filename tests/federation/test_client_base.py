@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from flwr.app import Context, Message, RecordDict
 
 from feddymem.federation import wire
@@ -44,3 +45,18 @@ def test_site_app_answers_query_train_and_evaluate(tmp_path: Path) -> None:
     assert failed.has_error()
     assert failed.error.code == CLIENT_ERROR_CODE
     assert "RuntimeError: broken handler" in (failed.error.reason or "")
+
+
+def test_a_site_draws_its_noise_key_once_per_run_and_keeps_it_to_itself(tmp_path: Path) -> None:
+    import stat
+
+    from feddymem.federation.client_base import ClientStateError, site_noise_key
+
+    run = tmp_path / "site-a" / "fed-r1"
+    key = site_noise_key(run)
+    assert key > 0 and site_noise_key(run) == key  # a resumed run draws the same noise
+    assert stat.S_IMODE((run / "noise.key").stat().st_mode) == 0o600
+    assert site_noise_key(tmp_path / "site-a" / "fed-r2") != key  # another run, another key
+    (run / "noise.key").write_text("not a key\n")
+    with pytest.raises(ClientStateError, match="not a noise key"):
+        site_noise_key(run)

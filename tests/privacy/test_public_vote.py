@@ -139,3 +139,30 @@ def test_a_client_votes_over_its_public_images_and_uploads_only_their_vectors(
     # the site's threshold comes from its held-out normals (nothing of its own to cross-fit)
     metrics = client.evaluate(memory.vectors)
     assert client.calibration_folds_ == 0 and 0.0 <= metrics.image_auroc <= 1.0
+
+
+def test_a_site_key_changes_every_noise_the_config_alone_would_draw() -> None:
+    from feddymem.method.client import build_upload
+    from feddymem.privacy.defences import defence_seed
+
+    # key 0 keeps the seeds a function of the config (the audit's and benchmarks' figures)
+    assert defence_seed(3, 1, 0) == defence_seed(3, 1, 0, key=0) != defence_seed(3, 1, 0, key=7)
+    z = torch.randn(6, 8, 3, 3, generator=torch.Generator().manual_seed(0))
+    noisy = FedDyMemConfig(client_memory_size=16, upload_noise=1.0, memory_reduce="none")
+    plain, keyed, again = (
+        build_upload(z, config=noisy, round_idx=1, noise_key=k).vectors for k in (0, 7, 7)
+    )
+    assert torch.equal(keyed, again) and not torch.equal(plain, keyed)
+    centres = torch.eye(8)[:4] * 10.0
+    codebook = _codebook(centres)
+    site = _clusters(30, centres[:2], seed=9)
+    loud = dataclasses.replace(VOTE, vote_noise=40.0)  # noise decides which cells pass
+    picks = {
+        tuple(
+            public_vote_memory(
+                site, codebook, config=loud, round_idx=0, noise_key=k
+            ).weights.tolist()
+        )
+        for k in range(1, 9)
+    }
+    assert len(picks) > 1

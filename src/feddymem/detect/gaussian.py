@@ -151,17 +151,17 @@ def gaussian_config_like(model: FeatureConfig, **overrides: Any) -> GaussianConf
 
 
 def noisy_moment_features(
-    feats: torch.Tensor, config: GaussianConfig, *, batch: int
+    feats: torch.Tensor, config: GaussianConfig, *, batch: int, noise_key: int = 0
 ) -> torch.Tensor:
     """Patch features (B, D, H, W) as they enter the moments a site sends: with
     `config.moment_noise` > 0, plus Gaussian noise of norm about that x the spread of the
-    batch's patch vectors (`privacy.defences.noisy_features`), seeded by the config's seed and
-    the batch's index in a stream of its own; else unchanged."""
+    batch's patch vectors (`privacy.defences.noisy_features`), seeded by the config's seed, the
+    batch's index in a stream of its own and the site's secret `noise_key`; else unchanged."""
     if config.moment_noise <= 0:
         return feats
     from feddymem.privacy import defences  # the upload defences live with the privacy code
 
-    seed = defences.defence_seed(config.seed, batch, MOMENT_NOISE_STREAM)
+    seed = defences.defence_seed(config.seed, batch, MOMENT_NOISE_STREAM, key=noise_key)
     return defences.noisy_features(feats, relative_std=config.moment_noise, seed=seed)
 
 
@@ -414,10 +414,12 @@ class GaussianDetector(Detector):
         *,
         progress: Callable[[int], None] | None = None,
         image_hw: tuple[int, int] | None = None,
+        noise_key: int = 0,
     ) -> LocalMoments:
         """The moments of this site's training normals (after holding out its calibration
         share), at `image_hw` (default: resolved from the images as `fit` does); with
-        `moment_noise`, of their noised patch vectors (`noisy_moment_features`)."""
+        `moment_noise`, of their noised patch vectors (`noisy_moment_features`, seeded with the
+        site's secret `noise_key` too)."""
         cfg = self.config
         n_folds = cfg.calibration_folds if cfg.calibration == "crossfit" else 0
         fraction = cfg.calibration_fraction
@@ -452,7 +454,7 @@ class GaussianDetector(Detector):
         batches = self._train_features(train, image_hw=image_hw, progress=progress)
         for i, feats in enumerate(batches):
             feats = feats if channels is None else feats[:, channels]
-            noisy = noisy_moment_features(feats, cfg, batch=i)
+            noisy = noisy_moment_features(feats, cfg, batch=i, noise_key=noise_key)
             if not n_folds:
                 moments.update(noisy)
             else:  # the whole is the folds' sum, added once at the end

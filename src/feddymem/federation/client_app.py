@@ -31,6 +31,7 @@ from feddymem.federation.client_base import (
     build_site_app,
     client_data,
     identity_record,
+    noise_key,
 )
 from feddymem.federation.client_data import ClientData
 from feddymem.federation.limits import expected_dim
@@ -72,6 +73,7 @@ def _open_client(
         state_dir=folder,
         feature_cache=site.features_dir,
         public=data.public,
+        noise_key=noise_key(site, folder),
     )
     return data, client, folder
 

@@ -10,7 +10,10 @@ handlers (`build_site_app`).
 from __future__ import annotations
 
 import logging
+import os
+import secrets
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
 from flwr.clientapp import ClientApp
@@ -34,6 +37,8 @@ __all__ = [
     "client_name",
     "guarded",
     "identity_record",
+    "noise_key",
+    "site_noise_key",
 ]
 
 # every ClientApp's handler failures log under the FedDyMem ClientApp's logger
@@ -42,6 +47,7 @@ log = logging.getLogger("feddymem.federation.client_app")
 # Error code of a reply whose handler failed (Flower's own codes are small integers).
 CLIENT_ERROR_CODE = 100
 MODEL_FILE = "feddymem_model.pt"
+NOISE_KEY_FILE = "noise.key"
 
 Handler = Callable[[Message, Context], Message]
 # how a handler reads its site's settings from the context
@@ -52,6 +58,35 @@ SiteHandler = Callable[[Message, Context, SiteOf], Message]
 
 class ClientStateError(RuntimeError):
     """The client's state on disk does not fit what the server asks (e.g. it is rounds ahead)."""
+
+
+def noise_key(site: SiteSettings, folder: Path) -> int:
+    """The noise key of a client whose run state lives in `folder`: a deployed site's own secret
+    (`site_noise_key`); 0 for a simulated client, whose server runs on the same operator's
+    machine, so that a simulation (a benchmark) draws the same noise every time."""
+    return site_noise_key(folder) if site.name is not None else 0
+
+
+def site_noise_key(folder: Path) -> int:
+    """The secret this site mixes into every noise seed of a run (`privacy.defences.
+    defence_seed`): 63 random bits from the OS, drawn once per run and kept in `folder` (the
+    run's state folder, readable by the site's user only), so a resumed run draws the same
+    noise and nobody who knows only the config, the server included, can redraw it."""
+    path = Path(folder) / NOISE_KEY_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        text = path.read_text().strip()
+        if not text.isdigit() or int(text) == 0:
+            raise ClientStateError(
+                f"{path}: not a noise key; remove it to draw a new one"
+            ) from None
+        return int(text)
+    key = secrets.randbits(63) or 1
+    with os.fdopen(fd, "w") as fh:
+        fh.write(f"{key}\n")
+    return key
 
 
 def client_name(site: SiteSettings) -> str:

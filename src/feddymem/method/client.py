@@ -47,6 +47,7 @@ def build_upload(
     config: FedDyMemConfig,
     round_idx: int,
     public: PublicCodebook | None = None,
+    noise_key: int = 0,
 ) -> ReducedMemory:
     """The memory M_k a client uploads in round `round_idx`, from its patch vectors z(x)
     (n, d, H, W): clipped, reduced and noised when the config asks for differential privacy
@@ -55,32 +56,37 @@ def build_upload(
     its counterfactual uploads with it too). The heuristic defences `upload_noise` and
     `upload_margin` (privacy/defences.py) act before and after the reduce. With `public_vote`
     the upload is the codebook `public`'s items in the cells z votes for
-    (privacy/public_vote.py)."""
+    (privacy/public_vote.py). Every noise is seeded by the config's seed and the round, and by
+    the site's secret `noise_key` when it is > 0 (`defences.defence_seed`)."""
     if config.public_vote:
         if public is None:
             raise ValueError("public_vote needs the public images' codebook")
         from feddymem.privacy.public_vote import public_vote_memory
 
-        return public_vote_memory(z, public, config=config, round_idx=round_idx)
+        return public_vote_memory(
+            z, public, config=config, round_idx=round_idx, noise_key=noise_key
+        )
     if config.upload_noise <= 0 and config.upload_margin <= 0:
-        return _reduce(z, config=config, round_idx=round_idx)
+        return _reduce(z, config=config, round_idx=round_idx, noise_key=noise_key)
     from feddymem.privacy import defences
 
     noisy = defences.noisy_features(
         z,
         relative_std=config.upload_noise,
-        seed=defences.defence_seed(config.seed, round_idx, 0),
+        seed=defences.defence_seed(config.seed, round_idx, 0, key=noise_key),
     )
-    memory = _reduce(noisy, config=config, round_idx=round_idx)
+    memory = _reduce(noisy, config=config, round_idx=round_idx, noise_key=noise_key)
     return defences.drop_near_copies(memory, z, relative_margin=config.upload_margin)
 
 
-def _reduce(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> ReducedMemory:
+def _reduce(
+    z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int, noise_key: int = 0
+) -> ReducedMemory:
     seed = round_seed(config.seed, round_idx)
     if config.dp_clip_norm is not None:
         from feddymem.privacy.dp import private_memory
 
-        return private_memory(z, config=config, round_idx=round_idx)
+        return private_memory(z, config=config, round_idx=round_idx, noise_key=noise_key)
     return reduce_memory(z, config=config, seed=seed)
 
 
@@ -111,6 +117,7 @@ class FedDyMemClient:
         feature_cache: Path | None = None,
         extractor: PatchFeatureExtractor | None = None,
         public: Sequence[Sample] = (),
+        noise_key: int = 0,
     ) -> None:
         self.check_config(config)
         if not train:
@@ -123,6 +130,8 @@ class FedDyMemClient:
         # `public`: normal images anyone may hold (the public vote's codebook; only their
         # vectors are uploaded); the anomalous ones are left out
         self.public_samples = [s for s in public if s.label == 0]
+        # a secret of the site's mixed into every noise seed (0: the config's seed alone)
+        self.noise_key = noise_key
         self.config = config
         self.test = list(test)
         self.state_dir = Path(state_dir)
@@ -335,7 +344,9 @@ class FedDyMemClient:
                 config=cfg,
                 seed=round_seed(cfg.seed, round_idx),
             )
-        return build_upload(z, config=cfg, round_idx=round_idx, public=codebook)
+        return build_upload(
+            z, config=cfg, round_idx=round_idx, public=codebook, noise_key=self.noise_key
+        )
 
     def _embedded(self, feats: torch.Tensor) -> torch.Tensor:
         """z = G_k(p) of feature maps (N, D, H, W), 64 at a time."""
@@ -499,7 +510,9 @@ class FedDyMemClient:
         for fold in range(folds):
             held = np.sort(order[fold::folds])
             rest = torch.from_numpy(np.setdiff1d(order, held))
-            own = build_upload(z[rest], config=cfg, round_idx=self.rounds_done).vectors.float()
+            own = build_upload(
+                z[rest], config=cfg, round_idx=self.rounds_done, noise_key=self.noise_key
+            ).vectors.float()
             # as M_g holds it (through the wire), and, with "global+own", as the site adds it
             sent = own.half().float() if cfg.wire_dtype == "float16" else own
             parts = [others, sent, own] if cfg.score_memory == "global+own" else [others, sent]

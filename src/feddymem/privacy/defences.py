@@ -11,7 +11,8 @@ distance zero from the upload. Two options move the released items off the train
   are dropped (an item that is one patch in disguise: a singleton k-means centre, an unlucky
   noise draw). At least one item, the farthest, is always kept.
 
-Both are seeded by the config's seed and the round, in streams of their own.
+Both are seeded by the config's seed and the round, in streams of their own, and at a
+deployed site by a key of its own as well (`defence_seed`).
 """
 
 from __future__ import annotations
@@ -38,9 +39,14 @@ def vector_spread(z: torch.Tensor) -> float:
     return float(_flat(z).var(dim=0).sum().sqrt())
 
 
-def defence_seed(seed: int, round_idx: int, stream: int) -> int:
-    """Seed of a defence's randomness in round `round_idx`, apart from every other stream."""
-    state = np.random.SeedSequence([seed, round_idx, 0xDEF, stream]).generate_state(1, np.uint64)
+def defence_seed(seed: int, round_idx: int, stream: int, *, key: int = 0) -> int:
+    """Seed of a defence's randomness in round `round_idx`, apart from every other stream.
+
+    `key` (> 0): a secret the site holds (`federation.client_base.site_noise_key`), so that
+    whoever knows the config's seed (the server sends it) cannot redraw the noise; 0 keeps the
+    seed a function of the config alone (the audit, benchmarks, tests)."""
+    entropy = [seed, round_idx, 0xDEF, stream] + ([key] if key else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
     return int(state[0] >> np.uint64(1))
 
 

@@ -29,8 +29,10 @@ Where no formal guarantee holds (said so by :func:`privacy_guarantee`, never hid
   ``local_epochs > 0``): z = G_k(p(x)) then depends on every image through G_k's weights, which
   the per-image clipping does not bound. The guarantee covers a fixed (untrained) G_k only.
 
-Noise is seeded per round for reproducibility; a deployment must keep that seed secret from the
-server (anyone who knows it can subtract the noise).
+Noise is seeded per round for reproducibility. The server sends the config's seed, and anyone
+who knows a noise's seed can subtract the noise, so a deployed site mixes in a key of its own
+that never travels (`federation.client_base.site_noise_key`, one per run in the site's state
+folder); simulations, the audit and the benchmarks seed noise by the config alone.
 """
 
 from __future__ import annotations
@@ -106,9 +108,11 @@ def position_statistic(z: torch.Tensor, clip_norm: float) -> tuple[torch.Tensor,
     return sums, beta * n
 
 
-def noise_seed(seed: int, round_idx: int) -> int:
-    """The seed of round `round_idx`'s noise, a stream of its own (not the k-means seed)."""
-    state = np.random.SeedSequence([seed, round_idx, 0xD1FF]).generate_state(1, dtype=np.uint64)
+def noise_seed(seed: int, round_idx: int, *, key: int = 0) -> int:
+    """The seed of round `round_idx`'s noise, a stream of its own (not the k-means seed); with
+    the site's secret `key` (> 0) mixed in, as `defences.defence_seed` does."""
+    entropy = [seed, round_idx, 0xD1FF] + ([key] if key else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
     return int(state[0] >> np.uint64(1))
 
 
@@ -169,7 +173,9 @@ def noisy_vectors(
     )
 
 
-def private_memory(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -> ReducedMemory:
+def private_memory(
+    z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int, noise_key: int = 0
+) -> ReducedMemory:
     """M_k of round `round_idx` with the DP option of `config` (dp_clip_norm must be set).
 
     z (n_k, d, H, W) are the patch vectors z(x) = G_k(p(x)). 'position_average' takes the
@@ -181,7 +187,7 @@ def private_memory(z: torch.Tensor, *, config: FedDyMemConfig, round_idx: int) -
         raise ValueError("private_memory needs config.dp_clip_norm")
     sigma = config.dp_noise_multiplier
     base_seed = round_seed(config.seed, round_idx)  # the reducers' seed in build_upload
-    seed = noise_seed(config.seed, round_idx)
+    seed = noise_seed(config.seed, round_idx, key=noise_key)
     if config.memory_reduce == "position_average":
         return gaussian_position_average(
             z,

@@ -110,10 +110,16 @@ def noisy_selection(
 
 
 def public_vote_memory(
-    z: torch.Tensor, codebook: PublicCodebook, *, config: FedDyMemConfig, round_idx: int
+    z: torch.Tensor,
+    codebook: PublicCodebook,
+    *,
+    config: FedDyMemConfig,
+    round_idx: int,
+    noise_key: int = 0,
 ) -> ReducedMemory:
     """M_k of round `round_idx`: the codebook's items in the cells the site's images z
-    (n_k, d, H, W) vote for, with the vote's noise seeded by (config.seed, round_idx)."""
+    (n_k, d, H, W) vote for, with the vote's noise seeded by (config.seed, round_idx) and the
+    site's secret `noise_key` (`defences.defence_seed`)."""
     votes = image_votes(z, codebook.centres)
     # cells without a candidate item (public knowledge) take no part
     has_items = torch.zeros(votes.shape[0], dtype=torch.bool)
@@ -121,7 +127,7 @@ def public_vote_memory(
     chosen = noisy_selection(
         votes,
         noise=config.vote_noise,
-        seed=defence_seed(config.seed, round_idx, VOTE_STREAM),
+        seed=defence_seed(config.seed, round_idx, VOTE_STREAM, key=noise_key),
         allowed=has_items,
     )
     keep = chosen[codebook.item_cell]

@@ -26,6 +26,7 @@ from feddymem.federation.client_base import (
     build_site_app,
     client_data,
     identity_record,
+    noise_key,
 )
 from feddymem.federation.fedpadim import wire as padim_wire
 from feddymem.federation.runconfig import SiteSettings, Value
@@ -43,8 +44,11 @@ def _train(message: Message, context: Context, settings: SiteOf) -> Message:
     """Reply the moments of this site's training normals."""
     t0 = time.perf_counter()
     orders = padim_wire.orders_from_content(message.content)
-    data = client_data(settings(context))
-    split = GaussianDetector(orders.config).local_moments(list(data.train))
+    site = settings(context)
+    data = client_data(site)
+    split = GaussianDetector(orders.config).local_moments(
+        list(data.train), noise_key=noise_key(site, _folder(site, data.name, orders))
+    )
     metrics = {"num-examples": split.moments.count, "client_s": time.perf_counter() - t0}
     content = RecordDict(
         {

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 
 import pytest
@@ -112,7 +113,7 @@ def test_the_guarantee_is_formal_only_with_a_g_k_the_data_did_not_train() -> Non
 
 
 def test_a_client_votes_over_its_public_images_and_uploads_only_their_vectors(
-    tmp_path: Path,
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from tests.conftest import make_texture_tree
 
@@ -139,6 +140,10 @@ def test_a_client_votes_over_its_public_images_and_uploads_only_their_vectors(
     # the site's threshold comes from its held-out normals (nothing of its own to cross-fit)
     metrics = client.evaluate(memory.vectors)
     assert client.calibration_folds_ == 0 and 0.0 <= metrics.image_auroc <= 1.0
+    # a vote after G_k trained on the site's images carries no formal bound: the site is told
+    with caplog.at_level(logging.WARNING, logger="feddymem.method.client"):
+        client.fit_round(round_idx=1, global_memory=memory.vectors)
+    assert "no formal (epsilon, delta)" in caplog.text
 
 
 def test_a_site_key_changes_every_noise_the_config_alone_would_draw() -> None:

@@ -339,6 +339,14 @@ class FedDyMemClient:
         if cfg.public_vote:
             from feddymem.privacy.public_vote import public_codebook
 
+            if round_idx >= 1 and cfg.generator and cfg.metric_loss and cfg.local_epochs > 0:
+                log.warning(
+                    "public vote in round %d through a G_k trained on this site's images: no "
+                    "formal (epsilon, delta) (dynamic_memory = false votes once, in round 0; "
+                    "docs/privacy.md section 7)",
+                    round_idx,
+                )
+
             codebook = public_codebook(
                 self._embedded(self.public_features()),
                 config=cfg,

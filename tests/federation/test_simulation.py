@@ -95,3 +95,50 @@ def test_resume_with_real_clients_reaches_the_uninterrupted_result(tmp_path: Pat
         assert resumed["clients"][name]["pixel_auroc"] == whole["clients"][name]["pixel_auroc"]  # type: ignore[index]
     replayed = resumed["rounds"][2]["clients"]["site-a"]["metrics"]  # type: ignore[index]
     assert replayed.get("replayed") == 1.0
+
+
+@pytest.mark.slow
+def test_deployed_sites_federate_by_the_public_vote(tmp_path: Path) -> None:
+    """Two deployed sites (node configs naming their data and public roots), real clients in
+    process: each uploads only public vectors chosen by its vote, with a noise key of its own."""
+    from fakes import make_texture_site
+    from flwr.app import Context, RecordDict
+
+    from feddymem.method.client import STATE_FILE
+
+    spec = smoke_federation(tmp_path / "fed")
+    text = spec.read_text().replace(
+        "[model]\n",
+        "[model]\npublic_vote = true\nvote_cells = 2\nvote_noise = 2.0\ndynamic_memory = false\n",
+    )
+    spec.write_text(text)
+    public = make_texture_site(tmp_path / "fed" / "data" / "public", texture="brick", seed=3)
+    n_public = len(list((public / "train" / "good").iterdir()))
+    names = ["site-a", "site-b"]
+    contexts = {
+        1000 + i: Context(
+            run_id=1,
+            node_id=1000 + i,
+            node_config={
+                "name": name,
+                "data": str(tmp_path / "fed" / "data" / name),
+                "public": str(public),
+                "work-dir": str(tmp_path / "sites" / name),
+            },
+            state=RecordDict(),
+            run_config={},
+        )
+        for i, name in enumerate(names)
+    }
+    app = build_client_app(defaults={"spec": str(spec), "work-dir": str(tmp_path / "unused")})
+    grid = InProcessGrid(app, contexts, names={node: names[i] for i, node in enumerate(contexts)})
+    results = serve(grid, ServerSettings(spec=spec, out=tmp_path / "out", resume=False))  # type: ignore[arg-type]
+
+    assert set(results["clients"]) == set(names)  # type: ignore[arg-type]
+    keys = []
+    for name in names:
+        (state,) = (tmp_path / "sites" / name / name).glob(f"*/{STATE_FILE}")
+        saved = torch.load(state, weights_only=True)
+        assert saved["n_images"] == n_public  # the upload counts the public images, not its own
+        keys.append((state.parent / "noise.key").read_text())
+    assert keys[0] != keys[1]  # each site's noise is its own secret

@@ -42,3 +42,18 @@ def test_fed_padim_section_is_optional_and_checked(write_config: Callable[[str],
         load_audit_config(write_config(CONFIG + "[fed_padim]\neps = 0\n"))
     with pytest.raises(ConfigError, match="epsilon"):
         load_audit_config(write_config(CONFIG + "[fed_padim]\nepsilon = 1\n"))
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[3] / "configs").glob("audit_*.toml"))
+)
+def test_every_shipped_audit_config_loads(path: Path) -> None:
+    from feddymem.privacy.audit.config import load_audit_config
+
+    config = load_audit_config(path)
+    assert config.settings and len({s.name for s in config.settings}) == len(config.settings)
+    # the public-vote configs carry the documented setting
+    if "public_vote" in path.name:
+        (vote,) = [s for s in config.settings if s.name == "public_vote_18_cells2_once"]
+        assert vote.model.public_vote and not vote.model.dynamic_memory
+        assert (vote.model.vote_cells, vote.model.vote_noise) == (2, 18.0)

@@ -186,7 +186,7 @@ def test_a_site_hands_its_client_its_public_images_and_its_noise_key(
 ) -> None:
     import dataclasses
 
-    from feddymem.federation.client_app import _open_client, noise_key
+    from feddymem.federation.client_app import _open_client, client_noise_key
     from feddymem.federation.runconfig import site_settings
 
     settings = site_settings(
@@ -210,5 +210,5 @@ def test_a_site_hands_its_client_its_public_images_and_its_noise_key(
     assert (folder / "noise.key").is_file()
     # a simulated client (the server's own operator runs every site) seeds by the config alone
     simulated = dataclasses.replace(settings, name=None, partition_id=0, spec=tmp_path / "x")
-    assert noise_key(simulated, tmp_path / "sim") == 0
+    assert client_noise_key(simulated, tmp_path / "sim") == 0
     assert not (tmp_path / "sim" / "noise.key").exists()

@@ -30,8 +30,8 @@ from feddymem.federation.client_base import (
     SiteOf,
     build_site_app,
     client_data,
+    client_noise_key,
     identity_record,
-    noise_key,
 )
 from feddymem.federation.client_data import ClientData
 from feddymem.federation.limits import expected_dim
@@ -73,7 +73,7 @@ def _open_client(
         state_dir=folder,
         feature_cache=site.features_dir,
         public=data.public,
-        noise_key=noise_key(site, folder),
+        noise_key=client_noise_key(site, folder),
     )
     return data, client, folder
 

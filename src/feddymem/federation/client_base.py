@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import secrets
+import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -35,9 +36,9 @@ __all__ = [
     "build_site_app",
     "client_data",
     "client_name",
+    "client_noise_key",
     "guarded",
     "identity_record",
-    "noise_key",
     "site_noise_key",
 ]
 
@@ -60,7 +61,7 @@ class ClientStateError(RuntimeError):
     """The client's state on disk does not fit what the server asks (e.g. it is rounds ahead)."""
 
 
-def noise_key(site: SiteSettings, folder: Path) -> int:
+def client_noise_key(site: SiteSettings, folder: Path) -> int:
     """The noise key of a client whose run state lives in `folder`: a deployed site's own secret
     (`site_noise_key`); 0 for a simulated client, whose server runs on the same operator's
     machine, so that a simulation (a benchmark) draws the same noise every time."""
@@ -74,19 +75,23 @@ def site_noise_key(folder: Path) -> int:
     noise and nobody who knows only the config, the server included, can redraw it."""
     path = Path(folder) / NOISE_KEY_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        text = path.read_text().strip()
-        if not text.isdigit() or int(text) == 0:
-            raise ClientStateError(
-                f"{path}: not a noise key; remove it to draw a new one"
-            ) from None
-        return int(text)
-    key = secrets.randbits(63) or 1
-    with os.fdopen(fd, "w") as fh:
-        fh.write(f"{key}\n")
-    return key
+    if not path.exists():
+        # written whole to a private temporary file, then linked into place: never a
+        # half-written key, and of two processes drawing at once the first link wins
+        key = secrets.randbits(63) or 1
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".noise-")  # mode 0600
+        try:
+            with os.fdopen(fd, "w") as fh:
+                fh.write(f"{key}\n")
+            os.link(tmp, path)
+        except FileExistsError:
+            pass
+        finally:
+            os.unlink(tmp)
+    text = path.read_text().strip()
+    if not text.isdigit() or int(text) == 0:
+        raise ClientStateError(f"{path}: not a noise key; remove it to draw a new one")
+    return int(text)
 
 
 def client_name(site: SiteSettings) -> str:

@@ -337,9 +337,10 @@ class FedDyMemClient:
         z = self._embedded(self.features())
         codebook = None
         if cfg.public_vote:
+            from feddymem.privacy.dp import embeds_through_trained_generator
             from feddymem.privacy.public_vote import public_codebook
 
-            if round_idx >= 1 and cfg.generator and cfg.metric_loss and cfg.local_epochs > 0:
+            if embeds_through_trained_generator(cfg, rounds=round_idx):
                 log.warning(
                     "public vote in round %d through a G_k trained on this site's images: no "
                     "formal (epsilon, delta) (dynamic_memory = false votes once, in round 0; "

@@ -20,11 +20,11 @@ from __future__ import annotations
 import logging
 import math
 
-import numpy as np
 import torch
 
 from feddymem.detect.knn import NearestNeighbors
 from feddymem.method.reduce import ReducedMemory
+from feddymem.method.seeds import stream_seed
 
 log = logging.getLogger(__name__)
 
@@ -45,9 +45,7 @@ def defence_seed(seed: int, round_idx: int, stream: int, *, key: int = 0) -> int
     `key` (> 0): a secret the site holds (`federation.client_base.site_noise_key`), so that
     whoever knows the config's seed (the server sends it) cannot redraw the noise; 0 keeps the
     seed a function of the config alone (the audit, benchmarks, tests)."""
-    entropy = [seed, round_idx, 0xDEF, stream] + ([key] if key else [])
-    state = np.random.SeedSequence(entropy).generate_state(1, np.uint64)
-    return int(state[0] >> np.uint64(1))
+    return stream_seed(seed, round_idx, 0xDEF, stream, key=key)
 
 
 def noisy_features(

@@ -48,7 +48,7 @@ import torch
 
 from feddymem.method.kmeans import weighted_kmeans
 from feddymem.method.reduce import REDUCERS, ReducedMemory
-from feddymem.method.seeds import round_seed
+from feddymem.method.seeds import round_seed, stream_seed
 
 if TYPE_CHECKING:
     from feddymem.config import FedDyMemConfig
@@ -111,9 +111,7 @@ def position_statistic(z: torch.Tensor, clip_norm: float) -> tuple[torch.Tensor,
 def noise_seed(seed: int, round_idx: int, *, key: int = 0) -> int:
     """The seed of round `round_idx`'s noise, a stream of its own (not the k-means seed); with
     the site's secret `key` (> 0) mixed in, as `defences.defence_seed` does."""
-    entropy = [seed, round_idx, 0xD1FF] + ([key] if key else [])
-    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)
-    return int(state[0] >> np.uint64(1))
+    return stream_seed(seed, round_idx, 0xD1FF, key=key)
 
 
 # --- the mechanisms ------------------------------------------------------------------------------
@@ -296,6 +294,20 @@ def auc_bound(epsilon: float, delta: float) -> float:
     return float(np.trapezoid(tpr, fpr))
 
 
+def embeds_through_trained_generator(config: FedDyMemConfig, *, rounds: int) -> bool:
+    """Whether an upload built after `rounds` rounds passes through a G_k trained on the site's
+    images: a memory rebuilt after G_k has trained (dynamic memory, R >= 1) depends on every
+    image through G_k's weights; one built once in round 0 uses the data-independent initial
+    G_k. No per-image bound holds through such weights."""
+    return bool(
+        config.generator
+        and config.metric_loss
+        and config.local_epochs > 0
+        and config.dynamic_memory
+        and rounds > 0
+    )
+
+
 def releases_for(config: FedDyMemConfig, rounds: int) -> int:
     """Memories a client releases over R rounds after round 0: R + 1, or 1 without dynamic
     memory (M_k is built once and re-sent unchanged, which costs nothing more)."""
@@ -331,15 +343,7 @@ def privacy_guarantee(
     """
     releases = releases_for(config, rounds)
     clip, sigma = config.dp_clip_norm, config.dp_noise_multiplier
-    # A memory rebuilt after G_k has trained on the data (dynamic memory, R >= 1) depends on
-    # every image through G_k; one built once in round 0 uses the data-independent initial G_k.
-    trained = (
-        config.generator
-        and config.metric_loss
-        and config.local_epochs > 0
-        and config.dynamic_memory
-        and rounds > 0
-    )
+    trained = embeds_through_trained_generator(config, rounds=rounds)
     if config.public_vote:
         return _public_vote_guarantee(config, releases=releases, delta=delta, trained=trained)
     if clip is None:

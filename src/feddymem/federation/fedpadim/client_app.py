@@ -25,8 +25,8 @@ from feddymem.federation.client_base import (
     SiteOf,
     build_site_app,
     client_data,
+    client_noise_key,
     identity_record,
-    noise_key,
 )
 from feddymem.federation.fedpadim import wire as padim_wire
 from feddymem.federation.runconfig import SiteSettings, Value
@@ -47,7 +47,7 @@ def _train(message: Message, context: Context, settings: SiteOf) -> Message:
     site = settings(context)
     data = client_data(site)
     split = GaussianDetector(orders.config).local_moments(
-        list(data.train), noise_key=noise_key(site, _folder(site, data.name, orders))
+        list(data.train), noise_key=client_noise_key(site, _folder(site, data.name, orders))
     )
     metrics = {"num-examples": split.moments.count, "client_s": time.perf_counter() - t0}
     content = RecordDict(

@@ -74,13 +74,12 @@ def _shadow_memories(
     *,
     n_images: int,
     data: MembershipData,
+    codebook: PublicCodebook | None,
 ) -> list[torch.Tensor]:
     """The attacker's counterparts of `release`: the same pipeline (reduce, noise, defences,
-    server k-means) run on random subsets of `n_images` public images."""
+    server k-means, the public vote over `codebook`) run on random subsets of `n_images` public
+    images."""
     out = []
-    codebook = release_codebook(
-        cfg, release.generator, data.public, upload_round=release.upload_round
-    )
     for i, pick in enumerate(shadow_subsets(data, public_z.shape[0], n_images)):
         shadow_cfg = dataclasses.replace(cfg, seed=cfg.seed + 50_021 * (i + 1))
         upload = build_upload(
@@ -133,6 +132,9 @@ def release_membership(
     """Distance and calibrated attacks on every release; per release AUC and TPR at low FPR."""
     results: dict[str, Any] = {}
     n_images = data.members.shape[0]
+    # the public vote's codebook per (G_k, round) that built an upload: releases of one upload
+    # (an upload built once and re-sent, M_k and the M_g made from it) share it
+    codebooks: dict[tuple[int, int], PublicCodebook | None] = {}
     for i, release in enumerate(releases):
         same = next((r for r in releases[:i] if _same(r, release)), None)
         if same is not None:  # e.g. a raw bank: M_g is the bank itself when k-means keeps all
@@ -144,8 +146,18 @@ def release_membership(
             members=flat_queries(embed(g, data.members), data.positions),
             nonmembers=flat_queries(embed(g, data.nonmembers), data.positions),
         )
+        built = (id(g), release.upload_round)
+        if built not in codebooks:
+            codebooks[built] = release_codebook(
+                cfg, g, data.public, upload_round=release.upload_round
+            )
         shadows = _shadow_memories(
-            release, cfg, embed(g, data.public), n_images=n_images, data=data
+            release,
+            cfg,
+            embed(g, data.public),
+            n_images=n_images,
+            data=data,
+            codebook=codebooks[built],
         )
         results[release.name] = {
             **membership_attacks(release.vectors, candidates, shadows=shadows),
